@@ -2,4 +2,16 @@
 
 __version__ = "0.1.0"
 
-__all__ = []
+from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft.softmax import log_softmax, logsumexp, softmax
+
+__all__ = [
+  "__version__",
+  "cross_entropy",
+  "entropy",
+  "kl_divergence",
+  "nll_loss",
+  "log_softmax",
+  "logsumexp",
+  "softmax",
+]

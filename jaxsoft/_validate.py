@@ -138,3 +138,11 @@ def normalize_axes(fn: str, arg: str, axis, ndim: int) -> tuple[int, ...]:
   if len(set(out)) != len(out):
     fail(fn, arg, "not repeat an axis", repr(axis))
   return tuple(sorted(out))
+
+
+def concrete(x):
+  """``x`` as a NumPy array when it is concrete, None when it is a tracer."""
+  try:
+    return np.asarray(x)
+  except Exception:  # jax.errors.TracerArrayConversionError and friends
+    return None

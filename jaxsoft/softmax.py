@@ -1,0 +1,207 @@
+"""The softmax family: ``softmax``, ``log_softmax`` and ``logsumexp``.
+
+All three share one preparation step (checks, masking, temperature) and are
+exact and NaN-free under the numerical contract of DESIGN.md:
+
+* shift invariant, exact for logits up to the dtype's maximum;
+* ``-inf`` entries and entries excluded by ``where`` get probability 0;
+* a slice whose entries are all excluded (or ``-inf``) gives softmax 0,
+  log_softmax ``-inf``, logsumexp ``-inf`` and zero gradients;
+* NaN only when the input holds NaN or ``+inf``.
+
+Half precision inputs are computed in float32 and returned in their own dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxsoft import _validate as v
+from jaxsoft._dtypes import compute_dtype
+
+__all__ = ["softmax", "log_softmax", "logsumexp"]
+
+
+def _safe_max(x, axes):
+  """Max over ``axes`` (kept), replaced by 0 where it is not finite.
+
+  An all ``-inf`` slice would otherwise give ``-inf - -inf = NaN`` when the
+  max is subtracted; 0 keeps every shifted entry ``-inf`` instead. The max is
+  a constant for differentiation (softmax is shift invariant).
+  """
+  m = jnp.max(x, axes, keepdims=True)
+  return lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0))
+
+
+def _prepare(fn, x, axis, where, temperature):
+  """Checks arguments; returns shifted/scaled logits in the compute dtype."""
+  v.check_array(fn, "x", x)
+  x = jnp.asarray(x)
+  v.check_floating(fn, "x", x)
+  axes = v.normalize_axes(fn, "axis", axis, x.ndim)
+  v.check_positive(fn, "temperature", temperature)
+  out_dtype = x.dtype
+  x = x.astype(compute_dtype(x.dtype))
+  if where is not None:
+    where = jnp.asarray(where)
+    v.check_bool(fn, "where", where)
+    v.check_broadcastable(fn, "where", where.shape, x.shape, " (the shape of x)")
+    # Excluded entries become -inf: from here on one rule covers both.
+    x = jnp.where(where, x, -jnp.inf)
+  if not (isinstance(temperature, (int, float)) and temperature == 1):
+    # Shift before dividing: x / T can overflow for T < 1, (x - max) / T cannot
+    # push the largest entry past 0.
+    x = (x - _safe_max(x, axes)) / jnp.asarray(temperature, x.dtype)
+  return x, axes, out_dtype
+
+
+# Custom JVPs: the derivative of the textbook formulas is fine for finite
+# logits, but produces 0 * inf = NaN for -inf entries and all-excluded slices.
+# These rules state the derivative directly and keep it exactly 0 there.
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _softmax(x, axes):
+  e = jnp.exp(x - _safe_max(x, axes))
+  s = jnp.sum(e, axes, keepdims=True)
+  return e / jnp.where(s == 0, 1, s)
+
+
+@_softmax.defjvp
+def _softmax_jvp(axes, primals, tangents):
+  (x,), (t,) = primals, tangents
+  p = _softmax(x, axes)
+  # p == 0 on excluded entries, so their tangents drop out.
+  return p, p * (t - jnp.sum(p * t, axes, keepdims=True))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _log_softmax(x, axes):
+  shifted = x - _safe_max(x, axes)
+  lse = jnp.log(jnp.sum(jnp.exp(shifted), axes, keepdims=True))
+  # An empty slice has lse = -inf; every shifted entry is already -inf there.
+  return shifted - jnp.where(jnp.isfinite(lse), lse, 0)
+
+
+@_log_softmax.defjvp
+def _log_softmax_jvp(axes, primals, tangents):
+  (x,), (t,) = primals, tangents
+  y = _log_softmax(x, axes)
+  p = jnp.exp(y)
+  # A -inf output (excluded entry) has a constant value: zero tangent. This also
+  # zeroes whole empty slices, where p == 0 everywhere.
+  return y, jnp.where(y > -jnp.inf, t - jnp.sum(p * t, axes, keepdims=True), 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _logsumexp(x, axes):
+  m = _safe_max(x, axes)
+  s = jnp.sum(jnp.exp(x - m), axes, keepdims=True)
+  return jnp.squeeze(jnp.log(s) + m, axes)
+
+
+@_logsumexp.defjvp
+def _logsumexp_jvp(axes, primals, tangents):
+  (x,), (t,) = primals, tangents
+  return _logsumexp(x, axes), jnp.sum(_softmax(x, axes) * t, axes)
+
+
+def softmax(x, axis=-1, *, where=None, temperature=1.0):
+  r"""Softmax: exponentials normalized to sum to one along ``axis``.
+
+  .. math::
+    \mathrm{softmax}(x)_i = \frac{\exp(x_i / T)}{\sum_{j \in W} \exp(x_j / T)}
+    \quad (i \in W), \qquad 0 \quad (i \notin W)
+
+  where :math:`W` is the set of entries allowed by ``where`` and :math:`T` the
+  temperature.
+
+  Args:
+    x: floating logits, any shape.
+    axis: int or tuple of ints to normalize over.
+    where: optional boolean mask broadcastable to ``x``; False entries are
+      excluded (probability 0). A slice with nothing allowed gives all zeros.
+    temperature: positive scalar dividing the logits (``> 1`` flattens,
+      ``< 1`` sharpens).
+
+  Returns:
+    An array of the shape and dtype of ``x``.
+
+  Examples:
+    The lecture's worked example:
+
+    >>> import jax.numpy as jnp
+    >>> from jaxsoft import softmax
+    >>> print(softmax(jnp.array([0.9, 1.2, -0.4])).round(4))
+    [0.3813 0.5147 0.1039]
+    >>> print(softmax(jnp.array([1.0, 2.0, 3.0]), where=jnp.array([True, True, False])).round(4))
+    [0.2689 0.7311 0.    ]
+  """
+  x, axes, dtype = _prepare("softmax", x, axis, where, temperature)
+  return _softmax(x, axes).astype(dtype)
+
+
+def log_softmax(x, axis=-1, *, where=None, temperature=1.0):
+  r"""Logarithm of :func:`softmax`, computed without forming the softmax.
+
+  .. math::
+    \mathrm{log\_softmax}(x)_i = x_i / T - \log \sum_{j \in W} \exp(x_j / T)
+
+  Excluded entries (``where`` False) are ``-inf`` and have zero gradient.
+
+  Args:
+    x: floating logits, any shape.
+    axis: int or tuple of ints to normalize over.
+    where: optional boolean mask broadcastable to ``x``.
+    temperature: positive scalar dividing the logits.
+
+  Returns:
+    An array of the shape and dtype of ``x``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxsoft import log_softmax
+    >>> print(log_softmax(jnp.array([0.9, 1.2, -0.4])).round(4))
+    [-0.9641 -0.6641 -2.2641]
+  """
+  x, axes, dtype = _prepare("log_softmax", x, axis, where, temperature)
+  return _log_softmax(x, axes).astype(dtype)
+
+
+def logsumexp(x, axis=-1, *, where=None, keepdims=False):
+  r"""Log of the sum of exponentials along ``axis``, without overflow.
+
+  .. math::
+    \mathrm{logsumexp}(x) = m + \log \sum_{j \in W} \exp(x_j - m),
+    \qquad m = \max_{j \in W} x_j
+
+  An empty slice (nothing allowed by ``where``, or all ``-inf``) gives
+  ``-inf`` with zero gradient. Unlike :func:`jax.nn.logsumexp` there is no
+  ``b`` scaling argument.
+
+  Args:
+    x: floating array.
+    axis: int or tuple of ints to reduce.
+    where: optional boolean mask broadcastable to ``x``.
+    keepdims: keep the reduced axes with size 1.
+
+  Returns:
+    ``x`` reduced over ``axis``, in the dtype of ``x``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxsoft import logsumexp
+    >>> print(logsumexp(jnp.array([0.9, 1.2, -0.4])).round(4))
+    1.8641
+    >>> print(logsumexp(jnp.array([1e30, 1e30])))
+    1e+30
+  """
+  x, axes, dtype = _prepare("logsumexp", x, axis, where, 1.0)
+  out = _logsumexp(x, axes)
+  if keepdims:
+    out = jnp.expand_dims(out, axes)
+  return out.astype(dtype)
