@@ -323,6 +323,20 @@ def test_out_of_range_labels_raise_when_concrete(fn, bad):
                              np.log(3) if fn is cross_entropy else 0.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("fn", [cross_entropy, nll_loss])
+def test_out_of_range_labels_excluded_by_where_are_allowed(fn):
+  # where excludes an example like ignore_index does: its label (padding such
+  # as -1) must not matter, eagerly or under jit.
+  x = jnp.zeros((2, 3))
+  y = jnp.array([0, -1])
+  where = jnp.array([True, False])
+  want = np.log(3) if fn is cross_entropy else 0.0
+  np.testing.assert_allclose(fn(x, y, where=where), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(fn)(x, y, where=where), want, rtol=1e-6)
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.array([-1, 0]), where=where)
+
+
 def test_out_of_range_labels_under_jit_give_nan():
   x = jnp.asarray(rand((3, 4), seed=33))
   f = jax.jit(cross_entropy, static_argnames=("reduction", "ignore_index"))
