@@ -82,9 +82,11 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
   if where is not None:
     keep = keep & where
   in_range = (labels >= 0) & (labels < num_classes)
-  concrete = v.concrete(labels)
-  if concrete is not None:
-    counted = concrete if ignore_index is None else concrete[concrete != ignore_index]
+  concrete, keep_c = v.concrete(labels), v.concrete(keep)
+  # Only examples that count are checked: one excluded by ignore_index or by
+  # where may hold any label, as it may under jit.
+  if concrete is not None and keep_c is not None:
+    counted = concrete[keep_c]
     bad = counted[(counted < 0) | (counted >= num_classes)]
     if bad.size:
       v.fail(fn, "labels", f"be in [0, {num_classes}) or ignore_index={ignore_index}",
@@ -175,8 +177,8 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=None,
     (half precision is computed in float32).
 
   Raises:
-    ValueError: labels out of ``[0, C)`` (other than ``ignore_index``) when the
-      labels are concrete. Under ``jit`` they cannot be checked; such an
+    ValueError: labels out of ``[0, C)`` (other than ``ignore_index`` and
+      examples excluded by ``where``) when the labels are concrete. Under ``jit`` they cannot be checked; such an
       example's loss is NaN.
 
   Examples:

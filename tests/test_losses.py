@@ -1,0 +1,557 @@
+"""Tests for jaxsoft.losses against float64 NumPy references.
+
+The cross-entropy reference below is a NumPy transcription of
+torch.nn.functional.cross_entropy (aten LossNLL.cpp: nll_loss_nd plus the
+label-smoothing and probability-target branches). PyTorch is not needed to
+run it. Two documented differences are encoded: a mean over zero counted
+examples is 0 (PyTorch: NaN), and 0 * log 0 = 0 for probability targets.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+from scipy import special
+
+from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+
+
+# --- float64 NumPy references ------------------------------------------------
+
+def np_log_softmax(x, axis=-1):
+  x = np.asarray(x, np.float64)
+  m = np.max(x, axis=axis, keepdims=True)
+  z = x - m
+  return z - np.log(np.sum(np.exp(z), axis=axis, keepdims=True))
+
+
+def _safe_div(a, b):
+  return 0.0 if b == 0 else a / b
+
+
+def np_nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=None,
+                label_smoothing=0.0, where=None, reduction="mean"):
+  """PyTorch nll_loss / cross_entropy semantics on given log-probabilities."""
+  lp = np.moveaxis(np.asarray(log_probs, np.float64), axis, -1)
+  C = lp.shape[-1]
+  w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+  target = np.asarray(target)
+  if np.issubdtype(target.dtype, np.floating):
+    # cross_entropy_loss_prob_target: smooth, weight, sum over classes, mean / N.
+    t = np.moveaxis(np.asarray(target, np.float64), axis, -1)
+    if label_smoothing > 0:
+      t = t * (1 - label_smoothing) + label_smoothing / C
+    terms = t * w * lp
+    per = -np.sum(np.where(t * w == 0, 0.0, terms), -1)
+    keep = np.ones(per.shape, bool) if where is None else np.broadcast_to(where, per.shape)
+    per = np.where(keep, per, 0.0)
+    if reduction == "none":
+      return per
+    if reduction == "sum":
+      return per.sum()
+    return _safe_div(per.sum(), keep.sum())
+  # Class-index targets: nll_loss_nd, then the label-smoothing branch.
+  keep = np.ones(target.shape, bool) if ignore_index is None else target != ignore_index
+  if where is not None:
+    keep = keep & np.broadcast_to(where, target.shape)
+  safe = np.where(keep, target, 0)
+  lp_y = np.take_along_axis(lp, safe[..., None], -1)[..., 0]
+  w_y = np.where(keep, w[safe], 0.0)
+  nll = np.where(keep, -w_y * lp_y, 0.0)
+  smooth = np.where(keep, -np.sum(lp * w, -1), 0.0)
+  if reduction == "none":
+    nll_r, smooth_r = nll, smooth
+  elif reduction == "sum":
+    nll_r, smooth_r = nll.sum(), smooth.sum()
+  else:
+    den = w_y.sum()  # == number of counted examples when weight is None
+    nll_r, smooth_r = _safe_div(nll.sum(), den), _safe_div(smooth.sum(), den)
+  if label_smoothing == 0:
+    return nll_r
+  return (1 - label_smoothing) * nll_r + label_smoothing / C * smooth_r
+
+
+def np_cross_entropy(logits, target, *, axis=-1, **kw):
+  return np_nll_loss(np_log_softmax(logits, axis), target, axis=axis, **kw)
+
+
+def rand(shape, seed=0, scale=2.0):
+  return (np.random.default_rng(seed).normal(size=shape) * scale).astype(np.float32)
+
+
+def rand_probs(shape, seed=0):
+  return np.random.default_rng(seed).dirichlet(np.ones(shape[-1]), size=shape[:-1]).astype(np.float32)
+
+
+def assert_close(got, want, rtol=1e-5, atol=1e-6):
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol)
+
+
+# --- hand-checked values -----------------------------------------------------
+
+LECTURE = jnp.array([[0.9, 1.2, -0.4]])
+
+
+def test_lecture_example():
+  np.testing.assert_allclose(cross_entropy(LECTURE, jnp.array([1])), 0.6641, atol=5e-5)
+  np.testing.assert_allclose(cross_entropy(LECTURE, jnp.array([[0.0, 1.0, 0.0]])), 0.6641, atol=5e-5)
+  np.testing.assert_allclose(cross_entropy(LECTURE[0], jnp.array(1)), 0.6641, atol=5e-5)
+  np.testing.assert_allclose(nll_loss(jnp.log(jnp.array([[0.3813, 0.5147, 0.1039]])), jnp.array([1])),
+                             0.6641, atol=1e-4)
+
+
+def test_lecture_cross_entropy_of_distributions():
+  # H(p, q) = sum p log 1/q = cross_entropy(log q, p, reduction="none").
+  p = jnp.array([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0]])
+  q = jnp.array([[0.25, 0.25, 0.5], [0.5, 0.5, 0.0]])
+  got = cross_entropy(jnp.log(q), p, reduction="none")
+  want = [0.5 * np.log(4) + 0.25 * np.log(4) + 0.25 * np.log(2), np.log(2)]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  # And H(p, q) = H(p) + KL(p || q).
+  np.testing.assert_allclose(got, entropy(p) + kl_divergence(p, q), rtol=1e-6)
+
+
+def test_weighted_mean_by_hand():
+  # Example 0: logits [0, 0], label 0 -> log 2. Example 1: logits [0, log 3],
+  # label 1 -> log(4/3). Weights [1, 3]: mean = (log 2 + 3 log(4/3)) / (1 + 3).
+  x = jnp.array([[0.0, 0.0], [0.0, np.log(3.0)]])
+  y = jnp.array([0, 1])
+  w = jnp.array([1.0, 3.0])
+  l0, l1 = np.log(2), np.log(4 / 3)
+  np.testing.assert_allclose(cross_entropy(x, y, weight=w), (l0 + 3 * l1) / 4, rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(x, y, weight=w, reduction="sum"), l0 + 3 * l1, rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(x, y, weight=w, reduction="none"), [l0, 3 * l1], rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(x, y), (l0 + l1) / 2, rtol=1e-6)
+  # Probability targets: the weighted mean divides by N, not by the weights.
+  q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  np.testing.assert_allclose(cross_entropy(x, q, weight=w), (l0 + 3 * l1) / 2, rtol=1e-6)
+  # Ignoring example 1 leaves l0 / w_0.
+  np.testing.assert_allclose(cross_entropy(x, y, weight=w, ignore_index=1), l0, rtol=1e-6)
+
+
+def test_label_smoothing_by_hand():
+  # C = 2, eps = 0.2, uniform logits: every class has nll log 2, so the loss
+  # is log 2 whatever the smoothing; with logits [0, log 3] and label 1:
+  # (1 - eps) log(4/3) + eps / 2 (log 4 + log(4/3)).
+  x = jnp.array([[0.0, np.log(3.0)]])
+  eps = 0.2
+  want = (1 - eps) * np.log(4 / 3) + eps / 2 * (np.log(4) + np.log(4 / 3))
+  np.testing.assert_allclose(cross_entropy(x, jnp.array([1]), label_smoothing=eps), want, rtol=1e-6)
+  np.testing.assert_allclose(cross_entropy(x, jnp.array([[0.0, 1.0]]), label_smoothing=eps), want, rtol=1e-6)
+  # label_smoothing = 1: the target is uniform whatever the label.
+  np.testing.assert_allclose(cross_entropy(x, jnp.array([0]), label_smoothing=1.0),
+                             cross_entropy(x, jnp.array([1]), label_smoothing=1.0), rtol=1e-6)
+
+
+def test_entropy_and_kl_values():
+  np.testing.assert_allclose(entropy(jnp.array([0.5, 0.5, 0.0])), np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(entropy(jnp.array([1.0, 0.0])), 0.0)
+  np.testing.assert_allclose(entropy(jnp.full(4, 0.25)), np.log(4), rtol=1e-6)
+  np.testing.assert_allclose(kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])),
+                             0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1), rtol=1e-6)
+  np.testing.assert_allclose(kl_divergence(jnp.array([0.0, 1.0]), jnp.array([0.5, 0.5])), np.log(2), rtol=1e-6)
+  assert kl_divergence(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])) == np.inf
+  np.testing.assert_allclose(kl_divergence(jnp.array([0.3, 0.7]), jnp.array([0.3, 0.7])), 0.0, atol=1e-7)
+
+
+# --- options against the PyTorch-semantics reference -------------------------
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("ignore_index", [None, 2, -100])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_integer_labels_match_reference(weighted, ignore_index, label_smoothing, reduction):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(20)
+    x = rng.normal(size=(7, 4)) * 2
+    y = rng.integers(0, 4, size=7)
+    if ignore_index is not None:
+      y[[1, 4]] = ignore_index
+    w = rng.random(4) + 0.1 if weighted else None
+    kw = dict(weight=w, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
+    want = np_cross_entropy(x, y, **kw)
+    np.testing.assert_allclose(cross_entropy(jnp.asarray(x), jnp.asarray(y), **kw), want, rtol=1e-12, atol=1e-14)
+    lp = np_log_softmax(x)
+    np.testing.assert_allclose(nll_loss(jnp.asarray(lp), jnp.asarray(y), **kw), np_nll_loss(lp, y, **kw),
+                               rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_probability_labels_match_reference(weighted, label_smoothing, reduction):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(6, 5)) * 2
+    q = rng.dirichlet(np.ones(5), size=6)
+    q[0] = [0, 0, 1, 0, 0]
+    w = rng.random(5) + 0.1 if weighted else None
+    kw = dict(weight=w, label_smoothing=label_smoothing, reduction=reduction)
+    np.testing.assert_allclose(cross_entropy(jnp.asarray(x), jnp.asarray(q), **kw),
+                               np_cross_entropy(x, q, **kw), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_class_axis_not_last(probs):
+  # PyTorch layout (N, C, d): classes on axis 1.
+  x = rand((3, 4, 5), seed=22)
+  y = rand_probs((3, 5, 4), seed=23).transpose(0, 2, 1) if probs else \
+      np.random.default_rng(24).integers(0, 4, size=(3, 5))
+  w = np.array([0.5, 1.0, 2.0, 1.5], np.float32)
+  for reduction in ("mean", "none"):
+    kw = dict(weight=w, label_smoothing=0.1, reduction=reduction)
+    assert_close(cross_entropy(x, y, axis=1, **kw), np_cross_entropy(x, y, axis=1, **kw))
+    lp = np_log_softmax(x, 1).astype(np.float32)
+    assert_close(nll_loss(lp, y, axis=1, **kw), np_nll_loss(lp, y, axis=1, **kw))
+  assert cross_entropy(x, y, axis=1, reduction="none").shape == (3, 5)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_where_matches_reference(probs):
+  x = rand((4, 3, 5), seed=25)
+  y = rand_probs((4, 3, 5), seed=26) if probs else np.random.default_rng(27).integers(0, 5, size=(4, 3))
+  where = np.random.default_rng(28).random((4, 3)) < 0.5
+  w = None if probs else np.array([1.0, 2.0, 0.5, 1.0, 3.0], np.float32)
+  for reduction in ("mean", "sum", "none"):
+    kw = dict(weight=w, where=where, reduction=reduction, label_smoothing=0.2)
+    assert_close(cross_entropy(x, y, **kw), np_cross_entropy(x, y, **kw))
+  # A broadcastable where (per batch row).
+  assert_close(cross_entropy(x, y, where=where[:, :1]), np_cross_entropy(x, y, where=where[:, :1]))
+
+
+# --- ignored / masked examples and empty means -------------------------------
+
+def _junk_logits():
+  x = rand((4, 3), seed=29)
+  # Examples 1 and 3 will be skipped: fill them with values that would poison
+  # an unguarded loss or gradient.
+  x[1] = [np.inf * -1, -np.inf, -np.inf]
+  x[3] = [1e30, -1e30, 3e38]
+  return x
+
+
+@pytest.mark.parametrize("mode", ["ignore_index", "where"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_skipped_examples_contribute_exactly_zero(mode, label_smoothing, weighted):
+  x = jnp.asarray(_junk_logits())
+  y = jnp.array([0, 1, 2, 1])
+  w = jnp.array([0.5, 2.0, 1.0]) if weighted else None
+  kept = np.array([True, False, True, False])
+  if mode == "ignore_index":
+    y = y.at[1].set(-100).at[3].set(-100)
+    kw = dict(ignore_index=-100)
+  else:
+    kw = dict(where=jnp.asarray(kept))
+  kw.update(weight=w, label_smoothing=label_smoothing)
+  sub = dict(weight=w, label_smoothing=label_smoothing)
+  xs, ys = x[kept], jnp.array([0, 2])
+  for reduction in ("mean", "sum"):
+    loss = cross_entropy(x, y, reduction=reduction, **kw)
+    np.testing.assert_allclose(loss, cross_entropy(xs, ys, reduction=reduction, **sub), rtol=1e-6)
+    assert_close(loss, np_cross_entropy(np.asarray(xs), np.asarray(ys), reduction=reduction, **sub))
+    g = jax.grad(lambda x: cross_entropy(x, y, reduction=reduction, **kw))(x)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(g[~kept], 0.0)
+    gs = jax.grad(lambda xs: cross_entropy(xs, ys, reduction=reduction, **sub))(xs)
+    np.testing.assert_allclose(g[kept], gs, rtol=1e-6)
+  per = cross_entropy(x, y, reduction="none", **kw)
+  np.testing.assert_array_equal(per[~kept], 0.0)
+  # nll_loss on the same log-probabilities.
+  lp = jax.nn.log_softmax(x)
+  g = jax.grad(lambda lp: nll_loss(lp, y, **kw))(lp)
+  np.testing.assert_array_equal(g[~kept], 0.0)
+  assert np.all(np.isfinite(g))
+
+
+def test_masked_probability_targets_contribute_zero():
+  x = jnp.asarray(_junk_logits())
+  q = jnp.asarray(rand_probs((4, 3), seed=30))
+  kept = np.array([True, False, True, False])
+  loss = cross_entropy(x, q, where=jnp.asarray(kept))
+  np.testing.assert_allclose(loss, cross_entropy(x[kept], q[kept]), rtol=1e-6)
+  g = jax.grad(lambda x: cross_entropy(x, q, where=jnp.asarray(kept), label_smoothing=0.1))(x)
+  np.testing.assert_array_equal(g[~kept], 0.0)
+  assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize("case", ["all_ignored", "all_masked", "zero_weight", "probs_masked"])
+def test_mean_over_zero_examples_is_zero(case):
+  x = jnp.asarray(rand((3, 4), seed=31))
+  y = jnp.array([1, 2, 1])
+  kw = {}
+  if case == "all_ignored":
+    y = jnp.full(3, -100)
+    kw = dict(ignore_index=-100)
+  elif case == "all_masked":
+    kw = dict(where=jnp.zeros(3, bool))
+  elif case == "zero_weight":
+    kw = dict(weight=jnp.array([1.0, 0.0, 0.0, 1.0]))
+  else:
+    y = jnp.asarray(rand_probs((3, 4), seed=32))
+    kw = dict(where=jnp.zeros(3, bool))
+  for ls in (0.0, 0.2):
+    f = lambda x: cross_entropy(x, y, label_smoothing=ls, **kw)
+    loss, g = jax.value_and_grad(f)(x)
+    assert loss == 0 and not np.isnan(loss)
+    np.testing.assert_array_equal(g, 0.0)
+    loss, g = jax.value_and_grad(lambda lp: nll_loss(lp, y, label_smoothing=ls, **kw))(jax.nn.log_softmax(x))
+    assert loss == 0
+    np.testing.assert_array_equal(g, 0.0)
+  assert cross_entropy(x, y, reduction="sum", **kw) == 0
+
+
+# --- out-of-range labels ----------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [cross_entropy, nll_loss])
+@pytest.mark.parametrize("bad", [3, -1, 100])
+def test_out_of_range_labels_raise_when_concrete(fn, bad):
+  x = jnp.zeros((2, 3))
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.array([0, bad]))
+  # ignore_index itself may be out of range.
+  np.testing.assert_allclose(fn(x, jnp.array([0, bad]), ignore_index=bad),
+                             np.log(3) if fn is cross_entropy else 0.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [cross_entropy, nll_loss])
+def test_out_of_range_labels_excluded_by_where_are_allowed(fn):
+  # where excludes an example like ignore_index does: its label (padding such
+  # as -1) must not matter, eagerly or under jit.
+  x = jnp.zeros((2, 3))
+  y = jnp.array([0, -1])
+  where = jnp.array([True, False])
+  want = np.log(3) if fn is cross_entropy else 0.0
+  np.testing.assert_allclose(fn(x, y, where=where), want, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(fn)(x, y, where=where), want, rtol=1e-6)
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.array([-1, 0]), where=where)
+
+
+def test_out_of_range_labels_under_jit_give_nan():
+  x = jnp.asarray(rand((3, 4), seed=33))
+  f = jax.jit(cross_entropy, static_argnames=("reduction", "ignore_index"))
+  per = f(x, jnp.array([0, 4, 2]), reduction="none")
+  assert np.isnan(per[1])
+  assert_close(np.asarray(per)[[0, 2]], np_cross_entropy(np.asarray(x)[[0, 2]], np.array([0, 2]), reduction="none"))
+  assert np.isnan(f(x, jnp.array([0, -3, 2])))
+  # The ignore_index value stays allowed under jit.
+  assert not np.isnan(f(x, jnp.array([0, -100, 2]), ignore_index=-100))
+  g = jax.jit(jax.grad(lambda x, y: nll_loss(x, y)))(x, jnp.array([0, 9, 2]))
+  assert np.isnan(jax.jit(nll_loss)(x, jnp.array([0, 9, 2])))
+  assert g.shape == x.shape
+
+
+# --- entropy and KL -------------------------------------------------------------
+
+def test_entropy_kl_match_reference_and_axes():
+  p = rand_probs((3, 4, 5), seed=34)
+  q = rand_probs((3, 4, 5), seed=35)
+  p[0, 0, :2] = 0
+  p[0, 0] /= p[0, 0].sum()
+  for axis in (-1, (1, 2)):
+    pp = p if axis == -1 else p / p.sum((1, 2), keepdims=True)
+    qq = q if axis == -1 else q / q.sum((1, 2), keepdims=True)
+    assert_close(entropy(pp, axis=axis), special.entr(pp.astype(np.float64)).sum(axis))
+    want = special.rel_entr(pp.astype(np.float64), qq).sum(axis)
+    assert_close(kl_divergence(pp, qq, axis=axis), want)
+  # Cross-entropy decomposes: H(p, q) = H(p) + KL(p || q).
+  assert_close(cross_entropy(np.log(q), p, reduction="none"),
+               np.asarray(entropy(p), np.float64) + np.asarray(kl_divergence(p, q), np.float64))
+
+
+def test_entropy_kl_dtypes_and_grads():
+  p = jnp.asarray(rand_probs((2, 4), seed=36), jnp.bfloat16)
+  assert entropy(p).dtype == jnp.bfloat16 and kl_divergence(p, p).dtype == jnp.bfloat16
+  with jax.enable_x64(True):
+    p = np.random.default_rng(37).dirichlet(np.ones(4), size=2)
+    q = np.random.default_rng(38).dirichlet(np.ones(4), size=2)
+    assert entropy(jnp.asarray(p)).dtype == jnp.float64
+    np.testing.assert_allclose(kl_divergence(jnp.asarray(p), jnp.asarray(q)),
+                               np.sum(p * np.log(p / q), -1), rtol=1e-13)
+    check_grads(lambda p, q: kl_divergence(p, q) + entropy(p), (jnp.asarray(p), jnp.asarray(q)),
+                order=2, modes=("fwd", "rev"), eps=1e-6)
+  # d KL / d q = -p / q: zero where p is 0.
+  g = jax.grad(lambda q: kl_divergence(jnp.array([0.0, 1.0]), q))(jnp.array([0.5, 0.5]))
+  np.testing.assert_allclose(g, [0.0, -2.0])
+
+
+# --- dtypes -------------------------------------------------------------------
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_bfloat16_in_bfloat16_out(probs):
+  x32 = rand((8, 6), seed=39)
+  y = rand_probs((8, 6), seed=40) if probs else np.random.default_rng(41).integers(0, 6, size=8)
+  x = jnp.asarray(x32, jnp.bfloat16)
+  yb = jnp.asarray(y, jnp.bfloat16) if probs else y
+  for reduction in ("mean", "none"):
+    out = cross_entropy(x, yb, reduction=reduction, label_smoothing=0.1)
+    assert out.dtype == jnp.bfloat16
+    want = np_cross_entropy(np.asarray(x.astype(jnp.float32)), np.asarray(jnp.asarray(yb).astype(jnp.float32))
+                            if probs else y, reduction=reduction, label_smoothing=0.1)
+    np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), want, rtol=2**-7)
+  out = nll_loss(jax.nn.log_softmax(x), yb)
+  assert out.dtype == jnp.bfloat16
+
+
+def test_float64_under_x64():
+  with jax.enable_x64(True):
+    x = np.random.default_rng(42).normal(size=(5, 3))
+    y = np.random.default_rng(43).integers(0, 3, size=5)
+    out = cross_entropy(jnp.asarray(x), jnp.asarray(y))
+    assert out.dtype == jnp.float64
+    np.testing.assert_allclose(out, np_cross_entropy(x, y), rtol=1e-14)
+    q = np.random.default_rng(44).dirichlet(np.ones(3), size=5)
+    assert nll_loss(jnp.asarray(np_log_softmax(x)), jnp.asarray(q)).dtype == jnp.float64
+
+
+# --- gradients and transforms --------------------------------------------------
+
+def test_gradient_closed_form():
+  # d mean CE / d logits = (softmax - onehot(y)) / N.
+  x = rand((5, 4), seed=45)
+  y = np.array([0, 3, 1, 1, 2])
+  p = np.exp(np_log_softmax(x))
+  g = jax.grad(cross_entropy)(jnp.asarray(x), jnp.asarray(y))
+  assert_close(g, (p - np.eye(4)[y]) / 5)
+  q = rand_probs((5, 4), seed=46)
+  g = jax.grad(cross_entropy)(jnp.asarray(x), jnp.asarray(q))
+  assert_close(g, (p - q) / 5)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_check_grads(probs):
+  x = jnp.asarray(rand((3, 4), seed=47, scale=1.0))
+  y = jnp.asarray(rand_probs((3, 4), seed=48)) if probs else jnp.array([0, 3, 1])
+  w = jnp.array([0.5, 1.0, 2.0, 1.5])
+  # One check for both functions: each check_grads(order=2) costs seconds.
+  f = lambda x: (cross_entropy(x, y, weight=w, label_smoothing=0.2)
+                 + nll_loss(x, y, weight=w, reduction="none"))
+  check_grads(f, (x,), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
+
+
+def test_jit_vmap_jvp():
+  x = rand((6, 5, 4), seed=49)
+  y = np.random.default_rng(50).integers(0, 4, size=(6, 5))
+  w = np.array([1.0, 2.0, 0.5, 1.0], np.float32)
+  f = jax.jit(lambda x, y: cross_entropy(x, y, weight=w, label_smoothing=0.1))
+  got = jax.vmap(f)(x, y)
+  want = np.array([np_cross_entropy(x[i], y[i], weight=w, label_smoothing=0.1) for i in range(6)])
+  assert_close(got, want)
+  where = np.random.default_rng(51).random((6, 5)) < 0.5
+  got = jax.vmap(lambda x, y, m: cross_entropy(x, y, where=m))(x, y, where)
+  assert_close(got, [np_cross_entropy(x[i], y[i], where=where[i]) for i in range(6)])
+  got = jax.jit(jax.vmap(jax.grad(lambda x, y: nll_loss(x, y, reduction="sum"))))(x, y)
+  np.testing.assert_array_equal(got, -np.eye(4, dtype=np.float32)[y])
+  t = rand((5, 4), seed=52)
+  p = np.exp(np_log_softmax(x[0]))
+  _, dy = jax.jvp(lambda x: cross_entropy(x, y[0], reduction="sum"), (jnp.asarray(x[0]),), (jnp.asarray(t),))
+  assert_close(dy, np.sum((p - np.eye(4)[y[0]]) * t), rtol=1e-5, atol=1e-5)
+
+
+# --- properties ------------------------------------------------------------------
+
+logits_st = hnp.arrays(np.float32, (4, 5), elements=st.floats(-30, 30, width=32))
+labels_st = hnp.arrays(np.int32, (4,), elements=st.integers(0, 4))
+weights_st = st.none() | hnp.arrays(np.float32, (5,), elements=st.floats(0.125, 4, width=32))
+smooth_st = st.sampled_from([0.0, 0.1, 0.5, 1.0])
+
+
+@given(logits_st, labels_st, weights_st, smooth_st)
+def test_property_nonnegative_and_matches_reference(x, y, w, eps):
+  kw = dict(weight=w, label_smoothing=eps)
+  per = np.asarray(cross_entropy(x, y, reduction="none", **kw), np.float64)
+  assert np.all(per >= 0)
+  assert_close(per, np_cross_entropy(x, y, reduction="none", **kw), rtol=1e-5, atol=1e-5)
+  assert float(cross_entropy(x, y, **kw)) >= 0
+
+
+@given(logits_st, labels_st, weights_st, smooth_st)
+def test_property_one_hot_equals_integer_label(x, y, w, eps):
+  onehot = np.eye(5, dtype=np.float32)[y]
+  for reduction in ("none", "sum"):
+    kw = dict(weight=w, label_smoothing=eps, reduction=reduction)
+    assert_close(cross_entropy(x, onehot, **kw), np.asarray(cross_entropy(x, y, **kw), np.float64),
+                 rtol=1e-5, atol=1e-5)
+  # Unweighted, the means agree too (both divide by N).
+  assert_close(cross_entropy(x, onehot, label_smoothing=eps),
+               float(cross_entropy(x, y, label_smoothing=eps)), rtol=1e-5, atol=1e-5)
+
+
+@given(logits_st, labels_st, weights_st, st.sampled_from(["mean", "sum", "none"]))
+def test_property_cross_entropy_is_nll_of_log_softmax(x, y, w, reduction):
+  kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
+  lp = jax.nn.log_softmax(jnp.asarray(x))
+  assert_close(cross_entropy(x, y, **kw), np.asarray(nll_loss(lp, y, **kw), np.float64), rtol=1e-5, atol=1e-5)
+
+
+# --- errors -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn,name", [(cross_entropy, "logits"), (nll_loss, "log_probs")])
+def test_errors(fn, name):
+  x = jnp.zeros((4, 3))
+  y = jnp.array([0, 1, 2, 0])
+  with pytest.raises(TypeError, match=name):
+    fn(jnp.zeros((4, 3), jnp.int32), y)
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.array([0, 1, 2]))  # wrong batch shape
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.zeros((4, 3), jnp.int32))  # integer labels with a class axis
+  with pytest.raises(ValueError, match="labels"):
+    fn(x, jnp.zeros((4,), jnp.float32))  # probabilities without the class axis
+  with pytest.raises(TypeError, match="labels"):
+    fn(x, jnp.zeros((4,), bool))
+  for eps in (-0.1, 1.5, float("nan")):
+    with pytest.raises(ValueError, match="label_smoothing"):
+      fn(x, y, label_smoothing=eps)
+  with pytest.raises(ValueError, match="reduction"):
+    fn(x, y, reduction="avg")
+  with pytest.raises(ValueError, match="reduction"):
+    fn(x, y, reduction=None)
+  with pytest.raises(ValueError, match="weight"):
+    fn(x, y, weight=jnp.ones(4))
+  with pytest.raises(ValueError, match="weight"):
+    fn(x, y, weight=jnp.ones((1, 3)))
+  with pytest.raises(TypeError, match="where"):
+    fn(x, y, where=jnp.ones(4))
+  with pytest.raises(ValueError, match="where"):
+    fn(x, y, where=jnp.ones(3, bool))
+  with pytest.raises(ValueError, match="ignore_index"):
+    fn(x, jnp.full((4, 3), 1 / 3), ignore_index=-100)
+  with pytest.raises(ValueError, match="axis"):
+    fn(x, y, axis=2)
+
+
+def test_error_message_format():
+  with pytest.raises(ValueError, match=r"cross_entropy: labels must have shape \(8,\)"):
+    cross_entropy(jnp.zeros((8, 3)), jnp.zeros((8, 3), jnp.int32))
+  with pytest.raises(ValueError, match=r"weight must have shape \(3,\).*got \(4,\)"):
+    cross_entropy(jnp.zeros((8, 3)), jnp.zeros(8, jnp.int32), weight=jnp.ones(4))
+
+
+def test_entropy_kl_errors():
+  with pytest.raises(TypeError, match="probs"):
+    entropy(jnp.array([1, 0]))
+  with pytest.raises(TypeError, match="q"):
+    kl_divergence(jnp.array([0.5, 0.5]), jnp.array([1, 0]))
+  with pytest.raises(ValueError, match="q"):
+    kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.2, 0.3, 0.5]))
+  with pytest.raises(ValueError, match="axis"):
+    entropy(jnp.array([0.5, 0.5]), axis=1)
+
+
+# --- docstring examples ----------------------------------------------------------
+
+def test_docstring_examples():
+  result = doctest.testmod(importlib.import_module("jaxsoft.losses"), optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0
+  assert result.failed == 0
