@@ -112,7 +112,10 @@ def _log_softmax_jvp(axes, primals, tangents):
 def _logsumexp(x, axes):
   m = _shift(x, axes)
   s = jnp.sum(jnp.exp(x - m), axes, keepdims=True)
-  return jnp.squeeze(jnp.where(s == 0, -jnp.inf, jnp.log(s) + m), axes)
+  out = jnp.where(s == 0, -jnp.inf, jnp.log(s) + m)
+  # A +inf entry makes the sum +inf (x - m is NaN there): say so exactly.
+  out = jnp.where(m == jnp.inf, jnp.inf, out)
+  return jnp.squeeze(out, axes)
 
 
 @_logsumexp.defjvp
