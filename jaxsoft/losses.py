@@ -178,8 +178,8 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=None,
 
   Raises:
     ValueError: labels out of ``[0, C)`` (other than ``ignore_index`` and
-      examples excluded by ``where``) when the labels are concrete. Under ``jit`` they cannot be checked; such an
-      example's loss is NaN.
+      examples excluded by ``where``) when the labels are concrete. Under
+      ``jit`` they cannot be checked; such an example's loss is NaN.
 
   Examples:
     The lecture's example: logits [0.9, 1.2, -0.4], true class 1.

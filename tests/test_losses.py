@@ -378,11 +378,21 @@ def test_entropy_kl_dtypes_and_grads():
     assert entropy(jnp.asarray(p)).dtype == jnp.float64
     np.testing.assert_allclose(kl_divergence(jnp.asarray(p), jnp.asarray(q)),
                                np.sum(p * np.log(p / q), -1), rtol=1e-13)
-    check_grads(lambda p, q: kl_divergence(p, q) + entropy(p), (jnp.asarray(p), jnp.asarray(q)),
-                order=2, modes=("fwd", "rev"), eps=1e-6)
   # d KL / d q = -p / q: zero where p is 0.
   g = jax.grad(lambda q: kl_divergence(jnp.array([0.0, 1.0]), q))(jnp.array([0.5, 0.5]))
   np.testing.assert_allclose(g, [0.0, -2.0])
+  # d H / d p = -log p - 1.
+  p = jnp.array([0.2, 0.3, 0.5])
+  np.testing.assert_allclose(jax.grad(entropy)(p), -np.log([0.2, 0.3, 0.5]) - 1, rtol=1e-6)
+
+
+@pytest.mark.slow  # order-2 numerical check in float64; closed forms above run by default
+def test_entropy_kl_check_grads():
+  with jax.enable_x64(True):
+    p = np.random.default_rng(37).dirichlet(np.ones(4), size=2)
+    q = np.random.default_rng(38).dirichlet(np.ones(4), size=2)
+    check_grads(lambda p, q: kl_divergence(p, q) + entropy(p), (jnp.asarray(p), jnp.asarray(q)),
+                order=2, modes=("fwd", "rev"), eps=1e-6)
 
 
 # --- dtypes -------------------------------------------------------------------

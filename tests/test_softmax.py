@@ -317,6 +317,7 @@ def test_check_grads(f):
   check_grads(f, (x,), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.slow  # float32 check_grads above covers the default run
 def test_check_grads_float64():
   with jax.enable_x64(True):
     x = jnp.asarray(np.random.default_rng(12).normal(size=(2, 5)))
