@@ -51,6 +51,11 @@ def _check_where(fn, where, shape):
   return jnp.broadcast_to(where, shape)
 
 
+def _is_zero(value) -> bool:
+  """True for a concrete 0; a traced value is kept (it may be a sweep's tracer)."""
+  return isinstance(value, (int, float)) and value == 0
+
+
 def _reduce(per_example, denominator, reduction):
   """Sum, or a (weighted) mean that is 0 rather than NaN over nothing."""
   if reduction == "none":
@@ -96,7 +101,7 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
   safe = jnp.where(keep & in_range, labels, 0).astype(jnp.int32)
   w_y = jnp.ones(batch_shape, scores.dtype) if weight is None else weight.astype(scores.dtype)[safe]
   per = w_y * nll_at(safe)
-  if label_smoothing:
+  if not _is_zero(label_smoothing):
     w = jnp.ones((num_classes,), scores.dtype) if weight is None else weight.astype(scores.dtype)
     per = (1 - label_smoothing) * per + label_smoothing / num_classes * smooth_fn(w)
   # Under jit an out-of-range label cannot raise: its loss is NaN, loudly.
@@ -110,7 +115,7 @@ def _prob_loss(fn, log_p, targets, *, axis, weight, ignore_index, label_smoothin
   if ignore_index is not None:
     v.fail(fn, "ignore_index", "be None with probability labels (PyTorch's rule too)", ignore_index)
   targets = jnp.moveaxis(targets, axis, -1).astype(log_p.dtype)
-  if label_smoothing:
+  if not _is_zero(label_smoothing):
     targets = targets * (1 - label_smoothing) + label_smoothing / num_classes
   if weight is not None:
     targets = targets * weight.astype(log_p.dtype)
