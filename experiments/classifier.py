@@ -30,9 +30,9 @@ class Config:
   seed: int = 0
   steps: int = 2000
   batch_size: int = 128
-  hidden: int = 128
+  hidden: int = 256
   learning_rate: float = 3e-3
-  weight_decay: float = 1e-4
+  weight_decay: float = 0.1
   val_fraction: float = 0.2
   test_fraction: float = 0.2
   log_every: int = 50
