@@ -38,13 +38,13 @@ class Config:
   causal: bool = dataclasses.field(
       default=True, metadata={"help": "causal attention (makes the previous-token "
                                       "step of recall easy to learn)"})
-  steps: int = 3000
+  steps: int = 1000
   batch_size: int = 128
   learning_rate: float = 3e-3
-  warmup_steps: int = 200
+  warmup_steps: int = 100
   test_size: int = 2000
   log_every: int = 50
-  checkpoint_every: int = 500
+  checkpoint_every: int = 250
   implementation: str = dataclasses.field(
       default="dense", metadata={"choices": ["dense", "chunked"],
                                  "help": "jaxsoft attention path used for training"})
