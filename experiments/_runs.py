@@ -188,7 +188,7 @@ def build_parser(module) -> argparse.ArgumentParser:
   for f in dataclasses.fields(cls):
     typ = types[f.name]
     flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-    helptext = f.metadata.get("help", " ")
+    helptext = f.metadata.get("help", typ.__name__)
     if typ is bool:
       p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
                      default=f.default, help=helptext)
