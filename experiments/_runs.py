@@ -275,11 +275,9 @@ class RunContext:
     self.run_dir = Path(run_dir)
     self.resume = resume
     self.quiet = (not sys.stderr.isatty()) if quiet is None else quiet
+    # A resumed run starts with no metrics: load_checkpoint brings back those
+    # logged up to the checkpoint, and an experiment without checkpoints redoes all.
     self._metrics: list[dict] = []
-    mpath = self.run_dir / "metrics.jsonl"
-    if resume and mpath.exists():
-      with open(mpath) as f:
-        self._metrics = [json.loads(line) for line in f if line.strip()]
 
   # -- metrics -----------------------------------------------------------------
   def log(self, step: int, **metrics) -> None:
@@ -361,7 +359,11 @@ class RunContext:
           raise ValueError(f"checkpoint leaf {want[i]} has shape {a.shape}, "
                            f"expected {np.shape(leaf)}")
         new.append(jax.numpy.asarray(a, dtype=getattr(leaf, "dtype", a.dtype)))
-    self._metrics = [m for m in self._metrics if m.get("step", 0) <= step]
+    mpath = self.run_dir / "metrics.jsonl"
+    if mpath.exists():
+      with open(mpath) as f:
+        logged = [json.loads(line) for line in f if line.strip()]
+      self._metrics = [m for m in logged if m.get("step", 0) <= step]
     return step, jax.tree_util.tree_unflatten(treedef, new)
 
 

@@ -186,6 +186,9 @@ def run(config: Config, ctx) -> dict:
     raise ValueError(f"attention_toy: steps ({config.steps}) and checkpoint_every "
                      f"({config.checkpoint_every}) must be multiples of log_every "
                      f"({config.log_every})")
+  if not 0 <= config.warmup_steps < config.steps:
+    raise ValueError(f"attention_toy: warmup_steps must be in [0, steps={config.steps}), "
+                     f"got {config.warmup_steps}")
   if config.n_pairs > config.n_keys:
     raise ValueError(f"attention_toy: n_pairs must be <= n_keys ({config.n_keys}), "
                      f"got {config.n_pairs}")
@@ -245,8 +248,14 @@ def _plots(ctx, config, params, tokens, targets):
               title="last layer attention (mean over heads)")
   axes[0].set_xticklabels(labels, rotation=90)
   axes[0].set_yticklabels(labels)
-  axes[1].bar(range(len(labels)), w[-1])
+  # With causal attention the recall circuit is an induction head: layer 1 copies
+  # each key into the value token after it, and the query then attends to the
+  # value position that follows its matching key.
+  match = int(np.flatnonzero(toks[:-1:2] == toks[-1])[0]) * 2
+  colors = ["C3" if i == match else "C2" if i == match + 1 else "C0" for i in range(len(labels))]
+  axes[1].bar(range(len(labels)), w[-1], color=colors)
   axes[1].set_xticks(range(len(labels)))
   axes[1].set_xticklabels(labels, rotation=90)
-  axes[1].set(title=f"query row (target v{int(targets[0])})", ylabel="weight")
+  axes[1].set(title=f"query row: matching key (red) {labels[match]}, its value (green) "
+                    f"{labels[match + 1]}, target v{int(targets[0])}", ylabel="weight")
   ctx.save_figure(fig, "attention_heatmap")

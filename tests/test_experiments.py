@@ -94,7 +94,8 @@ def test_classifier(tmp_path):
 def test_attention_toy_dense_equals_chunked(tmp_path):
   _, s = _run(tmp_path, "attention_toy", "--steps", "40", "--log_every", "20",
               "--checkpoint_every", "20", "--d_model", "16", "--num_heads", "2",
-              "--test_size", "64", "--batch_size", "32", "--compare_implementations")
+              "--test_size", "64", "--batch_size", "32", "--warmup_steps", "10",
+              "--compare_implementations")
   assert 0.0 <= s["test_accuracy"] <= 1.0
   assert s["implementations_max_rel_diff"] < 1e-4
 
