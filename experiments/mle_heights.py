@@ -45,7 +45,7 @@ def _nll(loc, log_scale, x):
 
 
 def _descent_path(x, config):
-  """Adam on (loc, log scale) from the method-of-moments-free start (x[0], log std)."""
+  """Adam on (loc, log scale) from a deliberately poor start (min(x), scale 1), for the plot."""
   params = {"loc": jnp.asarray(float(x.min())), "log_scale": jnp.asarray(0.0)}
   opt = optax.adam(config.path_learning_rate)
   state = opt.init(params)
