@@ -1,0 +1,148 @@
+"""python -m experiments list | run NAME [--field value ...] | all | rerun RUN_DIR [--resume]"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Matplotlib must never try to open a window: plots are files.
+import matplotlib
+
+matplotlib.use("Agg")
+
+from experiments import REGISTRY, Unavailable, _runs, available, load  # noqa: E402
+
+USAGE = """usage: python -m experiments COMMAND ...
+
+commands:
+  list                          the experiments and whether they can run
+  run NAME [--field value ...]  one run with its config (see run NAME --help)
+  all [--runs-dir DIR]          every experiment on its defaults, then one table
+  rerun RUN_DIR [--resume]      rerun a saved config and compare summaries
+                                (--resume: finish an interrupted run in place)
+"""
+
+
+def _err(msg: str, code: int = 2) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return code
+
+
+def cmd_list(argv) -> int:
+  if argv:
+    return _err(f"list takes no arguments, got {' '.join(argv)}")
+  for name, module, reason in available():
+    if module is None:
+      print(f"{name:15s} unavailable: {reason}")
+    else:
+      doc = (module.__doc__ or "").strip().splitlines()
+      print(f"{name:15s} {doc[0] if doc else ''}")
+  return 0
+
+
+def _print_summary(summary):
+  flat = _runs.flatten(summary)
+  print(_runs.format_table(("figure", "value"), [(k, _runs._fmt(v)) for k, v in flat.items()]))
+
+
+def cmd_run(argv) -> int:
+  if not argv or argv[0].startswith("-"):
+    return _err(f"run needs an experiment name: one of {', '.join(REGISTRY)}")
+  name, rest = argv[0], argv[1:]
+  try:
+    module = load(name)
+    config, root = _runs.parse_config(module, rest)
+  except KeyError as e:
+    return _err(e.args[0])
+  except (Unavailable, _runs.ConfigError) as e:
+    return _err(str(e))
+  run_dir = _runs.new_run_dir(root, module.NAME)
+  print(f"{module.NAME}: run directory {run_dir}", flush=True)
+  summary = _runs.execute(module, config, run_dir)
+  _print_summary(summary)
+  return 0
+
+
+def cmd_all(argv) -> int:
+  p = argparse.ArgumentParser(prog="python -m experiments all")
+  p.add_argument("--runs-dir", default=_runs.DEFAULT_RUNS_ROOT)
+  args = p.parse_args(argv)
+  rows, failed = [], False
+  for name, module, reason in available():
+    if module is None:
+      print(f"== {name}: skipped ({reason})", flush=True)
+      rows.append((name, "-", "skipped", "-"))
+      continue
+    run_dir = _runs.new_run_dir(args.runs_dir, module.NAME)
+    print(f"== {name}: {run_dir}", flush=True)
+    try:
+      summary = _runs.execute(module, module.Config(), run_dir)
+    except Exception as e:  # noqa: BLE001 - one broken experiment must not hide the others
+      failed = True
+      print(f"== {name}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+      rows.append((name, "-", "FAILED", "-"))
+      continue
+    seconds = _runs.read_json(run_dir / "timing.json")["wall_seconds"]
+    flat = _runs.flatten(summary)
+    keys = [k for k in getattr(module, "HEADLINE", flat) if k in flat]
+    for i, k in enumerate(keys):
+      rows.append((name if i == 0 else "", k, _runs._fmt(flat[k]),
+                   f"{seconds:.1f}" if i == 0 else ""))
+  print()
+  print(_runs.format_table(("experiment", "figure", "value", "seconds"), rows))
+  return 1 if failed else 0
+
+
+def cmd_rerun(argv) -> int:
+  p = argparse.ArgumentParser(prog="python -m experiments rerun")
+  p.add_argument("run_dir")
+  p.add_argument("--resume", action="store_true",
+                 help="continue an interrupted run in place from its last checkpoint")
+  p.add_argument("--runs-dir", default=None,
+                 help="root for the new run (default: the original run's root)")
+  args = p.parse_args(argv)
+  run_dir = Path(args.run_dir)
+  try:
+    name, values = _runs.load_run(run_dir)
+    module = load(name)
+    config = _runs.config_from_dict(module.Config, values, experiment=name)
+  except (Unavailable, _runs.ConfigError) as e:
+    return _err(str(e))
+  except KeyError as e:
+    return _err(e.args[0])
+  if args.resume:
+    if (run_dir / "summary.json").exists():
+      print(f"{run_dir} is already complete; nothing to resume")
+      return 0
+    print(f"{name}: resuming {run_dir}", flush=True)
+    summary = _runs.execute(module, config, run_dir, resume=True)
+    _print_summary(summary)
+    return 0
+  old_path = run_dir / "summary.json"
+  if not old_path.exists():
+    return _err(f"{run_dir} has no summary.json (interrupted? use --resume)")
+  old = _runs.read_json(old_path)
+  root = args.runs_dir or run_dir.parent.parent
+  new_dir = _runs.new_run_dir(root, name)
+  print(f"{name}: rerunning {run_dir} into {new_dir}", flush=True)
+  new = _runs.execute(module, config, new_dir)
+  same, table = _runs.compare_summaries(old, new)
+  print(table)
+  print("summaries identical" if same else "summaries DIFFER")
+  return 0 if same else 1
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if argv else 2
+  cmd, rest = argv[0], argv[1:]
+  commands = {"list": cmd_list, "run": cmd_run, "all": cmd_all, "rerun": cmd_rerun}
+  if cmd not in commands:
+    return _err(f"unknown command {cmd!r}\n{USAGE}")
+  return commands[cmd](rest)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,445 @@
+"""Run system: configs -> CLI, run directories, metrics, checkpoints, reruns.
+
+An experiment is a module with:
+
+* ``NAME``: its name on the command line;
+* ``Config``: a frozen dataclass whose fields (int, float, str, bool) all have
+  defaults; every config has a ``seed``;
+* ``run(config, ctx) -> dict``: trains or computes, logs through ``ctx`` and
+  returns the summary (flat dotted keys or nested dicts of numbers/strings);
+* optionally ``REQUIRES``: names that must exist on ``jaxsoft`` (the registry
+  skips the experiment with a message otherwise), and ``HEADLINE``: the summary
+  keys that ``all`` shows in its table.
+
+``summary.json`` holds only deterministic figures, so that ``rerun`` can
+compare it exactly; wall-clock times go to ``timing.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import difflib
+import importlib
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_RUNS_ROOT = "runs"
+
+
+class ConfigError(ValueError):
+  """A config file or command-line option that does not fit the config."""
+
+
+# ----------------------------------------------------------------------------
+# Atomic files
+# ----------------------------------------------------------------------------
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+  path = Path(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _to_jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_to_jsonable(v) for v in x]
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x)
+  if hasattr(x, "shape") and hasattr(x, "dtype"):  # jax / numpy arrays
+    a = np.asarray(x)
+    return _to_jsonable(a.item() if a.ndim == 0 else a.tolist())
+  return x
+
+
+def write_json(path, obj) -> None:
+  """Writes ``obj`` as JSON through a temporary file and a rename."""
+  text = json.dumps(_to_jsonable(obj), indent=2, sort_keys=False, allow_nan=True)
+  _atomic_write_bytes(Path(path), (text + "\n").encode())
+
+
+def read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def flatten(d, prefix=""):
+  """Nested dicts -> one dict with dotted keys (already flat keys are kept)."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------
+
+_SCALARS = (bool, int, float, str)
+
+
+def _field_types(cls):
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _suggest(name, choices):
+  close = difflib.get_close_matches(name, list(choices), n=1)
+  return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _coerce(cls_name, field, typ, value):
+  """Checks a JSON value against a field's type (int accepted for float)."""
+  if typ is bool:
+    ok = isinstance(value, bool)
+  elif typ is int:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+  elif typ is float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  elif typ is str:
+    ok = isinstance(value, str)
+  else:
+    raise TypeError(f"{cls_name}: field {field!r} has unsupported type {typ!r}")
+  if not ok:
+    raise ConfigError(f"{cls_name}: field {field!r} must be {typ.__name__}, got {value!r}")
+  return value
+
+
+def config_from_dict(cls, values: dict, *, experiment: str | None = None):
+  """Builds ``cls`` from a dict, naming any unknown or mistyped field."""
+  name = experiment or cls.__name__
+  types = _field_types(cls)
+  unknown = [k for k in values if k not in types]
+  if unknown:
+    k = unknown[0]
+    raise ConfigError(f"{name}: unknown config field {k!r}{_suggest(k, types)} "
+                      f"(fields: {', '.join(types)})")
+  kwargs = {k: _coerce(name, k, types[k], v) for k, v in values.items()}
+  return cls(**kwargs)
+
+
+def config_to_dict(config) -> dict:
+  return dataclasses.asdict(config)
+
+
+def load_config_file(cls, path, *, experiment: str) -> dict:
+  """Reads a config JSON: either flat fields or a run's ``config.json``."""
+  try:
+    data = read_json(path)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"--config: cannot read {path}: {e}") from None
+  if not isinstance(data, dict):
+    raise ConfigError(f"--config: {path} must hold a JSON object, got {type(data).__name__}")
+  if "config" in data and "experiment" in data:
+    if data["experiment"] != experiment:
+      raise ConfigError(f"--config: {path} is a config of experiment {data['experiment']!r}, "
+                        f"not {experiment!r}")
+    data = data["config"]
+  config_from_dict(cls, data, experiment=experiment)  # validate now, name the field
+  return data
+
+
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):
+    raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser(module) -> argparse.ArgumentParser:
+  """An argparse parser generated from ``module.Config``'s fields."""
+  cls = module.Config
+  doc = (module.__doc__ or "").strip().splitlines()
+  p = _Parser(prog=f"python -m experiments run {module.NAME}",
+              description=doc[0] if doc else None, allow_abbrev=False,
+              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("--config", metavar="FILE.json", default=None,
+                 help="load fields from a JSON file (command-line options override it)")
+  p.add_argument("--runs-dir", default=DEFAULT_RUNS_ROOT, help="root of the run directories")
+  types = _field_types(cls)
+  for f in dataclasses.fields(cls):
+    typ = types[f.name]
+    flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+    helptext = f.metadata.get("help", typ.__name__)
+    if typ is bool:
+      p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                     default=f.default, help=helptext)
+    elif typ in (int, float, str):
+      p.add_argument(*flags, dest=f.name, type=typ, default=f.default, help=helptext,
+                     metavar=typ.__name__.upper(),
+                     choices=f.metadata.get("choices"))
+    else:
+      raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {typ!r}")
+  return p
+
+
+def parse_config(module, argv):
+  """Parses ``argv`` into (config, runs_dir); bad options raise ConfigError.
+
+  Precedence: command-line options, then ``--config FILE.json``, then the
+  dataclass defaults.
+  """
+  p = build_parser(module)
+  pre, _ = p.parse_known_args(argv)
+  if pre.config:
+    p.set_defaults(**load_config_file(module.Config, pre.config, experiment=module.NAME))
+  ns, unknown = p.parse_known_args(argv)
+  if unknown:
+    opt = unknown[0]
+    names = [a for a in p._option_string_actions if a.startswith("--")]
+    raise ConfigError(f"{module.NAME}: unknown option {opt!r}"
+                      f"{_suggest(opt.split('=')[0], names)} "
+                      f"(see `python -m experiments run {module.NAME} --help`)")
+  values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Config)}
+  return config_from_dict(module.Config, values, experiment=module.NAME), ns.runs_dir
+
+
+# ----------------------------------------------------------------------------
+# Environment, run directories
+# ----------------------------------------------------------------------------
+
+def environment() -> dict:
+  import jax
+  import jaxlib
+  env = {
+      "python": sys.version.split()[0],
+      "platform": platform.platform(),
+      "machine": platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "jax": jax.__version__,
+      "jaxlib": jaxlib.__version__,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  for mod in ("optax", "numpy", "jaxsoft"):
+    try:
+      env[mod] = importlib.import_module(mod).__version__
+    except Exception:  # noqa: BLE001 - a missing package is recorded, not fatal
+      env[mod] = None
+  return env
+
+
+def new_run_dir(root, experiment: str) -> Path:
+  """Creates a fresh ``root/<experiment>/<run-id>``; never reuses one."""
+  base = Path(root) / experiment
+  base.mkdir(parents=True, exist_ok=True)
+  stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  for i in range(1000):
+    run_id = stamp if i == 0 else f"{stamp}-{i}"
+    path = base / run_id
+    try:
+      path.mkdir()  # atomic: fails if it exists, so two runs never share a directory
+      return path
+    except FileExistsError:
+      continue
+  raise RuntimeError(f"cannot create a new run directory under {base}")
+
+
+# ----------------------------------------------------------------------------
+# Run context handed to experiments
+# ----------------------------------------------------------------------------
+
+class RunContext:
+  """What an experiment's ``run`` writes through: metrics, plots, checkpoints."""
+
+  def __init__(self, run_dir: Path, *, resume: bool = False, quiet: bool | None = None):
+    self.run_dir = Path(run_dir)
+    self.resume = resume
+    self.quiet = (not sys.stderr.isatty()) if quiet is None else quiet
+    # A resumed run starts with no metrics: load_checkpoint brings back those
+    # logged up to the checkpoint, and an experiment without checkpoints redoes all.
+    self._metrics: list[dict] = []
+
+  # -- metrics -----------------------------------------------------------------
+  def log(self, step: int, **metrics) -> None:
+    """Records one line of ``metrics.jsonl`` (flushed at checkpoints and at the end)."""
+    self._metrics.append(_to_jsonable({"step": int(step), **metrics}))
+
+  def flush_metrics(self) -> None:
+    lines = "".join(json.dumps(m) + "\n" for m in self._metrics)
+    _atomic_write_bytes(self.run_dir / "metrics.jsonl", lines.encode())
+
+  @property
+  def metrics(self) -> list[dict]:
+    return list(self._metrics)
+
+  # -- progress ----------------------------------------------------------------
+  def progress(self, iterable=None, *, total=None, desc=None, initial=0):
+    """A tqdm bar that stays silent when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=self.quiet,
+                leave=False, dynamic_ncols=True)
+
+  # -- plots -------------------------------------------------------------------
+  def save_figure(self, fig, name: str) -> Path:
+    """Saves a matplotlib figure as ``name.png`` atomically and closes it."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = self.run_dir / f"{name}.png"
+    _atomic_write_bytes(path, buf.getvalue())
+    return path
+
+  # -- checkpoints -------------------------------------------------------------
+  @property
+  def checkpoint_path(self) -> Path:
+    return self.run_dir / "checkpoint.npz"
+
+  def save_checkpoint(self, step: int, state) -> None:
+    """Saves a pytree of arrays (params, optimizer state, ...) with its step.
+
+    ``.npz`` without pickling: loading never executes code. The metrics logged
+    so far are flushed first, so a resumed run keeps exactly the lines up to
+    the checkpoint's step.
+    """
+    import io
+    import jax
+    self.flush_metrics()
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
+    arrays["__step__"] = np.asarray(step, dtype=np.int64)
+    arrays["__paths__"] = np.asarray([jax.tree_util.keystr(p) for p, _ in leaves])
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    _atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+
+  def load_checkpoint(self, template):
+    """Returns ``(step, state)`` from the checkpoint, or ``(0, template)`` if none.
+
+    Only when resuming; ``template`` gives the tree structure and dtypes. The
+    metrics logged after the checkpoint's step are dropped so the resumed run
+    writes them again.
+    """
+    import jax
+    if not (self.resume and self.checkpoint_path.exists()):
+      return 0, template
+    with np.load(self.checkpoint_path, allow_pickle=False) as z:
+      step = int(z["__step__"])
+      paths = [str(p) for p in z["__paths__"]]
+      leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+      want = [jax.tree_util.keystr(p) for p, _ in leaves]
+      if paths != want:
+        raise ValueError(f"checkpoint {self.checkpoint_path} does not match the model: "
+                         f"saved leaves {paths[:4]}..., expected {want[:4]}...")
+      new = []
+      for i, (_, leaf) in enumerate(leaves):
+        a = z[f"leaf_{i:05d}"]
+        if a.shape != np.shape(leaf):
+          raise ValueError(f"checkpoint leaf {want[i]} has shape {a.shape}, "
+                           f"expected {np.shape(leaf)}")
+        new.append(jax.numpy.asarray(a, dtype=getattr(leaf, "dtype", a.dtype)))
+    mpath = self.run_dir / "metrics.jsonl"
+    if mpath.exists():
+      with open(mpath) as f:
+        logged = [json.loads(line) for line in f if line.strip()]
+      self._metrics = [m for m in logged if m.get("step", 0) <= step]
+    return step, jax.tree_util.tree_unflatten(treedef, new)
+
+
+# ----------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------
+
+def execute(module, config, run_dir: Path, *, resume: bool = False, quiet=None) -> dict:
+  """Runs ``module.run(config)`` in ``run_dir`` and writes every file."""
+  run_dir = Path(run_dir)
+  if not resume:
+    write_json(run_dir / "config.json", {"experiment": module.NAME,
+                                         "config": config_to_dict(config)})
+    write_json(run_dir / "environment.json", environment())
+  ctx = RunContext(run_dir, resume=resume, quiet=quiet)
+  t0 = time.perf_counter()
+  summary = module.run(config, ctx)
+  seconds = time.perf_counter() - t0
+  ctx.flush_metrics()
+  summary = _to_jsonable(summary)
+  write_json(run_dir / "summary.json", summary)
+  timing = {"wall_seconds": seconds, "resumed": resume,
+            "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+  tpath = run_dir / "timing.json"
+  if resume and tpath.exists():
+    timing["earlier"] = read_json(tpath)
+  write_json(tpath, timing)
+  # The checkpoint only serves an interrupted run; a finished one drops it.
+  if ctx.checkpoint_path.exists():
+    ctx.checkpoint_path.unlink()
+  return summary
+
+
+def load_run(run_dir):
+  """(experiment name, config dict) of a saved run."""
+  path = Path(run_dir) / "config.json"
+  if not path.exists():
+    raise ConfigError(f"rerun: {run_dir} has no config.json (not a run directory)")
+  data = read_json(path)
+  return data["experiment"], data["config"]
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+    return True
+  return type(a) is type(b) and a == b or (
+      isinstance(a, (int, float)) and isinstance(b, (int, float))
+      and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+
+
+def compare_summaries(old: dict, new: dict) -> tuple[bool, str]:
+  """Side-by-side table of two summaries; True when every figure is identical."""
+  a, b = flatten(old), flatten(new)
+  keys = list(a) + [k for k in b if k not in a]
+  rows = []
+  ok = True
+  for k in keys:
+    va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+    same = k in a and k in b and _same(va, vb)
+    ok &= same
+    rows.append((k, _fmt(va), _fmt(vb), "ok" if same else "DIFFERS"))
+  return ok, format_table(("figure", "original", "rerun", ""), rows)
+
+
+def _fmt(v) -> str:
+  if isinstance(v, float):
+    return repr(v)
+  s = str(v)
+  return s if len(s) <= 60 else s[:57] + "..."
+
+
+def format_table(header, rows) -> str:
+  rows = [tuple(str(c) for c in r) for r in rows]
+  widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
+            for i, h in enumerate(header)]
+  line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+  out = [line(header), line(["-" * w for w in widths])]
+  out += [line(r) for r in rows]
+  return "\n".join(out)

@@ -1,0 +1,260 @@
+"""Smoke tests of the experiments and their run system (tiny configs, seconds each)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+import jaxsoft  # noqa: E402
+from experiments import REGISTRY, _runs, load  # noqa: E402
+from experiments.__main__ import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "environment.json", "timing.json"}
+TINY_CLASSIFIER = ["--steps", "60", "--log_every", "20", "--checkpoint_every", "40",
+                   "--hidden", "16", "--batch_size", "64"]
+
+
+def needs(*names):
+  missing = [n for n in names if not hasattr(jaxsoft, n)]
+  return pytest.mark.skipif(bool(missing), reason=f"jaxsoft has no {', '.join(missing)} yet")
+
+
+def _only_run_dir(root, name):
+  dirs = sorted((Path(root) / name).iterdir())
+  assert len(dirs) == 1, dirs
+  return dirs[0]
+
+
+def _run(tmp_path, name, *args):
+  assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 0
+  run_dir = _only_run_dir(tmp_path, name)
+  files = {p.name for p in run_dir.iterdir()}
+  assert RUN_FILES <= files, files
+  assert any(f.endswith(".png") for f in files), files
+  assert "checkpoint.npz" not in files  # a finished run drops its checkpoint
+  assert not [f for f in files if f.endswith(".tmp")]
+  config = json.loads((run_dir / "config.json").read_text())
+  assert config["experiment"] == name and "seed" in config["config"]
+  env = json.loads((run_dir / "environment.json").read_text())
+  assert {"python", "jax", "jaxlib", "optax", "devices", "platform"} <= set(env)
+  for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    assert "step" in json.loads(line)
+  return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def _subprocess_env(**extra):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+  env.pop("XLA_FLAGS", None) if "XLA_FLAGS" not in extra else None
+  return env
+
+
+# -- experiments ------------------------------------------------------------------
+
+def test_list_names_every_experiment(capsys):
+  assert main(["list"]) == 0
+  out = capsys.readouterr().out
+  for name in REGISTRY:
+    assert name in out
+
+
+def test_lecture(tmp_path):
+  _, s = _run(tmp_path, "lecture")
+  assert s["cross_entropy"] == pytest.approx(0.6641, abs=5e-5)
+  assert s["sum_exp"] == pytest.approx(6.4500, abs=1e-3)
+  assert [round(s[f"exp.{i}"], 2) for i in range(3)] == [2.46, 3.32, 0.67]
+  assert [round(s[f"softmax.{i}"], 2) for i in range(3)] == [0.38, 0.51, 0.10]
+  assert s["rows_matching"] == s["rows_total"] > 0
+
+
+def test_classifier(tmp_path):
+  _, s = _run(tmp_path, "classifier", *TINY_CLASSIFIER)
+  for m in ("mlp", "softmax_regression"):
+    assert 0.5 < s[f"{m}.test_accuracy"] <= 1.0
+    assert s[f"{m}.test_nll"] > 0
+    # CE is the mean negative log-likelihood of the labels.
+    assert s[f"{m}.test_log_likelihood"] == pytest.approx(-s["n_test"] * s[f"{m}.test_nll"],
+                                                          rel=1e-4)
+    assert 0.0 <= s[f"{m}.test_ece"] <= 1.0
+    assert f"{m}.train_nll" in s
+  assert s["n_train"] + s["n_val"] + s["n_test"] == 1797
+  assert "log-likelihood" in s["note"]
+
+
+@needs("multi_head_attention", "init_multi_head_attention")
+def test_attention_toy_dense_equals_chunked(tmp_path):
+  _, s = _run(tmp_path, "attention_toy", "--steps", "40", "--log_every", "20",
+              "--checkpoint_every", "20", "--d_model", "16", "--num_heads", "2",
+              "--test_size", "64", "--batch_size", "32", "--warmup_steps", "10",
+              "--compare_implementations")
+  assert 0.0 <= s["test_accuracy"] <= 1.0
+  assert s["implementations_max_rel_diff"] < 1e-4
+
+
+@needs("integrate")
+def test_monte_carlo(tmp_path):
+  _, s = _run(tmp_path, "monte_carlo", "--log2_n_min", "6", "--log2_n_max", "10",
+              "--keys", "4", "--coverage_trials", "40", "--integrands", "gaussian")
+  for m in ("mc", "antithetic", "sobol", "halton"):
+    assert f"gaussian.{m}.slope" in s and 0.0 <= s[f"coverage.{m}"] <= 1.0
+  assert -0.9 < s["gaussian.mc.slope"] < -0.2
+
+
+@needs("fit_distribution")
+def test_mle_heights(tmp_path):
+  _, s = _run(tmp_path, "mle_heights", "--n_datasets", "50", "--path_steps", "20")
+  assert s["loc"] == pytest.approx(168.344, abs=1e-3)
+  assert s["scale"] == pytest.approx(2.6207, abs=1e-3)
+  assert 0.0 <= s["coverage.loc_wald"] <= 1.0
+
+
+# -- rerun and resume -------------------------------------------------------------
+
+def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
+  run_dir, _ = _run(tmp_path, "classifier", *TINY_CLASSIFIER)
+  original = (run_dir / "summary.json").read_text()
+  assert main(["rerun", str(run_dir)]) == 0
+  assert "summaries identical" in capsys.readouterr().out
+  assert len(list((tmp_path / "classifier").iterdir())) == 2
+  assert (run_dir / "summary.json").read_text() == original  # never overwritten
+
+  s = json.loads(original)
+  s["mlp.test_accuracy"] = 0.0
+  _runs.write_json(run_dir / "summary.json", s)
+  assert main(["rerun", str(run_dir)]) == 1
+  out = capsys.readouterr().out
+  assert "DIFFERS" in out and "mlp.test_accuracy" in out
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
+  args = ["--steps", "3000", "--log_every", "10", "--checkpoint_every", "50", "--hidden", "16",
+          "--batch_size", "64"]
+  killed_root = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments", "run", "classifier",
+                           "--runs-dir", str(killed_root), *args],
+                          cwd=ROOT, env=_subprocess_env(), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  ckpt = None
+  while time.time() < deadline and proc.poll() is None:
+    found = list(killed_root.glob("classifier/*/checkpoint.npz"))
+    if found:
+      ckpt = found[0]
+      break
+    time.sleep(0.02)
+  assert ckpt is not None, proc.stderr.read().decode() if proc.poll() is not None else "timeout"
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  run_dir = ckpt.parent
+  if (run_dir / "summary.json").exists():
+    pytest.skip("the run finished before it could be killed")
+
+  assert main(["rerun", str(run_dir), "--resume"]) == 0
+  resumed = json.loads((run_dir / "summary.json").read_text())
+  timing = json.loads((run_dir / "timing.json").read_text())
+  assert timing["resumed"] is True
+
+  ref_dir, reference = _run(tmp_path / "straight", "classifier", *args)
+  assert resumed == reference
+  assert (run_dir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
+
+
+def test_data_parallel_four_devices_matches_one(tmp_path):
+  code = (
+      "import json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
+      "import jax; assert jax.device_count() == 4, jax.devices()\n"
+      "from experiments import classifier, _runs\n"
+      "out = {}\n"
+      "for d in (1, 4):\n"
+      "  cfg = classifier.Config(steps=60, log_every=20, checkpoint_every=40, hidden=16,\n"
+      "                          batch_size=64, devices=d)\n"
+      "  out[d] = _runs.execute(classifier, cfg, pathlib.Path(tempfile.mkdtemp()), quiet=True)\n"
+      "print(json.dumps(out))\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                     timeout=300)
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  one, four = out["1"], out["4"]
+  assert four["devices"] == 4 and one["devices"] == 1
+  for k, v in one.items():
+    if isinstance(v, float) and not k.endswith("accuracy"):
+      assert four[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+  for m in ("mlp", "softmax_regression"):
+    # One flipped prediction at most: rounding can move a borderline example.
+    assert abs(four[f"{m}.test_accuracy"] - one[f"{m}.test_accuracy"]) <= 1 / one["n_test"] + 1e-12
+
+
+# -- CLI and config errors --------------------------------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["--hiden", "3"], "--hiden.*did you mean '--hidden'"),
+    (["--steps", "ten"], "--steps.*invalid int value"),
+    (["--learning_rate"], "--learning_rate.*expected one argument"),
+])
+def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
+  assert main(["run", "classifier", "--runs-dir", str(tmp_path), *args]) == 2
+  import re
+  assert re.search(expected, capsys.readouterr().err)
+  assert not (tmp_path / "classifier").exists()  # nothing is created for a bad config
+
+
+@pytest.mark.parametrize("content, expected", [
+    ({"hiden": 3}, "unknown config field 'hiden'; did you mean 'hidden'"),
+    ({"steps": "10"}, "field 'steps' must be int"),
+    ({"steps": 1.5}, "field 'steps' must be int"),
+    ({"devices": True}, "field 'devices' must be int"),
+    ({"experiment": "lecture", "config": {}}, "config of experiment 'lecture'"),
+])
+def test_bad_config_file_names_the_field(tmp_path, capsys, content, expected):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps(content))
+  assert main(["run", "classifier", "--runs-dir", str(tmp_path), "--config", str(path)]) == 2
+  assert expected in capsys.readouterr().err
+
+
+def test_config_file_then_command_line_override():
+  module = load("classifier")
+  import tempfile
+  with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+    json.dump({"hidden": 7, "steps": 40, "learning_rate": 1}, f)
+  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "80"])
+  os.unlink(f.name)
+  assert (config.hidden, config.steps, config.learning_rate) == (7, 80, 1.0)
+  config, _ = _runs.parse_config(module, ["--batch-size", "32"])  # dashes work too
+  assert config.batch_size == 32
+
+
+def test_help_lists_every_field_with_its_default():
+  import dataclasses
+  for name in REGISTRY:
+    try:
+      module = load(name)
+    except Exception:  # noqa: BLE001 - modules waiting for their jaxsoft API
+      continue
+    text = " ".join(_runs.build_parser(module).format_help().split())
+    for f in dataclasses.fields(module.Config):
+      assert f"--{f.name}" in text
+      assert f"(default: {f.default})" in text or f"default: {f.default}" in text, (name, f.name)
+
+
+def test_unknown_experiment_and_command(capsys):
+  assert main(["run", "clasifier"]) == 2
+  assert "did you mean 'classifier'" in capsys.readouterr().err
+  assert main(["frobnicate"]) == 2
+  assert main(["rerun", "/nonexistent/run"]) == 2
+  assert "no config.json" in capsys.readouterr().err
+
+
+def test_run_directories_are_never_reused(tmp_path):
+  dirs = {_runs.new_run_dir(tmp_path, "x") for _ in range(3)}
+  assert len(dirs) == 3
