@@ -218,16 +218,20 @@ _DEFAULT_OPTIMIZER = None
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
   """The optimizer :func:`fit` uses when none is given.
 
-  L-BFGS (memory 10) with a zoom line search satisfying the strong Wolfe
+  L-BFGS (memory 10) with a zoom line search for the strong Wolfe
   conditions, its initial step guess 1 at every iteration (the quasi-Newton
-  step). The same object is returned on every call, so ``jit`` caches keyed
-  on it stay valid.
+  step) and at most 8 trials. Under ``vmap`` every step waits for the slowest
+  line search of the batch, so the trial cap sets the batched cost: 8 halves
+  the time of optax's default 20 and, on 10,000 Student's t fits, reached the
+  same likelihoods (within 2e-7 relative); 4 left one fit unconverged.
+  The same object is returned on every call, so ``jit`` caches keyed on it
+  stay valid.
   """
   global _DEFAULT_OPTIMIZER
   if _DEFAULT_OPTIMIZER is None:
     _DEFAULT_OPTIMIZER = optax.lbfgs(
       memory_size=10,
-      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=20, initial_guess_strategy="one"))
+      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"))
   return _DEFAULT_OPTIMIZER
 
 
