@@ -13,6 +13,7 @@ datasets (and starting points) in one call.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -389,6 +390,14 @@ def fit(log_prob: Callable, params, data, *, constraints=None, weights=None,
     if c is not None and not (np.all(np.isfinite(c)) and np.all(c >= 0) and c.sum() > 0):
       _validate.fail(fn, "weights", "be finite, >= 0 and not all 0", np.array2string(c, threshold=8))
 
+  return _fit(log_prob, tuple(bijections), p_def, optimizer, max_steps, n, p_leaves, data, weights,
+              rtol, atol, gtol)
+
+
+# Compiled as one program even when ``fit`` is called eagerly: op-by-op
+# dispatch of the Hessians and the loop setup costs more than compiling them.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, weights, rtol, atol, gtol):
   dtype = compute_dtype(jnp.result_type(*p_leaves))
   out_dtypes = [jnp.result_type(leaf) for leaf in p_leaves]
   w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights).astype(dtype)
