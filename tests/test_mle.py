@@ -191,8 +191,15 @@ def test_docstring_numbers():
   r = mle.MLEResult(None, jnp.array(23.5), None, None, None, None, None, None, jnp.array(2))
   assert float(mle.aic(r)) == 51.0
   assert round(float(mle.bic(r, 10)), 4) == 51.6052
+  assert round(float(mle.aic(r, 10, corrected=True)), 4) == 52.7143
   b = mle.bijection("lower_bounded:2")
   assert float(b.forward(0.0)) == 3.0 and float(b.inverse(3.0)) == 0.0
+  x = jnp.asarray(HEIGHTS, jnp.float32)
+  r = mle.fit(normal_lp, {"loc": 160.0, "scale": 5.0}, x, constraints=NORMAL_C)
+  assert f"{r.params['loc']:.3f} {r.params['scale']:.4f} {bool(r.converged)}" == "168.344 2.6207 True"
+  assert f"{r.stderr['loc']:.4f}" == "0.8288"
+  ci = mle.confidence_intervals(mle.fit_distribution("normal", x))
+  assert f"{ci.lower['loc']:.3f} {ci.upper['loc']:.3f}" == "166.720 169.968"
 
 
 # -- convergence reporting ------------------------------------------------------
