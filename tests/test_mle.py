@@ -1,0 +1,373 @@
+"""Tests for jaxsoft.mle: closed forms, SciPy fits, standard errors, transforms, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+import scipy.stats as ss
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.scipy.stats import norm
+
+from jaxsoft import distributions as D
+from jaxsoft import mle
+
+HEIGHTS = np.array([164.95, 165.35, 165.76, 166.16, 167.78, 168.99, 169.80, 170.20, 171.82, 172.63])
+NORMAL_C = {"loc": "real", "scale": "positive"}
+
+
+def normal_lp(p, x):
+  return norm.logpdf(x, p["loc"], p["scale"])
+
+
+# -- closed forms ---------------------------------------------------------------
+
+def test_lecture_heights_float32_from_a_poor_start():
+  x = jnp.asarray(HEIGHTS, jnp.float32)
+  r = mle.fit(normal_lp, {"loc": jnp.float32(160.0), "scale": jnp.float32(5.0)}, x, constraints=NORMAL_C)
+  n, loc, scale = len(HEIGHTS), HEIGHTS.mean(), HEIGHTS.std()
+  assert bool(r.converged) and int(r.steps) > 0
+  assert r.params["loc"].dtype == jnp.float32
+  np.testing.assert_allclose(r.params["loc"], 168.344, rtol=1e-6)
+  np.testing.assert_allclose(r.params["scale"], 2.6207, atol=1e-4)
+  np.testing.assert_allclose(r.params["scale"], scale, rtol=1e-5)
+  np.testing.assert_allclose(r.stderr["loc"], scale / np.sqrt(n), rtol=1e-4)
+  np.testing.assert_allclose(r.stderr["scale"], scale / np.sqrt(2 * n), rtol=1e-4)
+  nll = -ss.norm.logpdf(HEIGHTS, loc, scale).sum()
+  np.testing.assert_allclose(r.nll, nll, rtol=1e-6)
+  np.testing.assert_allclose(r.covariance, np.diag([scale**2 / n, scale**2 / (2 * n)]), rtol=1e-3, atol=1e-5)
+  assert int(r.n_params) == 2 and mle.CRITERIA[int(r.criterion)] in ("gtol", "cauchy")
+
+
+def test_lecture_heights_fit_distribution():
+  r = mle.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32))
+  assert bool(r.converged)
+  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-5)
+
+
+def test_float64_fit_is_precise():
+  with jax.enable_x64(True):
+    r = mle.fit(normal_lp, {"loc": 160.0, "scale": 5.0}, jnp.asarray(HEIGHTS), constraints=NORMAL_C,
+                rtol=1e-12, atol=1e-14, gtol=1e-10)
+    assert r.params["loc"].dtype == jnp.float64
+  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-10)
+
+
+RNG = np.random.default_rng(0)
+EXPO = RNG.exponential(1 / 2.5, size=200)
+POIS = RNG.poisson(3.0, size=200)
+BERN = (RNG.random(200) < 0.3).astype(np.int32)
+CATS = RNG.choice(4, p=[0.1, 0.2, 0.3, 0.4], size=300)
+
+
+def test_exponential_closed_form_and_fisher():
+  r = mle.fit_distribution(D.exponential, jnp.asarray(EXPO, jnp.float32))
+  rate = 1 / EXPO.mean()
+  assert bool(r.converged)
+  np.testing.assert_allclose(r.params["rate"], rate, rtol=1e-5)
+  np.testing.assert_allclose(r.stderr["rate"], rate / np.sqrt(len(EXPO)), rtol=1e-4)  # I = n / rate^2
+
+
+def test_poisson_closed_form_and_fisher():
+  r = mle.fit_distribution("poisson", jnp.asarray(POIS))
+  lam = POIS.mean()
+  assert bool(r.converged)
+  np.testing.assert_allclose(r.params["rate"], lam, rtol=1e-5)
+  np.testing.assert_allclose(r.stderr["rate"], np.sqrt(lam / len(POIS)), rtol=1e-4)
+
+
+def test_bernoulli_closed_form_and_fisher():
+  r = mle.fit_distribution("bernoulli", jnp.asarray(BERN))
+  p = BERN.mean()
+  assert bool(r.converged)
+  np.testing.assert_allclose(r.params["probs"], p, rtol=1e-5)
+  np.testing.assert_allclose(r.stderr["probs"], np.sqrt(p * (1 - p) / len(BERN)), rtol=1e-4)
+
+
+def test_categorical_closed_form_and_multinomial_covariance():
+  r = mle.fit_distribution("categorical", jnp.asarray(CATS))
+  freq = np.bincount(CATS, minlength=4) / len(CATS)
+  assert bool(r.converged) and int(r.n_params) == 3
+  np.testing.assert_allclose(r.params["probs"], freq, rtol=1e-5)
+  # Multinomial: Cov = (diag(p) - p p^T) / n, rank K-1.
+  np.testing.assert_allclose(r.covariance, (np.diag(freq) - np.outer(freq, freq)) / len(CATS), rtol=2e-3, atol=1e-7)
+
+
+def test_categorical_with_an_empty_class_converges_to_the_boundary():
+  x = jnp.array([0, 0, 1, 2, 2, 2])
+  r = mle.fit_distribution("categorical", x, params={"probs": jnp.full((4,), 0.25)})
+  assert bool(r.converged)
+  np.testing.assert_allclose(r.params["probs"], [2 / 6, 1 / 6, 3 / 6, 0], atol=1e-4)
+
+
+def _scipy_nll(dist, x, params):
+  return -dist.logpdf(x, *params).sum()
+
+
+def test_gamma_against_scipy_fit_floc0():
+  x = np.random.default_rng(1).gamma(2.2, 1 / 0.7, size=300)
+  r = mle.fit_distribution("gamma", jnp.asarray(x, jnp.float32))
+  a, _, s = ss.gamma.fit(x, floc=0)
+  assert bool(r.converged)
+  np.testing.assert_allclose([r.params["concentration"], r.params["rate"]], [a, 1 / s], rtol=1e-3)
+  ours = _scipy_nll(ss.gamma, x, (float(r.params["concentration"]), 0, 1 / float(r.params["rate"])))
+  assert ours <= _scipy_nll(ss.gamma, x, (a, 0, s)) * (1 + 1e-6)
+
+
+def test_beta_against_scipy_fit_floc0():
+  x = np.random.default_rng(2).beta(2.0, 5.0, size=300)
+  r = mle.fit_distribution("beta", jnp.asarray(x, jnp.float32))
+  a, b, _, _ = ss.beta.fit(x, floc=0, fscale=1)
+  assert bool(r.converged)
+  np.testing.assert_allclose([r.params["alpha"], r.params["beta"]], [a, b], rtol=1e-3)
+
+
+def test_student_t_against_scipy_fit_all_free():
+  x = ss.t.rvs(4.0, loc=3.0, scale=1.5, size=400, random_state=np.random.default_rng(3))
+  r = mle.fit_distribution("student_t", jnp.asarray(x, jnp.float32))
+  ref = ss.t.fit(x)
+  # A float64 optimum independent of both, to check SciPy itself converged here.
+  best = scipy.optimize.minimize(lambda q: _scipy_nll(ss.t, x, (np.exp(q[0]), q[1], np.exp(q[2]))),
+                                 [np.log(ref[0]), ref[1], np.log(ref[2])], method="Nelder-Mead",
+                                 options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000}).x
+  assert bool(r.converged)
+  ours = tuple(float(r.params[k]) for k in ("df", "loc", "scale"))
+  assert -_scipy_nll(ss.t, x, ours) >= -_scipy_nll(ss.t, x, ref) * (1 + 1e-6)
+  np.testing.assert_allclose(ours, ref, rtol=1e-3)
+  np.testing.assert_allclose(ours, [np.exp(best[0]), best[1], np.exp(best[2])], rtol=1e-3)
+
+
+def test_lognormal_closed_form():
+  x = np.random.default_rng(4).lognormal(0.5, 0.8, size=100)
+  r = mle.fit_distribution("lognormal", jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [np.log(x).mean(), np.log(x).std()], rtol=1e-4)
+
+
+# -- standard errors, intervals, criteria ------------------------------------
+
+def test_coverage_of_95_percent_intervals_for_the_normal_mean():
+  n_sets, n = 600, 50
+  x = jnp.asarray(np.random.default_rng(5).normal(2.0, 3.0, size=(n_sets, n)), jnp.float32)
+  res = jax.jit(jax.vmap(lambda d: mle.fit_distribution("normal", d)))(x)
+  ci = mle.confidence_intervals(res, 0.95)
+  cover = np.mean((np.asarray(ci.lower["loc"]) <= 2.0) & (2.0 <= np.asarray(ci.upper["loc"])))
+  assert np.all(np.asarray(res.converged))
+  assert 0.92 <= cover <= 0.98, cover
+
+
+def test_delta_method_matches_an_unconstrained_fit():
+  # Fitting scale directly (real) must give the same stderr as fitting it
+  # through exp() and mapping back by the delta method.
+  x = jnp.asarray(HEIGHTS - 168.0, jnp.float32)
+  a = mle.fit(normal_lp, {"loc": jnp.float32(0.0), "scale": jnp.float32(2.0)}, x, constraints=NORMAL_C)
+  b = mle.fit(normal_lp, {"loc": jnp.float32(0.0), "scale": jnp.float32(2.0)}, x, constraints={"loc": "real", "scale": "real"})
+  np.testing.assert_allclose(a.stderr["scale"], b.stderr["scale"], rtol=1e-4)
+  np.testing.assert_allclose(a.stderr["loc"], b.stderr["loc"], rtol=1e-4)
+
+
+def test_singular_hessian_gives_nan_stderr_not_a_crash():
+  # Only a + b is identified.
+  lp = lambda p, xi: norm.logpdf(xi, p["a"] + p["b"], 1.0)
+  r = mle.fit(lp, {"a": jnp.float32(0.0), "b": jnp.float32(0.0)}, jnp.asarray([0.5, 1.0, 1.5], jnp.float32))
+  np.testing.assert_allclose(r.params["a"] + r.params["b"], 1.0, rtol=1e-5)
+  assert np.isnan(r.stderr["a"]) and np.isnan(r.stderr["b"]) and np.all(np.isnan(r.covariance))
+
+
+def test_aic_bic_and_intervals_formulas():
+  r = mle.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32))
+  nll = -ss.norm.logpdf(HEIGHTS, HEIGHTS.mean(), HEIGHTS.std()).sum()
+  np.testing.assert_allclose(mle.aic(r), 4 + 2 * nll, rtol=1e-6)
+  np.testing.assert_allclose(mle.aic(r, 10, corrected=True), 4 + 2 * nll + 12 / 7, rtol=1e-6)
+  np.testing.assert_allclose(mle.bic(r, 10), 2 * np.log(10) + 2 * nll, rtol=1e-6)
+  ci = mle.confidence_intervals(r, level=0.9)
+  se = HEIGHTS.std() / np.sqrt(10)
+  np.testing.assert_allclose([ci.lower["loc"], ci.upper["loc"]],
+                             HEIGHTS.mean() + np.array([-1, 1]) * ss.norm.ppf(0.95) * se, rtol=1e-5)
+
+
+def test_docstring_numbers():
+  r = mle.MLEResult(None, jnp.array(23.5), None, None, None, None, None, None, jnp.array(2))
+  assert float(mle.aic(r)) == 51.0
+  assert round(float(mle.bic(r, 10)), 4) == 51.6052
+  assert round(float(mle.aic(r, 10, corrected=True)), 4) == 52.7143
+  b = mle.bijection("lower_bounded:2")
+  assert float(b.forward(0.0)) == 3.0 and float(b.inverse(3.0)) == 0.0
+  x = jnp.asarray(HEIGHTS, jnp.float32)
+  r = mle.fit(normal_lp, {"loc": 160.0, "scale": 5.0}, x, constraints=NORMAL_C)
+  assert f"{r.params['loc']:.3f} {r.params['scale']:.4f} {bool(r.converged)}" == "168.344 2.6207 True"
+  assert f"{r.stderr['loc']:.4f}" == "0.8288"
+  ci = mle.confidence_intervals(mle.fit_distribution("normal", x))
+  assert f"{ci.lower['loc']:.3f} {ci.upper['loc']:.3f}" == "166.720 169.968"
+
+
+# -- convergence reporting ------------------------------------------------------
+
+def test_not_converged_when_max_steps_too_small():
+  x = jnp.asarray(HEIGHTS, jnp.float32)
+  r = mle.fit(normal_lp, {"loc": jnp.float32(150.0), "scale": jnp.float32(20.0)}, x, constraints=NORMAL_C,
+              max_steps=2)
+  assert not bool(r.converged) and int(r.steps) == 2 and int(r.criterion) == 0
+
+
+def test_any_optax_optimizer_works():
+  x = jnp.asarray(HEIGHTS, jnp.float32)
+  r = mle.fit(normal_lp, {"loc": jnp.float32(165.0), "scale": jnp.float32(3.0)}, x, constraints=NORMAL_C,
+              optimizer=optax.adam(0.05), max_steps=3000)
+  assert bool(r.converged)
+  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-3)
+
+
+# -- user-written likelihoods -----------------------------------------------------
+
+def test_user_linear_regression_with_pytree_data():
+  rng = np.random.default_rng(6)
+  X = rng.normal(size=(80, 3))
+  y = X @ np.array([1.0, -2.0, 0.5]) + 0.7 + rng.normal(0, 0.3, size=80)
+
+  def lp(p, obs):
+    xi, yi = obs
+    return norm.logpdf(yi, xi @ p["w"] + p["b"], p["sigma"])
+
+  r = mle.fit(lp, {"w": jnp.zeros(3), "b": jnp.float32(0.0), "sigma": jnp.float32(1.0)},
+              (jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)),
+              constraints={"w": "real", "b": None, "sigma": "positive"})
+  A = np.column_stack([X, np.ones(80)])
+  coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+  resid = y - A @ coef
+  assert bool(r.converged)
+  np.testing.assert_allclose(np.append(r.params["w"], r.params["b"]), coef, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(r.params["sigma"], np.sqrt(np.mean(resid**2)), rtol=1e-4)
+  # OLS covariance with the MLE sigma^2: sigma^2 (A^T A)^-1.
+  cov = np.mean(resid**2) * np.linalg.inv(A.T @ A)
+  np.testing.assert_allclose(r.stderr["w"], np.sqrt(np.diag(cov))[:3], rtol=1e-3)
+
+
+def test_user_mixture_with_simplex_weights():
+  rng = np.random.default_rng(7)
+  x = np.concatenate([rng.normal(-2, 0.7, 150), rng.normal(3, 1.2, 250)])
+
+  def lp(p, xi):
+    return jax.scipy.special.logsumexp(jnp.log(p["w"]) + norm.logpdf(xi, p["mu"], p["sigma"]))
+
+  p0 = {"w": jnp.array([0.5, 0.5]), "mu": jnp.array([-1.0, 1.0]), "sigma": jnp.array([1.0, 1.0])}
+  r = mle.fit(lp, p0, jnp.asarray(x, jnp.float32), constraints={"w": "simplex", "mu": "real", "sigma": "positive"})
+
+  def nll(q):
+    w = np.array([1 / (1 + np.exp(-q[0])), 1 - 1 / (1 + np.exp(-q[0]))])
+    dens = w * ss.norm.pdf(x[:, None], q[1:3], np.exp(q[3:5]))
+    return -np.log(dens.sum(1)).sum()
+
+  ref = scipy.optimize.minimize(nll, [0.0, -1.0, 1.0, 0.0, 0.0], method="BFGS").fun
+  assert bool(r.converged) and int(r.n_params) == 5
+  np.testing.assert_allclose(r.nll, ref, rtol=1e-5)
+  np.testing.assert_allclose(r.params["w"], [0.375, 0.625], atol=0.05)
+
+
+def test_weights_equal_repeated_observations():
+  x = jnp.asarray([1.0, 2.0, 4.0], jnp.float32)
+  w = jnp.asarray([2.0, 1.0, 3.0], jnp.float32)
+  a = mle.fit_distribution("normal", x, weights=w)
+  b = mle.fit_distribution("normal", jnp.asarray([1.0, 1.0, 2.0, 4.0, 4.0, 4.0], jnp.float32))
+  for k in ("loc", "scale"):
+    np.testing.assert_allclose(a.params[k], b.params[k], rtol=1e-5)
+    np.testing.assert_allclose(a.stderr[k], b.stderr[k], rtol=1e-4)
+  np.testing.assert_allclose(a.nll, b.nll, rtol=1e-5)
+
+
+# -- transforms -------------------------------------------------------------------
+
+def test_jit_with_a_closure_and_vmap_over_data_and_starts():
+  fit = jax.jit(lambda p, d: mle.fit(normal_lp, p, d, constraints=NORMAL_C))
+  x = jnp.asarray(np.random.default_rng(8).normal(5.0, 2.0, size=(4, 30)), jnp.float32)
+  starts = {"loc": jnp.array([0.0, 3.0, 5.0, 9.0]), "scale": jnp.array([1.0, 5.0, 2.0, 0.5])}
+  res = jax.vmap(fit)(starts, x)
+  assert res.params["loc"].shape == (4,) and res.covariance.shape == (4, 2, 2)
+  assert np.all(np.asarray(res.converged))
+  np.testing.assert_allclose(res.params["loc"], np.asarray(x).mean(1), rtol=1e-5)
+  np.testing.assert_allclose(res.params["scale"], np.asarray(x).std(1), rtol=1e-4)
+  single = fit({"loc": jnp.float32(0.0), "scale": jnp.float32(1.0)}, x[0])
+  np.testing.assert_allclose(single.params["loc"], res.params["loc"][0], rtol=1e-5)
+
+
+def test_jit_with_static_argnames():
+  f = jax.jit(mle.fit_distribution, static_argnames=("family", "max_steps"))
+  r = f("exponential", jnp.asarray(EXPO, jnp.float32), max_steps=100)
+  np.testing.assert_allclose(r.params["rate"], 1 / EXPO.mean(), rtol=1e-5)
+
+
+def test_under_jit_nan_data_gives_nan_and_not_converged():
+  f = jax.jit(lambda d: mle.fit_distribution("normal", d))
+  r = f(jnp.asarray([1.0, jnp.nan, 2.0], jnp.float32))
+  assert np.isnan(r.nll) and not bool(r.converged) and int(r.steps) == 0
+
+
+def test_under_jit_infeasible_start_gives_nan_and_not_converged():
+  f = jax.jit(lambda p, d: mle.fit(normal_lp, p, d, constraints=NORMAL_C))
+  r = f({"loc": jnp.float32(0.0), "scale": jnp.float32(-1.0)}, jnp.asarray(HEIGHTS, jnp.float32))
+  assert not bool(r.converged) and int(r.steps) == 0
+
+
+SPECS = ["real", "positive", "unit_interval", "lower_bounded:-2", "upper_bounded:3.5", "interval:-1,4"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@given(u=st.floats(-6, 6))
+def test_bijection_round_trip(spec, u):
+  with jax.enable_x64(True):
+    b = mle.bijection(spec)
+    x = b.forward(jnp.float64(u))
+    assert bool(b.contains(np.asarray(x)))
+    np.testing.assert_allclose(b.inverse(x), u, rtol=1e-8, atol=1e-8)
+
+
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=5))
+def test_simplex_round_trip(u):
+  with jax.enable_x64(True):
+    b = mle.bijection("simplex")
+    p = b.forward(jnp.asarray(u, jnp.float64))
+    assert p.shape == (len(u) + 1,) and bool(b.contains(np.asarray(p)))
+    np.testing.assert_allclose(b.inverse(p), u, rtol=1e-8, atol=1e-8)
+
+
+# -- errors ------------------------------------------------------------------------
+
+P0 = {"loc": jnp.float32(0.0), "scale": jnp.float32(1.0)}
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+  (dict(data=jnp.zeros((0,), jnp.float32)), ValueError, "data.*at least one observation"),
+  (dict(data=jnp.asarray([1.0, np.nan], jnp.float32)), ValueError, "data.*NaN"),
+  (dict(params={"loc": jnp.float32(0.0), "scale": jnp.float32(-1.0)}), ValueError, "params.*constraints.*scale"),
+  (dict(constraints={"loc": "real"}), ValueError, "constraints.*match"),
+  (dict(constraints={"loc": "real", "scale": "postive"}), ValueError, "constraints.*'postive'"),
+  (dict(constraints={"loc": "real", "scale": "interval:3,1"}), ValueError, "constraints"),
+  (dict(constraints={"loc": "real", "scale": 3}), TypeError, "constraints"),
+  (dict(weights=jnp.ones(3)), ValueError, "weights.*shape"),
+  (dict(weights=-jnp.ones(2)), ValueError, "weights"),
+  (dict(params={"loc": 0, "scale": 1}), TypeError, "params.*floating"),
+  (dict(max_steps=1.5), TypeError, "max_steps"),
+  (dict(gtol=-1.0), ValueError, "gtol"),
+  (dict(data=jnp.float32(1.0)), ValueError, "data.*rank"),
+])
+def test_bad_input_raises(kwargs, exc, match):
+  args = dict(params=P0, data=jnp.asarray([1.0, 2.0], jnp.float32), constraints=NORMAL_C)
+  args.update(kwargs)
+  with pytest.raises(exc, match=match):
+    mle.fit(normal_lp, args.pop("params"), args.pop("data"), **args)
+
+
+def test_fit_distribution_bad_input():
+  with pytest.raises(ValueError, match="family"):
+    mle.fit_distribution("gaussian", jnp.ones(3))
+  with pytest.raises(ValueError, match="data.*support of lognormal"):
+    mle.fit_distribution("lognormal", jnp.asarray([1.0, -2.0]))
+  with pytest.raises(ValueError, match="data.*support of poisson"):
+    mle.fit_distribution("poisson", jnp.asarray([1.0, 2.5]))
+  with pytest.raises(TypeError, match="constraints"):
+    mle.fit_distribution("normal", jnp.ones(3), constraints={})
+  with pytest.raises(ValueError, match="params.*categorical"):
+    jax.jit(lambda d: mle.fit_distribution("categorical", d))(jnp.asarray([0, 1, 2]))
+  with pytest.raises(ValueError, match="level"):
+    mle.confidence_intervals(mle.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32)), 1.5)
