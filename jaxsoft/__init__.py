@@ -2,11 +2,21 @@
 
 __version__ = "0.1.0"
 
+from jaxsoft import distributions, mle
 from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft.mle import MLEResult, aic, bic, confidence_intervals, fit, fit_distribution
 from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
   "__version__",
+  "MLEResult",
+  "aic",
+  "bic",
+  "confidence_intervals",
+  "distributions",
+  "fit",
+  "fit_distribution",
+  "mle",
   "cross_entropy",
   "entropy",
   "kl_divergence",
