@@ -106,7 +106,8 @@ def _fused_forward(h, w, b, y, eps, tn, tv):
   z_y = jnp.sum(h.astype(dtype) * w_y.T, axis=1) + b[y].astype(dtype)
   z_sum = jnp.dot(h.astype(dtype), jnp.sum(w.astype(dtype), axis=1)) + jnp.sum(b.astype(dtype))
   eps = eps.astype(dtype)
-  loss = lse - (1 - eps) * z_y - eps / w.shape[1] * z_sum
+  # eps = 0 must not turn a -inf logit (a class masked by its bias) into NaN.
+  loss = lse - (1 - eps) * z_y - jnp.where(eps == 0, 0, eps / w.shape[1] * z_sum)
   return loss, lse
 
 
@@ -332,7 +333,7 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, chunk_size=None, 
 
 
 def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
-  """``num_samples`` class ids drawn with replacement, and ``log Q`` of each.
+  r"""``num_samples`` class ids drawn with replacement, and ``log Q`` of each.
 
   ``"uniform"``: :math:`Q(c) = 1/V`. ``"log_uniform"``: the Zipfian
   :math:`Q(c) = \log\frac{c+2}{c+1} / \log(V+1)` (TensorFlow's
