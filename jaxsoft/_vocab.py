@@ -431,9 +431,14 @@ def sampled_softmax_cross_entropy(hidden, weight, labels, key, *, num_samples, b
   ids, log_q = _draw_candidates(key, sampler, num_samples, vocab)
   h = hidden.astype(dtype)
   safe = jnp.clip(labels, 0, vocab - 1)
-  z_y = jnp.sum(h * jnp.moveaxis(jnp.take(weight, safe, axis=1), 0, -1).astype(dtype), -1)
-  z_y = z_y + bias[safe].astype(dtype)
-  z_s = jnp.dot(h, jnp.take(weight, ids, axis=1).astype(dtype)) + bias[ids].astype(dtype)
+  # One gather of the label and sampled columns: its gradient is then a single
+  # scatter into one [d, V] buffer, the only vocabulary-sized array of the pass.
+  cols = jnp.concatenate([safe.reshape(-1), ids])
+  w_cols = jnp.take(weight, cols, axis=1).astype(dtype)
+  b_cols = bias[cols].astype(dtype)
+  n = safe.size
+  z_y = jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(safe.shape)
+  z_s = jnp.dot(h, w_cols[:, n:]) + b_cols[n:]
   z_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
   if remove_accidental_hits:
     z_s = jnp.where(ids == labels[..., None], -jnp.inf, z_s)
