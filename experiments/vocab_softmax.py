@@ -1,0 +1,235 @@
+"""Next-word model on Python's own docs: full vs fused linear vs sampled softmax.
+
+The corpus is English text that ships with CPython: every docstring of the
+standard library (read with ``ast``, never imported) and the documentation
+topics of ``pydoc_data``. Documents are split train/validation by a seeded
+permutation; the vocabulary is every lower-cased word seen at least twice in
+training (the rest map to ``<unk>``). The model reads the ``context`` previous
+words (embeddings concatenated), one tanh hidden layer, and a softmax over the
+vocabulary. It is trained three times from the same initialization and the
+same batches:
+
+* ``full``: ``jaxsoft.cross_entropy`` on materialized logits;
+* ``linear``: ``jaxsoft.linear_cross_entropy`` (chunked, never ``[B, V]``);
+* ``sampled``: ``jaxsoft.sampled_softmax_cross_entropy`` (log-uniform
+  proposal over frequency-sorted word ids).
+
+Validation perplexity is always the full softmax. ``full`` and ``linear``
+compute the same function, so they reach the same perplexity up to float32
+rounding. The summary holds deterministic figures (perplexities, XLA's
+memory estimate of each training step); wall-clock training times go to
+``method_timing.json``.
+"""
+from __future__ import annotations
+
+import ast
+import collections
+import dataclasses
+import json
+import os
+import re
+import sysconfig
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxsoft
+
+NAME = "vocab_softmax"
+REQUIRES = ("cross_entropy", "linear_cross_entropy", "sampled_softmax_cross_entropy")
+HEADLINE = ("full.val_perplexity", "linear.val_perplexity", "sampled.val_perplexity",
+            "full_vs_linear_relative_difference")
+METHODS = ("full", "linear", "sampled")
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  context: int = 3
+  embed: int = 64
+  hidden: int = 128
+  batch_size: int = 256
+  steps: int = 600
+  learning_rate: float = 3e-3
+  num_samples: int = 256
+  chunk_size: int = 2048
+  val_fraction: float = 0.1
+  min_count: int = 2
+  eval_tokens: int = 20_000
+
+
+# -- corpus ---------------------------------------------------------------------
+
+def stdlib_documents() -> list[str]:
+  """Docstrings of the standard library's modules, classes and functions, and pydoc topics."""
+  root = Path(sysconfig.get_paths()["stdlib"])
+  docs = []
+  for path in sorted(root.rglob("*.py")):
+    rel = path.relative_to(root).parts
+    if rel[0] in ("site-packages", "test", "idlelib", "lib2to3") or "tests" in rel:
+      continue
+    try:
+      tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError):
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(node)
+        if doc:
+          docs.append(doc)
+  from pydoc_data import topics
+  docs += [topics.topics[k] for k in sorted(topics.topics)]
+  return docs
+
+
+def build_corpus(seed, val_fraction, min_count):
+  """Token ids of the train and validation streams, and the vocabulary (by frequency)."""
+  docs = [_WORD.findall(d.lower()) for d in stdlib_documents()]
+  docs = [d for d in docs if d]
+  perm = np.random.default_rng(seed).permutation(len(docs))
+  n_val = int(round(val_fraction * len(docs)))
+  val_docs = [docs[i] for i in perm[:n_val]]
+  train_docs = [docs[i] for i in perm[n_val:]]
+  counts = collections.Counter(w for d in train_docs for w in d)
+  # Id 0 is <unk>, then words by decreasing frequency (ties alphabetical): the
+  # order the log-uniform proposal of the sampled softmax assumes.
+  words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+  vocab = ["<unk>"] + words
+  index = {w: i for i, w in enumerate(vocab)}
+  stream = lambda ds: np.array([index.get(w, 0) for d in ds for w in ["<unk>"] + d], np.int32)
+  return stream(train_docs), stream(val_docs), vocab
+
+
+def windows(stream, context):
+  """All (previous ``context`` ids, next id) pairs of a token stream."""
+  idx = np.arange(context, len(stream))
+  ctx = np.stack([stream[idx - context + k] for k in range(context)], axis=1)
+  return ctx, stream[idx]
+
+
+# -- model ------------------------------------------------------------------------
+
+def init_params(key, vocab, config):
+  k1, k2, k3 = jax.random.split(key, 3)
+  fan_in = config.context * config.embed
+  return {
+      "embed": jax.random.normal(k1, (vocab, config.embed)) * 0.1,
+      "w1": jax.random.normal(k2, (fan_in, config.hidden)) / np.sqrt(fan_in),
+      "b1": jnp.zeros((config.hidden,)),
+      "w_out": jax.random.normal(k3, (config.hidden, vocab)) / np.sqrt(config.hidden),
+      "b_out": jnp.zeros((vocab,)),
+  }
+
+
+def features(params, ctx):
+  e = params["embed"][ctx].reshape(ctx.shape[0], -1)
+  return jnp.tanh(e @ params["w1"] + params["b1"])
+
+
+def make_loss(method, config):
+  if method == "full":
+    return lambda p, ctx, y, key: jaxsoft.cross_entropy(features(p, ctx) @ p["w_out"] + p["b_out"], y)
+  if method == "linear":
+    return lambda p, ctx, y, key: jaxsoft.linear_cross_entropy(
+        features(p, ctx), p["w_out"], y, bias=p["b_out"], chunk_size=config.chunk_size)
+  return lambda p, ctx, y, key: jaxsoft.sampled_softmax_cross_entropy(
+      features(p, ctx), p["w_out"], y, key, num_samples=config.num_samples, bias=p["b_out"])
+
+
+def train(method, config, params, data, optimizer, ctx_run):
+  x_tr, y_tr = data
+  loss_fn = make_loss(method, config)
+  n = len(y_tr)
+  base = jax.random.key(config.seed)
+
+  def step(state, i):
+    params, opt_state = state
+    # Batches depend on the step only: every method sees the same ones.
+    idx = jax.random.randint(jax.random.fold_in(jax.random.fold_in(base, 1), i),
+                             (config.batch_size,), 0, n)
+    key = jax.random.fold_in(jax.random.fold_in(base, 2), i)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x_tr[idx], y_tr[idx], key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  state = (params, optimizer.init(params))
+  jitted = jax.jit(step)
+  compiled = jitted.lower(state, jnp.int32(0)).compile()
+  try:
+    memory = int(compiled.memory_analysis().temp_size_in_bytes)
+  except Exception:  # memory_analysis is backend dependent
+    memory = -1
+  t0 = time.perf_counter()
+  for i in range(config.steps):
+    state, loss = compiled(state, jnp.int32(i))
+    if (i + 1) % 100 == 0 or i + 1 == config.steps:
+      ctx_run.log(i + 1, **{f"{method}.train_loss": float(loss)})
+  jax.block_until_ready(state)
+  return state[0], time.perf_counter() - t0, memory
+
+
+def perplexity(params, ctx, y, chunk):
+  """exp of the full-softmax cross-entropy, in chunks of examples."""
+  total = 0.0
+  f = jax.jit(lambda p, c, t: jaxsoft.cross_entropy(features(p, c) @ p["w_out"] + p["b_out"], t,
+                                                    reduction="sum"))
+  for s in range(0, len(y), chunk):
+    total += float(f(params, ctx[s:s + chunk], y[s:s + chunk]))
+  return float(np.exp(total / len(y)))
+
+
+def run(config: Config, ctx) -> dict:
+  train_ids, val_ids, vocab = build_corpus(config.seed, config.val_fraction, config.min_count)
+  x_tr, y_tr = windows(train_ids, config.context)
+  x_va, y_va = windows(val_ids, config.context)
+  # A fixed, seeded subset keeps evaluation cheap and deterministic.
+  pick = np.random.default_rng(config.seed + 1).permutation(len(y_va))[:config.eval_tokens]
+  x_ev, y_ev = x_va[np.sort(pick)], y_va[np.sort(pick)]
+  params0 = init_params(jax.random.key(config.seed), len(vocab), config)
+  optimizer = optax.adam(config.learning_rate)
+  data = (jnp.asarray(x_tr), jnp.asarray(y_tr))
+  summary = {"corpus.train_tokens": int(len(train_ids)), "corpus.val_tokens": int(len(val_ids)),
+             "corpus.vocab": len(vocab),
+             "corpus.val_unk_fraction": float(np.mean(val_ids == 0))}
+  timing = {}
+  for method in METHODS:
+    params, seconds, memory = train(method, config, params0, data, optimizer, ctx)
+    summary[f"{method}.val_perplexity"] = perplexity(params, x_ev, y_ev, 4096)
+    summary[f"{method}.train_perplexity"] = perplexity(params, x_tr[:config.eval_tokens],
+                                                       y_tr[:config.eval_tokens], 4096)
+    summary[f"{method}.step_temp_bytes"] = memory
+    timing[f"{method}.train_seconds"] = seconds
+  summary["full_vs_linear_relative_difference"] = abs(
+      summary["full.val_perplexity"] / summary["linear.val_perplexity"] - 1)
+  summary["unigram_val_perplexity"] = _unigram_perplexity(train_ids, y_ev, len(vocab))
+  _write_json(Path(ctx.run_dir) / "method_timing.json", timing)
+  _plot(ctx)
+  return summary
+
+
+def _unigram_perplexity(train_ids, y, vocab):
+  """A floor to beat: add-one unigram frequencies of the training stream."""
+  p = (np.bincount(train_ids, minlength=vocab) + 1.0) / (len(train_ids) + vocab)
+  return float(np.exp(-np.mean(np.log(p[y]))))
+
+
+def _write_json(path, obj):
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=2))
+  os.replace(tmp, path)
+
+
+def _plot(ctx):
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for m in METHODS:
+    rows = [r for r in ctx.metrics if f"{m}.train_loss" in r]
+    ax.plot([r["step"] for r in rows], [r[f"{m}.train_loss"] for r in rows], label=m)
+  ax.set(xlabel="step", ylabel="training loss (nats)", title="next word on stdlib docs")
+  ax.legend()
+  ctx.save_figure(fig, "train_loss")
