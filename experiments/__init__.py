@@ -14,6 +14,7 @@ REGISTRY = (
     "attention_toy",
     "monte_carlo",
     "mle_heights",
+    "vocab_softmax",
 )
 
 

@@ -3,7 +3,14 @@
 __version__ = "0.1.0"
 
 from jaxsoft import distributions, mle
-from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft.losses import (
+  cross_entropy,
+  entropy,
+  kl_divergence,
+  linear_cross_entropy,
+  nll_loss,
+  sampled_softmax_cross_entropy,
+)
 from jaxsoft.mle import MLEResult, aic, bic, confidence_intervals, fit, fit_distribution
 from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
@@ -21,6 +28,8 @@ __all__ = [
   "entropy",
   "kl_divergence",
   "nll_loss",
+  "linear_cross_entropy",
+  "sampled_softmax_cross_entropy",
   "log_softmax",
   "logsumexp",
   "softmax",

@@ -19,7 +19,14 @@ from jaxsoft import _validate as v
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft.softmax import log_softmax, logsumexp
 
-__all__ = ["cross_entropy", "nll_loss", "entropy", "kl_divergence"]
+__all__ = [
+  "cross_entropy",
+  "nll_loss",
+  "entropy",
+  "kl_divergence",
+  "linear_cross_entropy",
+  "sampled_softmax_cross_entropy",
+]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -323,3 +330,8 @@ def kl_divergence(p, q, *, axis=-1):
   axes = v.normalize_axes(fn, "axis", axis, p.ndim)
   dtype = compute_dtype(jnp.result_type(p, q))
   return jnp.sum(special.rel_entr(p.astype(dtype), q.astype(dtype)), axes).astype(jnp.result_type(p, q))
+
+
+# The large-vocabulary losses live in their own private module (chunking and a
+# custom VJP make them long); this is their public home.
+from jaxsoft._vocab import linear_cross_entropy, sampled_softmax_cross_entropy  # noqa: E402
