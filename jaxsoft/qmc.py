@@ -25,6 +25,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxsoft import _validate as V
 
@@ -276,13 +277,20 @@ def _halton_points(indices, dim: int, digits: int, dtype, scramble=None):
       dtype.type(1.0) / jnp.asarray(bases, dtype))
   base_f = jnp.asarray(bases, dtype)
   x = jnp.zeros(q.shape, dtype)
-  for t in range(digits):
-    q, digit = jnp.divmod(q, base_i)
+  base_b = jnp.broadcast_to(base_i, q.shape)
+
+  # Indices are non-negative, so truncating lax.div/rem are floor division
+  # (jnp.divmod adds sign fix-ups that cost compile and run time).
+  def body(t, carry):
+    q, x, b2r = carry
+    digit = lax.rem(q, base_b)
+    q = lax.div(q, base_b)
     if scramble is not None:
       mul, add = scramble
-      digit = (mul[t].astype(int_dtype) * digit + add[t]) % base_i
-    x = x + digit.astype(dtype) * b2r
-    b2r = b2r / base_f
+      digit = lax.rem(mul[t].astype(int_dtype) * digit + add[t].astype(int_dtype), base_b)
+    return q, x + digit.astype(dtype) * b2r, b2r / base_f
+
+  _, x, _ = lax.fori_loop(0, digits, body, (q, x, b2r))
   # Rounding can reach 1.0 when many digits are b - 1; keep the interval open.
   return jnp.minimum(x, jnp.asarray(1.0 - jnp.finfo(dtype).epsneg, dtype))
 
