@@ -215,7 +215,8 @@ def _iid_stats(unit_fn, key, *, num_units: int, units_per_block: int, blocks_per
   num_blocks = -(-num_units // units_per_block)
   if num_steps is None:
     num_steps = -(-num_blocks // blocks_per_step)
-  need_mask = num_units % units_per_block != 0 or num_blocks % blocks_per_step != 0 or first_step != 0
+  need_mask = (num_units % units_per_block != 0 or num_blocks % blocks_per_step != 0
+               or not (isinstance(first_step, int) and first_step == 0))
 
   def step(stats, s):
     ids = s * blocks_per_step + jnp.arange(blocks_per_step)
