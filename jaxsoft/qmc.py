@@ -84,18 +84,30 @@ def _sobol_point(index, v):
   return jax.lax.reduce(picked, jnp.uint32(0), jax.lax.bitwise_xor, (1,))
 
 
-def _sobol_table(v, log2_size: int):
-  """Integer points of indices ``0 .. 2**log2_size - 1``, built by doubling.
+def _sobol_doubling(v, first: int, levels: int):
+  """Integer points of indices ``i << first`` for ``i < 2**levels``.
 
-  With Gray-code order, ``gray(2**k + i) = gray(i) ^ 2**k ^ 2**(k-1)`` for
-  ``i < 2**k``, so the second half of the table is the first half XOR one
-  constant: ``2 n dim`` XORs instead of SciPy's sequential recursion.
+  With Gray-code order, ``gray(2**m + i) = gray(i) ^ 2**m ^ 2**(m-1)`` for
+  ``i < 2**m``, so each doubling appends the table XOR one constant.
   """
   table = jnp.zeros((1, v.shape[0]), jnp.uint32)
-  for k in range(log2_size):
+  for k in range(first, first + levels):
     c = v[:, k] if k == 0 else v[:, k] ^ v[:, k - 1]
     table = jnp.concatenate([table, table ^ c], axis=0)
   return table
+
+
+def _sobol_table(v, log2_size: int):
+  """Integer points of indices ``0 .. 2**log2_size - 1``.
+
+  Index ``i = hi * 2**L + lo`` gives ``x(i) = x(hi * 2**L) ^ x(lo)``, so two
+  small doubling tables and one broadcast XOR make the whole table in a
+  single pass over the output (SciPy's recursion is sequential per point).
+  """
+  low = log2_size // 2
+  lo = _sobol_doubling(v, 0, low)
+  hi = _sobol_doubling(v, low, log2_size - low)
+  return (hi[:, None, :] ^ lo[None, :, :]).reshape(1 << log2_size, v.shape[0])
 
 
 def _sobol_randomization(key, v):
@@ -281,8 +293,8 @@ def _halton_points(indices, dim: int, digits: int, dtype, scramble=None):
 
   # Indices are non-negative, so truncating lax.div/rem are floor division
   # (jnp.divmod adds sign fix-ups that cost compile and run time). The loop
-  # stays unrolled: inside a while loop XLA fuses x + digit * b2r into an
-  # FMA, one rounding fewer than SciPy.
+  # stays unrolled: as a lax.fori_loop, 2% of the float64 points came out one
+  # ulp away from SciPy (XLA contracting x + digit * b2r, we believe).
   for t in range(digits):
     digit = lax.rem(q, base_b)
     q = lax.div(q, base_b)

@@ -244,6 +244,23 @@ def test_expectation_pytree_samples():
   np.testing.assert_allclose(float(r.stderr), np.sqrt(3 / 12 / 5000), rtol=0.05)
 
 
+def test_expectation_and_importance_sampling_jit_grad():
+  # Reparameterized: d/dmu E[(mu + Z)^2] = 2 mu, exactly the same-sample mean of 2 (mu + Z).
+  def est(mu, key):
+    return expectation(lambda x: x ** 2, lambda k: mu + jax.random.normal(k), key, n=4096).estimate
+
+  key = jax.random.key(3)
+  g = jax.jit(jax.grad(est))(0.7, key)
+  zs = jax.vmap(jax.random.normal)(jax.random.split(jax.random.fold_in(key, 0), 4096))
+  np.testing.assert_allclose(float(g), float(jnp.mean(2 * (0.7 + zs))), rtol=1e-5)
+  np.testing.assert_allclose(float(est(0.7, key)), float(jax.jit(est)(0.7, key)), rtol=1e-6)
+  # Importance sampling: d/dm E_{N(m,1)}[X] = 1 through the weights.
+  def is_est(m):
+    return importance_sampling(lambda x: x, lambda x: norm.logpdf(x, m), jax.random.normal, norm.logpdf,
+                               jax.random.key(0), n=2 ** 14, self_normalized=True).estimate
+  np.testing.assert_allclose(float(jax.jit(jax.grad(is_est))(0.2)), 1.0, rtol=0.1)
+
+
 def test_importance_sampling_tail_probability():
   f = lambda x: (x > 4.0).astype(jnp.float32)
   sample_q = lambda k: 4.0 + jax.random.normal(k)
