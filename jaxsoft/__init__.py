@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from jaxsoft import distributions, mle
+from jaxsoft import distributions, mle, montecarlo, qmc
 from jaxsoft.losses import (
   cross_entropy,
   entropy,
@@ -12,6 +12,17 @@ from jaxsoft.losses import (
   sampled_softmax_cross_entropy,
 )
 from jaxsoft.mle import MLEResult, aic, bic, confidence_intervals, fit, fit_distribution
+from jaxsoft.montecarlo import (
+  ISResult,
+  MCResult,
+  ToleranceResult,
+  confidence_interval,
+  expectation,
+  importance_sampling,
+  integrate,
+  integrate_to_tolerance,
+)
+from jaxsoft.qmc import halton, sobol
 from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
@@ -24,6 +35,18 @@ __all__ = [
   "fit",
   "fit_distribution",
   "mle",
+  "montecarlo",
+  "qmc",
+  "ISResult",
+  "MCResult",
+  "ToleranceResult",
+  "confidence_interval",
+  "expectation",
+  "importance_sampling",
+  "integrate",
+  "integrate_to_tolerance",
+  "halton",
+  "sobol",
   "cross_entropy",
   "entropy",
   "kl_divergence",
