@@ -16,8 +16,8 @@ import numpy as np
 import jaxsoft
 
 NAME = "lecture"
-REQUIRES = ("softmax", "logsumexp", "cross_entropy")
-HEADLINE = ("rows_matching", "rows_total", "rows_pending", "cross_entropy", "status.softmax.1")
+REQUIRES = ("softmax", "logsumexp", "cross_entropy", "fit_distribution", "integrate")
+HEADLINE = ("rows_matching", "rows_total", "cross_entropy", "status.softmax.1")
 
 LOGITS = [0.9, 1.2, -0.4]
 TRUE_CLASS = 1
@@ -40,9 +40,6 @@ def _row(key, name, lecture: str, computed, *, status=None):
   "close" when it is within one unit of the lecture's last decimal (the lecture
   rounds its softmax to [0.38, 0.52, 0.10] so that it sums to 1, although
   p[1] = 0.5147), "DIFFERS" otherwise."""
-  if computed is None:
-    return {"key": key, "name": name, "lecture": lecture, "computed": None,
-            "status": status or "pending"}
   computed = float(computed)
   if status is None:
     d = _decimals(lecture)
@@ -73,24 +70,15 @@ def _softmax_rows():
 
 
 def _heights_rows():
-  # Guarded until jaxsoft.fit_distribution lands (issue 6); the lead removes the guard.
-  fit_distribution = getattr(jaxsoft, "fit_distribution", None)
-  if fit_distribution is None:
-    return [_row("heights.loc", "heights MLE loc", "168.344", None),
-            _row("heights.scale", "heights MLE scale (1/n variance)", "2.6207", None)]
-  res = fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32))
+  res = jaxsoft.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32))
   return [_row("heights.loc", "heights MLE loc", "168.344", res.params["loc"]),
           _row("heights.scale", "heights MLE scale (1/n variance)", "2.6207",
                res.params["scale"])]
 
 
 def _pi_rows(config):
-  integrate = getattr(jaxsoft, "integrate", None)  # guarded until issue 5 lands
-  if integrate is None:
-    return [_row("pi.estimate", "Monte Carlo pi", "3.14159", None),
-            _row("pi.stderr", "Monte Carlo pi stderr", "-", None)]
   quarter_disc = lambda x: 4.0 * (jnp.sum(x * x) <= 1.0).astype(jnp.float32)
-  res = integrate(quarter_disc, jax.random.key(config.seed), lower=jnp.zeros(2),
+  res = jaxsoft.integrate(quarter_disc, jax.random.key(config.seed), lower=jnp.zeros(2),
                   upper=jnp.ones(2), n=config.mc_samples, method="mc")
   est, se = float(res.estimate), float(res.stderr)
   status = "match" if abs(est - math.pi) <= 3 * se else "DIFFERS"
@@ -102,7 +90,7 @@ def run(config: Config, ctx) -> dict:
   rows = _softmax_rows() + _heights_rows() + _pi_rows(config)
   for i, r in enumerate(rows):
     ctx.log(i, **r)
-  table = [(r["name"], r["lecture"], "-" if r["computed"] is None else f"{r['computed']:.6g}",
+  table = [(r["name"], r["lecture"], f"{r['computed']:.6g}",
             r["status"]) for r in rows]
   from experiments._runs import format_table
   print(format_table(("quantity", "lecture", "jaxsoft", ""), table))
@@ -113,7 +101,6 @@ def run(config: Config, ctx) -> dict:
   summary.update({
       "rows_total": len(checked),
       "rows_matching": sum(r["status"] in ("match", "close") for r in checked),
-      "rows_pending": sum(r["status"] == "pending" for r in rows),
   })
   return summary
 
