@@ -59,10 +59,38 @@ class AttentionResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
+# Both paths work head-major: q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,Hv]; bias and
+# mask are [b,k,g,t,s] with each axis either full or 1. Folding the G query
+# heads of a key head into the rows makes every product a plain batched matmul
+# over (B, K): XLA's CPU dots are several times slower on other layouts.
+
+
+def _fold(x):
+  return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], x.shape[4])
+
+
+def _qk(q, k):
+  """[B,K,G,T,H] x [B,K,S,H] -> [B,K,G,T,S]: rows times keys."""
+  out = jnp.einsum("bkth,bksh->bkts", _fold(q), k)
+  return out.reshape(q.shape[:4] + (k.shape[2],))
+
+
+def _pv(p, v):
+  """[B,K,G,T,S] x [B,K,S,Hv] -> [B,K,G,T,Hv]: weights times values."""
+  out = jnp.einsum("bkts,bksh->bkth", _fold(p), v)
+  return out.reshape(p.shape[:4] + (v.shape[3],))
+
+
+def _tp(p, x):
+  """[B,K,G,T,S] x [B,K,G,T,D] -> [B,K,S,D]: transposed weights times rows, summed over G."""
+  return jnp.einsum("bkts,bkth->bksh", _fold(p), _fold(x))
+
+
+# ----------------------------------------------------------------------------
 # Dense path
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _masked_softmax(logits):
   """Softmax over the last axis where -inf entries get 0 and all -inf rows give 0."""
   # The stabilizing shift is a constant for the gradient (softmax is shift
@@ -74,18 +102,14 @@ def _masked_softmax(logits):
   return e / jnp.where(total > 0, total, 1.0)
 
 
-def _masked_softmax_fwd(logits):
-  w = _masked_softmax(logits)
-  return w, w
-
-
-def _masked_softmax_bwd(w, g):
-  # The closed form w * (g - <w, g>) is zero wherever w is, so masked entries
-  # and fully masked rows receive exactly zero gradient.
-  return (w * (g - jnp.sum(w * g, axis=-1, keepdims=True)),)
-
-
-_masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+@_masked_softmax.defjvp
+def _masked_softmax_jvp(primals, tangents):
+  # The closed form w * (t - <w, t>) is zero wherever w is, so masked entries
+  # and fully masked rows get exactly zero derivatives (autodiff of the
+  # formula above would also pass through the shift and the division guard).
+  w = _masked_softmax(primals[0])
+  wt = w * tangents[0]
+  return w, wt - w * jnp.sum(wt, axis=-1, keepdims=True)
 
 
 def _causal_allowed(t0, s0, tq, sk):
@@ -96,9 +120,9 @@ def _causal_allowed(t0, s0, tq, sk):
 
 
 def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
-  """q [B,T,K,G,H], k [B,S,K,H], v [B,S,K,Hv]; bias/mask [b,k,g,t,s] -> out, weights."""
-  T, S = q.shape[1], k.shape[1]
-  logits = jnp.einsum("btkgh,bskh->bkgts", q, k)
+  """Head-major q, k, v (see above) -> out [B,K,G,T,Hv], weights [B,K,G,T,S]."""
+  T, S = q.shape[3], k.shape[2]
+  logits = _qk(q, k)
   if bias is not None:
     logits = logits + bias
   allowed = mask
@@ -111,13 +135,11 @@ def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
   if dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out = jnp.einsum("bkgts,bskh->btkgh", weights, v)
-  return out, weights
+  return _pv(weights, v), weights
 
 
 # ----------------------------------------------------------------------------
-# Chunked path: layouts are head-major, q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,Hv];
-# bias and mask are [b,k,g,t,s] with each of b, k, g, t, s either full or 1.
+# Chunked path
 
 
 class _Blocks(NamedTuple):
@@ -142,7 +164,7 @@ def _slice_pair(x, i, j, c: _Blocks):
 
 def _block_logits(qi, kj, bias, mask, i, j, c: _Blocks):
   """Masked logits [B,K,G,bq,bk] of query block i against key block j."""
-  s = jnp.einsum("bkgqh,bksh->bkgqs", qi, kj)
+  s = _qk(qi, kj)
   b = _slice_pair(bias, i, j, c)
   if b is not None:
     s = s + b
@@ -197,7 +219,7 @@ def _chunked_forward(q, k, v, bias, mask, dropout_key, c: _Blocks):
       l = l * alpha + jnp.sum(p, axis=-1)
       if c.dropout_rate > 0.0:
         p = p * _dropout_scale(dropout_key, i, j, p.shape, c)
-      acc = acc * alpha[..., None] + jnp.einsum("bkgqs,bksh->bkgqh", p, vj)
+      acc = acc * alpha[..., None] + _pv(p, vj)
       return m_new, l, acc
 
     init = (jnp.full((B, K, G, c.bq), -jnp.inf, dtype), jnp.zeros((B, K, G, c.bq), dtype),
@@ -241,18 +263,18 @@ def _chunked_backward(q, k, v, bias, mask, dropout_key, out, lse, g, need_dbias,
       delta_i = lax.dynamic_slice_in_dim(delta, i * c.bq, c.bq, axis=3)
       s = _block_logits(qi, kj, bias, mask, i, j, c)
       p = jnp.exp(s - lse_i[..., None])
-      dp = jnp.einsum("bkgqh,bksh->bkgqs", gi, vj)
+      dp = _qk(gi, vj)
       if c.dropout_rate > 0.0:
         z = _dropout_scale(dropout_key, i, j, p.shape, c)
-        dvj = dvj + jnp.einsum("bkgqs,bkgqh->bksh", p * z, gi)
+        dvj = dvj + _tp(p * z, gi)
         dp = dp * z
       else:
-        dvj = dvj + jnp.einsum("bkgqs,bkgqh->bksh", p, gi)
+        dvj = dvj + _tp(p, gi)
       ds = p * (dp - delta_i[..., None])
       dqi = lax.dynamic_slice_in_dim(dq, i * c.bq, c.bq, axis=3)
-      dqi = dqi + jnp.einsum("bkgqs,bksh->bkgqh", ds, kj)
+      dqi = dqi + _pv(ds, kj)
       dq = lax.dynamic_update_slice_in_dim(dq, dqi, i * c.bq, axis=3)
-      dkj = dkj + jnp.einsum("bkgqs,bkgqh->bksh", ds, qi)
+      dkj = dkj + _tp(ds, qi)
       if need_dbias:
         start = [0, 0, 0, i * c.bq if bias.shape[3] != 1 else 0, j * c.bk if bias.shape[4] != 1 else 0]
         old = _slice_pair(dbias, i, j, c)
@@ -322,17 +344,15 @@ def _pad_ts(x, bq, bk):
 
 
 def _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, blocks):
-  """q [B,T,K,G,H], k [B,S,K,H], v [B,S,K,Hv] -> out [B,T,K,G,Hv] via the chunked kernel."""
-  T, S = q.shape[1], k.shape[1]
+  """Head-major q, k, v -> out [B,K,G,T,Hv] via the chunked kernel."""
+  T, S = q.shape[3], k.shape[2]
   # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded much.
   bq = min(blocks[0], -(-T // 8) * 8)
   bk = min(blocks[1], -(-S // 8) * 8)
   c = _Blocks(bq, bk, T, S, bool(is_causal), float(dropout_rate))
-  q = _pad_axis(jnp.transpose(q, (0, 2, 3, 1, 4)), 3, bq)
-  k = _pad_axis(jnp.transpose(k, (0, 2, 1, 3)), 2, bk)
-  v = _pad_axis(jnp.transpose(v, (0, 2, 1, 3)), 2, bk)
+  q, k, v = _pad_axis(q, 3, bq), _pad_axis(k, 2, bk), _pad_axis(v, 2, bk)
   out = _chunked(q, k, v, _pad_ts(bias, bq, bk), _pad_ts(mask, bq, bk), dropout_key, c)
-  return jnp.transpose(out[:, :, :, :T], (0, 3, 1, 2, 4))
+  return out[:, :, :, :T]
 
 
 # ----------------------------------------------------------------------------
@@ -501,8 +521,9 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(H)
   # Scaling the T x H queries is cheaper than scaling the T x S logits.
   q = (query.astype(cdtype) * jnp.asarray(scale, cdtype)).reshape(B, T, K, G, H)
-  k = key.astype(cdtype).reshape(B, S, K, H)
-  v = value.astype(cdtype).reshape(B, S, K, value.shape[-1])
+  q = jnp.transpose(q, (0, 2, 3, 1, 4))
+  k = jnp.transpose(key.astype(cdtype).reshape(B, S, K, H), (0, 2, 1, 3))
+  v = jnp.transpose(value.astype(cdtype).reshape(B, S, K, value.shape[-1]), (0, 2, 1, 3))
   if mask is not None:
     mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K, T, S)
   if bias is not None:
@@ -514,7 +535,8 @@ def scaled_dot_product_attention(
     out, weights = _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key)
   else:
     out = _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, blocks)
-  out = out.reshape(batch + (T, N, value.shape[-1])).astype(query.dtype)
+  out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, value.shape[-1]))
+  out = out.astype(query.dtype)
   if return_weights:
     weights = weights.reshape(batch + (N, T, S)).astype(query.dtype)
     return AttentionResult(out, weights)
