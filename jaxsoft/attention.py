@@ -43,8 +43,8 @@ __all__ = [
 # Default (query block, key block) of the chunked path and the T * S above which
 # `implementation=None` picks it; both chosen from measurements on a 2-core
 # AVX-512 CPU (see benchmarks/bench_attention.py and the module's report).
-_DEFAULT_BLOCKS = (512, 1024)
-_DENSE_MAX_ELEMENTS = 1024 * 1024
+_DEFAULT_BLOCKS = (256, 512)
+_DENSE_MAX_ELEMENTS = 256 * 512
 
 
 class AttentionResult(NamedTuple):
@@ -442,9 +442,9 @@ def scaled_dot_product_attention(
     dropout_key: a ``jax.random`` key, required when ``dropout_rate > 0``.
     return_weights: also return the weights (dense implementation only).
     implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when
-      ``T * S <= 2**20`` and weights are not requested, chunked otherwise).
+      ``T * S <= 2**17`` or weights are not requested, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
-      default ``(512, 1024)``. Blocks need not divide the lengths.
+      default ``(256, 512)``. Blocks need not divide the lengths.
 
   Returns:
     The output ``[B..., T, N, H_v]`` in the dtype of ``query`` (half precision
