@@ -359,7 +359,7 @@ def _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, bloc
 # Public function
 
 
-def _split_heads_mask(x, batch, B, N, K, T, S):
+def _split_heads_mask(x, batch, B, N, K):
   """A mask/bias broadcastable to batch + (N, T, S) as [B|1, K|1, G|1, T|1, S|1]."""
   x = jnp.reshape(x, (1,) * (len(batch) + 3 - x.ndim) + x.shape)
   xb = x.shape[:len(batch)]
@@ -525,9 +525,9 @@ def scaled_dot_product_attention(
   k = jnp.transpose(key.astype(cdtype).reshape(B, S, K, H), (0, 2, 1, 3))
   v = jnp.transpose(value.astype(cdtype).reshape(B, S, K, value.shape[-1]), (0, 2, 1, 3))
   if mask is not None:
-    mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K, T, S)
+    mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K)
   if bias is not None:
-    bias = _split_heads_mask(jnp.asarray(bias).astype(cdtype), batch, B, N, K, T, S)
+    bias = _split_heads_mask(jnp.asarray(bias).astype(cdtype), batch, B, N, K)
   if dropout_rate == 0:
     dropout_key = None
 
@@ -673,6 +673,7 @@ def multi_head_attention(
            exc=TypeError)
   V.check_array(fn, "x", x)
   V.check_floating(fn, "x", x)
+  x = jnp.asarray(x)
   d_model = params["query"]["kernel"].shape[0]
   V.check_min_ndim(fn, "x", x, 2, " ([B..., T, d_model])")
   if x.shape[-1] != d_model:
@@ -682,6 +683,7 @@ def multi_head_attention(
   else:
     V.check_array(fn, "context", context)
     V.check_floating(fn, "context", context)
+    context = jnp.asarray(context)
     if context.ndim != x.ndim or context.shape[:-2] != x.shape[:-2] or context.shape[-1] != d_model:
       V.fail(fn, "context", f"have shape {x.shape[:-2] + ('S', d_model)}", f"shape {context.shape}")
 

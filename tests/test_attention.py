@@ -12,9 +12,13 @@ from jax.test_util import check_grads
 
 import jaxsoft.attention as attention_module
 from jaxsoft.attention import (AttentionResult, init_multi_head_attention, multi_head_attention,
-                               scaled_dot_product_attention as sdpa)
+                               scaled_dot_product_attention as sdpa_eager)
 
 IMPLS = ["dense", "chunked"]
+# Jitted once per configuration: far cheaper than compiling every primitive
+# eagerly; test_jit_vmap_grad compares it with the eager function.
+sdpa = jax.jit(sdpa_eager, static_argnames=("is_causal", "scale", "dropout_rate", "return_weights",
+                                            "implementation", "block_size"))
 
 
 # ----------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def test_docstring_examples():
 # Chunked equals dense in float32, forward and backward
 
 
-_chunk_fwd = jax.jit(sdpa, static_argnames=("is_causal", "implementation", "block_size"))
+_chunk_fwd = sdpa
 
 
 @jax.jit
@@ -274,8 +278,10 @@ def test_dropout_is_deterministic_unbiased_and_differentiable(impl):
     key = jax.random.key(1)
     np.testing.assert_array_equal(f(q, k, v, key), f(q, k, v, key))
     assert not np.allclose(f(q, k, v, key), f(q, k, v, jax.random.key(2)))
-    mean = jnp.mean(jax.vmap(lambda kk: f(q, k, v, kk))(jax.random.split(key, 400)), axis=0)
-    np.testing.assert_allclose(mean, ref_forward(q, k, v, causal=True)[0], atol=0.12)
+    draws = np.asarray(jax.vmap(lambda kk: f(q, k, v, kk))(jax.random.split(key, 400)))
+    # Unbiased: the mean over draws is within 4.5 standard errors of no dropout.
+    stderr = draws.std(0) / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(0) - ref_forward(q, k, v, causal=True)[0]) <= 4.5 * stderr + 1e-9)
     check_grads(lambda q, k, v: f(q, k, v, key), (q, k, v), order=1, modes=["rev"])
 
 
@@ -293,8 +299,8 @@ def test_implementation_none_picks_a_path_and_agrees():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_jit_vmap_grad(impl):
   q, k, v, mask, bias = _case(14, (3,), 10, 12, 4, 2, 8, None, (3, 1, 10, 12), (4, 10, 12))
-  f = lambda q, k, v, b, m: sdpa(q, k, v, bias=b, mask=m, is_causal=True, implementation=impl,
-                                 block_size=(4, 8))
+  f = lambda q, k, v, b, m: sdpa_eager(q, k, v, bias=b, mask=m, is_causal=True, implementation=impl,
+                                       block_size=(4, 8))
   eager = f(q, k, v, bias, mask)
   np.testing.assert_allclose(jax.jit(f)(q, k, v, bias, mask), eager, rtol=1e-5, atol=1e-6)
   # vmap over the batch of q, k, v and mask (bias shared) equals the batched call.
@@ -319,7 +325,7 @@ def test_check_grads(impl):
     check_grads(f, (q, k, v, bias), order=1, modes=["fwd"]) if impl == "dense" else None
 
 
-@settings(max_examples=12)
+@settings(max_examples=8)
 @given(T=st.integers(1, 24), S=st.integers(1, 24), K=st.sampled_from([1, 2]), G=st.sampled_from([1, 3]),
        bq=st.integers(1, 16), bk=st.integers(1, 16), causal=st.booleans(), seed=st.integers(0, 99))
 def test_property_chunked_equals_reference(T, S, K, G, bq, bk, causal, seed):
@@ -361,17 +367,21 @@ def test_errors(kwargs, exc, match):
   args = dict(query=q, key=k, value=v)
   args.update({n: kwargs.pop(n) for n in list(kwargs) if n in args})
   with pytest.raises(exc, match=match):
-    sdpa(args["query"], args["key"], args["value"], **kwargs)
+    sdpa_eager(args["query"], args["key"], args["value"], **kwargs)
 
 
 def test_errors_raise_at_trace_time():
   q, k, v = _qkv()
   with pytest.raises(ValueError, match="mask"):
-    jax.jit(lambda q, m: sdpa(q, k, v, mask=m)).lower(q, jnp.ones((3, 4, 5), bool))
+    jax.jit(lambda q, m: sdpa_eager(q, k, v, mask=m)).lower(q, jnp.ones((3, 4, 5), bool))
 
 
 # ----------------------------------------------------------------------------
 # Multi-head layer
+
+
+mha = jax.jit(multi_head_attention, static_argnames=("is_causal", "dropout_rate", "return_weights",
+                                                    "implementation"))
 
 
 def _np_mha(params, x, context, mask=None, causal=False):
@@ -412,7 +422,7 @@ def test_output_variance_is_about_one_for_peaked_attention():
   # projected value: unit-variance inputs give unit-variance outputs.
   params = init_multi_head_attention(jax.random.key(0), d_model=128, num_heads=4, use_bias=False)
   x = jax.random.normal(jax.random.key(1), (512, 4, 128))
-  out = multi_head_attention(params, x, is_causal=True)
+  out = mha(params, x, is_causal=True)
   assert 0.7 < float(jnp.var(out[:, 0])) < 1.3
 
 
@@ -422,16 +432,13 @@ def test_self_attention_matches_reference(num_kv_heads):
                                       num_kv_heads=num_kv_heads, d_out=6)
   x = jax.random.normal(jax.random.key(1), (2, 7, 16))
   mask = jnp.asarray(np.random.default_rng(0).random((2, 1, 7, 7)) > 0.3)
-  for impl in IMPLS:
-    out, w = multi_head_attention(params, x, mask=mask, is_causal=True, return_weights=True,
-                                  implementation="dense") if impl == "dense" else (
-                                      multi_head_attention(params, x, mask=mask, is_causal=True,
-                                                           implementation=impl), None)
-    want, want_w = _np_mha(params, x, None, mask, True)
-    assert out.shape == (2, 7, 6)
-    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
-    if w is not None:
-      np.testing.assert_allclose(w, want_w, rtol=1e-4, atol=1e-6)
+  want, want_w = _np_mha(params, x, None, mask, True)
+  out, w = mha(params, x, mask=mask, is_causal=True, return_weights=True)
+  assert out.shape == (2, 7, 6) and w.shape == (2, 4, 7, 7)
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(w, want_w, rtol=1e-4, atol=1e-6)
+  chunked = mha(params, x, mask=mask, is_causal=True, implementation="chunked")
+  np.testing.assert_allclose(chunked, want, rtol=1e-4, atol=1e-5)
 
 
 def test_cross_attention_matches_reference():
@@ -439,20 +446,20 @@ def test_cross_attention_matches_reference():
                                       head_dim=5)
   x = jax.random.normal(jax.random.key(3), (3, 12))
   ctx = jax.random.normal(jax.random.key(4), (8, 12))
-  out = multi_head_attention(params, x, ctx)
+  out = mha(params, x, ctx)
   np.testing.assert_allclose(out, _np_mha(params, x, ctx)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_mha_transforms_and_dropout():
   params = init_multi_head_attention(jax.random.key(5), d_model=8, num_heads=2)
   x = jax.random.normal(jax.random.key(6), (4, 5, 8))
-  loss = lambda p, x, key: jnp.sum(multi_head_attention(p, x, is_causal=True, dropout_rate=0.1,
+  loss = lambda p, x, key: jnp.sum(mha(p, x, is_causal=True, dropout_rate=0.1,
                                                         dropout_key=key) ** 2)
   g = jax.jit(jax.grad(loss))(params, x, jax.random.key(7))
   assert jax.tree.structure(g) == jax.tree.structure(params)
   assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(g))
-  per_example = jax.vmap(lambda xi: multi_head_attention(params, xi))(x)
-  np.testing.assert_allclose(per_example, multi_head_attention(params, x), rtol=1e-5, atol=1e-6)
+  per_example = jax.vmap(lambda xi: mha(params, xi))(x)
+  np.testing.assert_allclose(per_example, mha(params, x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -472,8 +479,8 @@ def test_mha_errors():
   with pytest.raises(ValueError, match="x"):
     multi_head_attention(params, jnp.ones((3, 7)))
   with pytest.raises(ValueError, match="context"):
-    multi_head_attention(params, jnp.ones((3, 8)), jnp.ones((3, 4)))
+    mha(params, jnp.ones((3, 8)), jnp.ones((3, 4)))
   with pytest.raises(TypeError, match="params"):
     multi_head_attention({"query": 1}, jnp.ones((3, 8)))
   with pytest.raises(ValueError, match="mask"):
-    multi_head_attention(params, jnp.ones((3, 8)), mask=jnp.ones((3, 4), bool))
+    mha(params, jnp.ones((3, 8)), mask=jnp.ones((3, 4), bool))
