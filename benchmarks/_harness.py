@@ -96,8 +96,25 @@ def _memcase(target: str, kwargs_json: str) -> None:
   module, func = target.split(":")
   fn = getattr(importlib.import_module(module), func)
   block(fn(**json.loads(kwargs_json)))
+  print(f"PEAK_RSS_BYTES={_own_peak_rss()}")
+
+
+def _own_peak_rss() -> int:
+  """This process's peak RSS in bytes.
+
+  On Linux ``ru_maxrss`` survives fork + exec, so a child reports at least the
+  parent's RSS at fork time; ``VmHWM`` belongs to the address space that exec
+  creates, so it counts only this process.
+  """
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   # ru_maxrss is in KiB on Linux.
-  print(f"PEAK_RSS_BYTES={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}")
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 if __name__ == "__main__":
