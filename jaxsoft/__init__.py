@@ -2,7 +2,13 @@
 
 __version__ = "0.1.0"
 
-from jaxsoft import distributions, mle, montecarlo, qmc
+from jaxsoft import attention, distributions, mle, montecarlo, qmc
+from jaxsoft.attention import (
+  AttentionResult,
+  init_multi_head_attention,
+  multi_head_attention,
+  scaled_dot_product_attention,
+)
 from jaxsoft.losses import (
   cross_entropy,
   entropy,
@@ -27,6 +33,11 @@ from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
   "__version__",
+  "attention",
+  "AttentionResult",
+  "init_multi_head_attention",
+  "multi_head_attention",
+  "scaled_dot_product_attention",
   "MLEResult",
   "aic",
   "bic",
