@@ -17,6 +17,7 @@ from jax.scipy import special
 
 from jaxsoft import _validate as v
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft._reduction import REDUCTIONS, reduce_loss
 from jaxsoft.softmax import log_softmax, logsumexp
 
 __all__ = [
@@ -28,9 +29,6 @@ __all__ = [
   "sampled_softmax_cross_entropy",
 ]
 
-_REDUCTIONS = ("mean", "sum", "none")
-
-
 def _check_common(fn, scores, axis, weight, label_smoothing, reduction):
   v.check_array(fn, "logits" if fn == "cross_entropy" else "log_probs", scores)
   name = "logits" if fn == "cross_entropy" else "log_probs"
@@ -38,7 +36,7 @@ def _check_common(fn, scores, axis, weight, label_smoothing, reduction):
   v.check_floating(fn, name, scores)
   v.check_min_ndim(fn, name, scores, 1)
   (axis,) = v.normalize_axes(fn, "axis", axis, scores.ndim)
-  v.check_option(fn, "reduction", reduction, _REDUCTIONS)
+  v.check_option(fn, "reduction", reduction, REDUCTIONS)
   v.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
   num_classes = scores.shape[axis]
   if weight is not None:
@@ -61,17 +59,6 @@ def _check_where(fn, where, shape):
 def _is_zero(value) -> bool:
   """True for a concrete 0; a traced value is kept (it may be a sweep's tracer)."""
   return isinstance(value, (int, float)) and value == 0
-
-
-def _reduce(per_example, denominator, reduction):
-  """Sum, or a (weighted) mean that is 0 rather than NaN over nothing."""
-  if reduction == "none":
-    return per_example
-  total = jnp.sum(per_example)
-  if reduction == "sum":
-    return total
-  den = jnp.sum(denominator)
-  return jnp.where(den == 0, 0, total / jnp.where(den == 0, 1, den))
 
 
 def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_index,
@@ -113,7 +100,7 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
     per = (1 - label_smoothing) * per + label_smoothing / num_classes * smooth_fn(w)
   # Under jit an out-of-range label cannot raise: its loss is NaN, loudly.
   per = jnp.where(keep, jnp.where(in_range, per, jnp.nan), 0)
-  return _reduce(per, jnp.where(keep, w_y, 0), reduction)
+  return reduce_loss(per, jnp.where(keep, w_y, 0), reduction)
 
 
 def _prob_loss(fn, log_p, targets, *, axis, weight, ignore_index, label_smoothing,
@@ -132,7 +119,7 @@ def _prob_loss(fn, log_p, targets, *, axis, weight, ignore_index, label_smoothin
   if keep is None:
     keep = jnp.ones(per.shape, bool)
   per = jnp.where(keep, per, 0)
-  return _reduce(per, keep.astype(per.dtype), reduction)
+  return reduce_loss(per, keep.astype(per.dtype), reduction)
 
 
 def _dispatch(fn, scores, labels, log_p_fn, nll_at_fn, smooth_fn, **opts):
