@@ -206,12 +206,14 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
     ``[n, dim]`` array of points in ``[0, 1)``.
 
   Examples:
-    >>> import jax; jax.config.update("jax_enable_x64", True)
-    >>> sobol(4, 2)
-    Array([[0.  , 0.  ],
-           [0.5 , 0.5 ],
-           [0.75, 0.25],
-           [0.25, 0.75]], dtype=float64)
+    >>> import jax
+    >>> from jaxsoft import sobol
+    >>> with jax.enable_x64(True):
+    ...   print(sobol(4, 2))
+    [[0.   0.  ]
+     [0.5  0.5 ]
+     [0.75 0.25]
+     [0.25 0.75]]
 
   References:
     Joe and Kuo, "Constructing Sobol sequences with better two-dimensional
@@ -329,12 +331,14 @@ def halton(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Arra
     ``[n, dim]`` array of points in ``[0, 1)``.
 
   Examples:
-    >>> import jax; jax.config.update("jax_enable_x64", True)
-    >>> halton(4, 2)
-    Array([[0.        , 0.        ],
-           [0.5       , 0.33333333],
-           [0.25      , 0.66666667],
-           [0.75      , 0.11111111]], dtype=float64)
+    >>> import jax
+    >>> from jaxsoft import halton
+    >>> with jax.enable_x64(True):
+    ...   print(halton(4, 2))
+    [[0.         0.        ]
+     [0.5        0.33333333]
+     [0.25       0.66666667]
+     [0.75       0.11111111]]
 
   References:
     Halton, "On the efficiency of certain quasi-random sequences of points in
