@@ -10,7 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from experiments import REGISTRY, Unavailable, _runs, available, load  # noqa: E402
+from experiments import REGISTRY, _runs, load  # noqa: E402
 
 USAGE = """usage: python -m experiments COMMAND ...
 
@@ -31,12 +31,9 @@ def _err(msg: str, code: int = 2) -> int:
 def cmd_list(argv) -> int:
   if argv:
     return _err(f"list takes no arguments, got {' '.join(argv)}")
-  for name, module, reason in available():
-    if module is None:
-      print(f"{name:15s} unavailable: {reason}")
-    else:
-      doc = (module.__doc__ or "").strip().splitlines()
-      print(f"{name:15s} {doc[0] if doc else ''}")
+  for name in REGISTRY:
+    doc = (load(name).__doc__ or "").strip().splitlines()
+    print(f"{name:15s} {doc[0] if doc else ''}")
   return 0
 
 
@@ -54,7 +51,7 @@ def cmd_run(argv) -> int:
     config, root = _runs.parse_config(module, rest)
   except KeyError as e:
     return _err(e.args[0])
-  except (Unavailable, _runs.ConfigError) as e:
+  except _runs.ConfigError as e:
     return _err(str(e))
   run_dir = _runs.new_run_dir(root, module.NAME)
   print(f"{module.NAME}: run directory {run_dir}", flush=True)
@@ -68,11 +65,8 @@ def cmd_all(argv) -> int:
   p.add_argument("--runs-dir", default=_runs.DEFAULT_RUNS_ROOT)
   args = p.parse_args(argv)
   rows, failed = [], False
-  for name, module, reason in available():
-    if module is None:
-      print(f"== {name}: skipped ({reason})", flush=True)
-      rows.append((name, "-", "skipped", "-"))
-      continue
+  for name in REGISTRY:
+    module = load(name)
     run_dir = _runs.new_run_dir(args.runs_dir, module.NAME)
     print(f"== {name}: {run_dir}", flush=True)
     try:
@@ -106,7 +100,7 @@ def cmd_rerun(argv) -> int:
     name, values = _runs.load_run(run_dir)
     module = load(name)
     config = _runs.config_from_dict(module.Config, values, experiment=name)
-  except (Unavailable, _runs.ConfigError) as e:
+  except _runs.ConfigError as e:
     return _err(str(e))
   except KeyError as e:
     return _err(e.args[0])

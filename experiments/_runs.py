@@ -7,9 +7,7 @@ An experiment is a module with:
   defaults; every config has a ``seed``;
 * ``run(config, ctx) -> dict``: trains or computes, logs through ``ctx`` and
   returns the summary (flat dotted keys or nested dicts of numbers/strings);
-* optionally ``REQUIRES``: names that must exist on ``jaxsoft`` (the registry
-  skips the experiment with a message otherwise), and ``HEADLINE``: the summary
-  keys that ``all`` shows in its table.
+* optionally ``HEADLINE``: the summary keys that ``all`` shows in its table.
 
 ``summary.json`` holds only deterministic figures, so that ``rerun`` can
 compare it exactly; wall-clock times go to ``timing.json``.

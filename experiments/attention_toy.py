@@ -21,7 +21,6 @@ import optax
 import jaxsoft
 
 NAME = "attention_toy"
-REQUIRES = ("multi_head_attention", "init_multi_head_attention", "cross_entropy")
 HEADLINE = ("test_accuracy", "test_nll", "train_loss", "implementations_max_abs_diff")
 TARGET = 0.99
 

@@ -18,7 +18,6 @@ import optax
 import jaxsoft
 
 NAME = "classifier"
-REQUIRES = ("cross_entropy", "log_softmax")
 HEADLINE = ("mlp.test_accuracy", "softmax_regression.test_accuracy", "mlp.test_nll",
             "mlp.test_ece", "softmax_regression.test_nll")
 MODELS = ("mlp", "softmax_regression")

@@ -16,7 +16,6 @@ import numpy as np
 import jaxsoft
 
 NAME = "lecture"
-REQUIRES = ("softmax", "logsumexp", "cross_entropy", "fit_distribution", "integrate")
 HEADLINE = ("rows_matching", "rows_total", "cross_entropy", "status.softmax.1")
 
 LOGITS = [0.9, 1.2, -0.4]

@@ -22,7 +22,6 @@ import optax
 import jaxsoft
 
 NAME = "mle_heights"
-REQUIRES = ("fit_distribution",)
 HEADLINE = ("loc", "scale", "loc_abs_error", "coverage.loc_wald", "coverage.loc_t")
 HEIGHTS = [164.95, 165.35, 165.76, 166.16, 167.78, 168.99, 169.80, 170.20, 171.82, 172.63]
 Z95 = 1.959963984540054

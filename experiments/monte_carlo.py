@@ -18,7 +18,6 @@ import numpy as np
 import jaxsoft
 
 NAME = "monte_carlo"
-REQUIRES = ("integrate",)
 HEADLINE = ("gaussian.mc.slope", "gaussian.sobol.slope", "gaussian.halton.slope",
             "coverage.mc", "coverage.sobol")
 Z95 = 1.959963984540054

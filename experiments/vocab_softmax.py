@@ -40,7 +40,6 @@ import optax
 import jaxsoft
 
 NAME = "vocab_softmax"
-REQUIRES = ("cross_entropy", "linear_cross_entropy", "sampled_softmax_cross_entropy")
 HEADLINE = ("full.val_perplexity", "linear.val_perplexity", "sampled.val_perplexity",
             "full_vs_linear_relative_difference")
 METHODS = ("full", "linear", "sampled")
