@@ -23,10 +23,13 @@ NAMES = ["softmax", "attention", "montecarlo", "mle", "vocab"]
 def header() -> str:
   import optax
   import scipy
-  return (f"Measured {datetime.date.today().isoformat()} on {platform.platform()}, "
-          f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, jax {jax.__version__}, "
-          f"optax {optax.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
-          f"devices {[d.device_kind for d in jax.devices()]}.")
+
+  return (
+    f"Measured {datetime.date.today().isoformat()} on {platform.platform()}, "
+    f"{os.cpu_count()} CPU cores, Python {platform.python_version()}, jax {jax.__version__}, "
+    f"optax {optax.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, "
+    f"devices {[d.device_kind for d in jax.devices()]}."
+  )
 
 
 def main(argv=None) -> int:

@@ -55,8 +55,14 @@ def peak_rss(target: str, timeout: float = 600.0, env: dict | None = None, **kwa
   cmd = [sys.executable, "-m", "benchmarks._harness", target, json.dumps(kwargs)]
   full_env = dict(os.environ, **(env or {}))
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+      cmd,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      env=full_env,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
   except subprocess.TimeoutExpired:
     return "timeout"
   if proc.returncode != 0:

@@ -85,6 +85,7 @@ def _torch_times(T, causal, args):
     return None
   import statistics
   import time
+
   q, k, v = (torch.from_numpy(np.asarray(a)).transpose(1, 2).contiguous() for a in args)  # B N T H
 
   def fwd():
@@ -127,26 +128,44 @@ def run(quick: bool) -> str:
         if need > MEMORY_LIMIT:
           mem = f"OOM (needs {need / 2**30:.0f} GiB)"
         else:
-          mem = peak_rss("benchmarks.bench_attention:memory_case", timeout=300, impl=impl, T=T,
-                         causal=causal)
+          mem = peak_rss("benchmarks.bench_attention:memory_case", timeout=300, impl=impl, T=T, causal=causal)
         res[impl] = (fwd, both, mem)
       torch_t = _torch_times(T, causal, args)
       if torch_t is not None:
         res["torch (anchor)"] = (*torch_t, "-")
       ref_fwd, ref_both, _ = res["jax.nn"]
       for impl, (fwd, both, mem) in res.items():
-        rows.append([T, "yes" if causal else "no", impl, fmt_time(fwd), _ratio(ref_fwd, fwd),
-                     fmt_time(both), _ratio(ref_both, both), fmt_bytes(mem)])
+        rows.append(
+          [
+            T,
+            "yes" if causal else "no",
+            impl,
+            fmt_time(fwd),
+            _ratio(ref_fwd, fwd),
+            fmt_time(both),
+            _ratio(ref_both, both),
+            fmt_bytes(mem),
+          ]
+        )
       summary[T, causal] = res
     del args
 
-  out = ["## Attention", "",
-         f"B={B}, N={N}, H={H}, float32, T=S. Ratios are reference time / this time (>1: faster "
-         "than `jax.nn.dot_product_attention(implementation=\"xla\")` measured in the same "
-         "process). Memory: peak RSS of a fresh process running one forward+backward "
-         "(includes about 0.3 GiB of Python and JAX).", "",
-         table(["T", "causal", "implementation", "forward", "vs jax.nn", "fwd+bwd", "vs jax.nn",
-                "peak RSS (fwd+bwd)"], rows), "", "Targets:", ""]
+  out = [
+    "## Attention",
+    "",
+    f"B={B}, N={N}, H={H}, float32, T=S. Ratios are reference time / this time (>1: faster "
+    'than `jax.nn.dot_product_attention(implementation="xla")` measured in the same '
+    "process). Memory: peak RSS of a fresh process running one forward+backward "
+    "(includes about 0.3 GiB of Python and JAX).",
+    "",
+    table(
+      ["T", "causal", "implementation", "forward", "vs jax.nn", "fwd+bwd", "vs jax.nn", "peak RSS (fwd+bwd)"],
+      rows,
+    ),
+    "",
+    "Targets:",
+    "",
+  ]
 
   def t(T, causal, impl, i):
     return summary.get((T, causal), {}).get(impl, (None,) * 3)[i]
@@ -154,8 +173,10 @@ def run(quick: bool) -> str:
   for T in lengths:
     if T >= 4096:
       for causal in (False, True):
-        out.append(f"- chunked forward >= 1.5x faster than jax.nn at T={T}"
-                   f"{' causal' if causal else ''}: {_ratio(t(T, causal, 'jax.nn', 0), t(T, causal, 'chunked', 0))}")
+        out.append(
+          f"- chunked forward >= 1.5x faster than jax.nn at T={T}"
+          f"{' causal' if causal else ''}: {_ratio(t(T, causal, 'jax.nn', 0), t(T, causal, 'chunked', 0))}"
+        )
   T = 4096 if 4096 in lengths else lengths[-1]
   for causal in (False, True):
     d, c = t(T, causal, "dense", 1), t(T, causal, "chunked", 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
@@ -69,21 +68,43 @@ def _t_section(batch: int, n_scipy_time: int, n_scipy_quality: int, quick: bool)
   steps = np.asarray(res.steps)
 
   rows = [
-    ["jaxsoft fit_distribution (vmap, float32)", fmt_time(t_ours), fmt_time(t_compile), f"{t_scipy / t_ours:.0f}x"],
-    [f"scipy.stats.t.fit loop (timed on {n_scipy_time}, x{batch // n_scipy_time})", fmt_time(t_scipy), "-", "1x"],
+    [
+      "jaxsoft fit_distribution (vmap, float32)",
+      fmt_time(t_ours),
+      fmt_time(t_compile),
+      f"{t_scipy / t_ours:.0f}x",
+    ],
+    [
+      f"scipy.stats.t.fit loop (timed on {n_scipy_time}, x{batch // n_scipy_time})",
+      fmt_time(t_scipy),
+      "-",
+      "1x",
+    ],
   ]
   mem = peak_rss("benchmarks.bench_mle:mem_case", family="student_t", batch=batch)
-  out = [f"### (a) Student's t, {batch} datasets x {N_OBS} obs (df, loc, scale free)\n",
-         table(["method", "time (all datasets)", "compile", "speed-up vs SciPy"], rows), "",
-         table(["quality", "value"], [
-           [f"log-lik >= SciPy's - 1e-5 rel (on {n_ref} datasets)", f"{ok.mean():.4%} ({int(ok.sum())}/{n_ref})"],
-           ["log-lik higher than SciPy's by > 1e-6 rel", f"{better:.2%}"],
-           ["worst shortfall vs SciPy (rel)", f"{max(rel.max(), 0):.2e}"],
-           ["converged (all datasets)", f"{np.asarray(res.converged).mean():.4%}"],
-           ["steps: median / 99% / max", f"{np.median(steps):.0f} / {np.percentile(steps, 99):.0f} / {steps.max()}"],
-           ["fits with df > 1000 (MLE at df = inf)", f"{(df > 1000).mean():.2%}"],
-           ["peak RSS of the vmapped fit (fresh process)", fmt_bytes(mem)],
-         ])]
+  out = [
+    f"### (a) Student's t, {batch} datasets x {N_OBS} obs (df, loc, scale free)\n",
+    table(["method", "time (all datasets)", "compile", "speed-up vs SciPy"], rows),
+    "",
+    table(
+      ["quality", "value"],
+      [
+        [
+          f"log-lik >= SciPy's - 1e-5 rel (on {n_ref} datasets)",
+          f"{ok.mean():.4%} ({int(ok.sum())}/{n_ref})",
+        ],
+        ["log-lik higher than SciPy's by > 1e-6 rel", f"{better:.2%}"],
+        ["worst shortfall vs SciPy (rel)", f"{max(rel.max(), 0):.2e}"],
+        ["converged (all datasets)", f"{np.asarray(res.converged).mean():.4%}"],
+        [
+          "steps: median / 99% / max",
+          f"{np.median(steps):.0f} / {np.percentile(steps, 99):.0f} / {steps.max()}",
+        ],
+        ["fits with df > 1000 (MLE at df = inf)", f"{(df > 1000).mean():.2%}"],
+        ["peak RSS of the vmapped fit (fresh process)", fmt_bytes(mem)],
+      ],
+    ),
+  ]
   return "\n".join(out)
 
 
@@ -105,28 +126,46 @@ def _normal_section(batch: int, quick: bool) -> str:
   worst = max(rel_loc.max(), rel_scale.max())
   mem = peak_rss("benchmarks.bench_mle:mem_case", family="normal", batch=batch)
   rows = [
-    ["jaxsoft fit_distribution (vmap, float32, with stderr)", fmt_time(t_ours), fmt_time(t_compile),
-     f"{t_scipy / t_ours:.2f}x"],
+    [
+      "jaxsoft fit_distribution (vmap, float32, with stderr)",
+      fmt_time(t_ours),
+      fmt_time(t_compile),
+      f"{t_scipy / t_ours:.2f}x",
+    ],
     ["scipy.stats.norm.fit loop (closed form, no stderr)", fmt_time(t_scipy), "-", "1x"],
   ]
-  return "\n".join([
-    f"### (b) Normal, {batch} datasets x {N_OBS} obs\n",
-    table(["method", "time (all datasets)", "compile", "speed-up vs SciPy"], rows), "",
-    table(["quality", "value"], [
-      ["max relative error, loc / scale", f"{rel_loc.max():.1e} / {rel_scale.max():.1e}"],
-      ["every parameter within 1e-4 relative", "yes" if worst <= 1e-4 else f"no ({(np.maximum(rel_loc, rel_scale) > 1e-4).sum()} datasets)"],
-      ["converged", f"{np.asarray(res.converged).mean():.4%}"],
-      ["peak RSS of the vmapped fit (fresh process)", fmt_bytes(mem)],
-    ])])
+  return "\n".join(
+    [
+      f"### (b) Normal, {batch} datasets x {N_OBS} obs\n",
+      table(["method", "time (all datasets)", "compile", "speed-up vs SciPy"], rows),
+      "",
+      table(
+        ["quality", "value"],
+        [
+          ["max relative error, loc / scale", f"{rel_loc.max():.1e} / {rel_scale.max():.1e}"],
+          [
+            "every parameter within 1e-4 relative",
+            "yes" if worst <= 1e-4 else f"no ({(np.maximum(rel_loc, rel_scale) > 1e-4).sum()} datasets)",
+          ],
+          ["converged", f"{np.asarray(res.converged).mean():.4%}"],
+          ["peak RSS of the vmapped fit (fresh process)", fmt_bytes(mem)],
+        ],
+      ),
+    ]
+  )
 
 
 def run(quick: bool) -> str:
   batch = 200 if quick else 10_000
   n_time, n_quality = (10, 20) if quick else (50, 10_000)
   jax.config.update("jax_enable_x64", False)
-  parts = ["## Maximum likelihood (`jaxsoft.mle`)\n",
-           "One `jax.jit(jax.vmap(fit_distribution))` call over all datasets, float32, "
-           "default optimizer (L-BFGS + zoom line search) and tolerances; compile time separate. "
-           "SciPy fits in float64. Log-likelihoods of both are evaluated in float64 with scipy.stats.\n",
-           _t_section(batch, n_time, n_quality, quick), "", _normal_section(batch, quick)]
+  parts = [
+    "## Maximum likelihood (`jaxsoft.mle`)\n",
+    "One `jax.jit(jax.vmap(fit_distribution))` call over all datasets, float32, "
+    "default optimizer (L-BFGS + zoom line search) and tolerances; compile time separate. "
+    "SciPy fits in float64. Log-likelihoods of both are evaluated in float64 with scipy.stats.\n",
+    _t_section(batch, n_time, n_quality, quick),
+    "",
+    _normal_section(batch, quick),
+  ]
   return "\n".join(parts)

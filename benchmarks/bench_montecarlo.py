@@ -39,7 +39,7 @@ def gauss(x):
   return jnp.exp(-jnp.sum(x * x))
 
 
-def numpy_estimator(n: int, seed: int = 0, chunk: int = 2 ** 20):
+def numpy_estimator(n: int, seed: int = 0, chunk: int = 2**20):
   """Mean and standard error of exp(-|x|^2), NumPy default_rng, chunked."""
   rng = np.random.default_rng(seed)
   total, total_sq, done = 0.0, 0.0, 0
@@ -77,30 +77,52 @@ def memory_case(n: int, batch_size: int, method: str = "mc"):
 
 
 def run(quick: bool) -> str:
-  n = 2 ** 18 if quick else 2 ** 24
-  n_gen = 2 ** 14 if quick else 2 ** 20
-  n_err = 2 ** 14 if quick else 2 ** 20
-  n_mem = 2 ** 22 if quick else 2 ** 30
+  n = 2**18 if quick else 2**24
+  n_gen = 2**14 if quick else 2**20
+  n_err = 2**14 if quick else 2**20
+  n_mem = 2**22 if quick else 2**30
   repeats = 2 if quick else 5
   out = ["## Monte Carlo integration (`jaxsoft.montecarlo`, `jaxsoft.qmc`)", ""]
 
   # 1. Throughput.
   ref_wall, ref_cpu = _times(numpy_estimator, n, repeats=repeats)
-  rows = [["NumPy default_rng, chunks of 2^20 (reference)", fmt_time(ref_wall), f"{n / ref_wall / 1e6:.1f}",
-           "1.00x", f"{n / ref_cpu / 1e6:.1f}", "1.00x"]]
-  cases = [("integrate mc, threefry key (default)", "mc", jax.random.key(0)),
-           ("integrate mc, rbg key", "mc", jax.random.key(0, impl="rbg")),
-           ("integrate mc, unsafe_rbg key", "mc", jax.random.key(0, impl="unsafe_rbg")),
-           ("integrate antithetic", "antithetic", jax.random.key(0)),
-           ("integrate sobol (16 replicates)", "sobol", jax.random.key(0))]
+  rows = [
+    [
+      "NumPy default_rng, chunks of 2^20 (reference)",
+      fmt_time(ref_wall),
+      f"{n / ref_wall / 1e6:.1f}",
+      "1.00x",
+      f"{n / ref_cpu / 1e6:.1f}",
+      "1.00x",
+    ]
+  ]
+  cases = [
+    ("integrate mc, threefry key (default)", "mc", jax.random.key(0)),
+    ("integrate mc, rbg key", "mc", jax.random.key(0, impl="rbg")),
+    ("integrate mc, unsafe_rbg key", "mc", jax.random.key(0, impl="unsafe_rbg")),
+    ("integrate antithetic", "antithetic", jax.random.key(0)),
+    ("integrate sobol (16 replicates)", "sobol", jax.random.key(0)),
+  ]
   for name, method, key in cases:
     wall, cpu = _times(_integrator(n, method), key, repeats=repeats)
-    rows.append([name, fmt_time(wall), f"{n / wall / 1e6:.1f}", f"{ref_wall / wall:.2f}x",
-                 f"{n / cpu / 1e6:.1f}", f"{ref_cpu / cpu:.2f}x"])
-  out += [f"`exp(-|x|^2)` over [0,1]^{DIM}, n = 2^{n.bit_length() - 1}, default batch size "
-          "(one 2^16-point block per step on CPU). Msps = million samples per second; "
-          "ratio = speed-up over NumPy (>1 is faster).", "",
-          table(["case", "wall", "Msps (wall)", "ratio (wall)", "Msps (CPU time)", "ratio (CPU time)"], rows), ""]
+    rows.append(
+      [
+        name,
+        fmt_time(wall),
+        f"{n / wall / 1e6:.1f}",
+        f"{ref_wall / wall:.2f}x",
+        f"{n / cpu / 1e6:.1f}",
+        f"{ref_cpu / cpu:.2f}x",
+      ]
+    )
+  out += [
+    f"`exp(-|x|^2)` over [0,1]^{DIM}, n = 2^{n.bit_length() - 1}, default batch size "
+    "(one 2^16-point block per step on CPU). Msps = million samples per second; "
+    "ratio = speed-up over NumPy (>1 is faster).",
+    "",
+    table(["case", "wall", "Msps (wall)", "ratio (wall)", "Msps (CPU time)", "ratio (CPU time)"], rows),
+    "",
+  ]
 
   # 2. Sobol' generation.
   def scipy_sobol(scramble):
@@ -111,8 +133,10 @@ def run(quick: bool) -> str:
   plain = jax.jit(lambda: sobol(n_gen, DIM))
   scrambled = jax.jit(lambda k: sobol(n_gen, DIM, key=k))
   rows = []
-  for name, ref, mine, args in [("plain", lambda: scipy_sobol(False), plain, ()),
-                                ("scrambled", lambda: scipy_sobol(True), scrambled, (jax.random.key(0),))]:
+  for name, ref, mine, args in [
+    ("plain", lambda: scipy_sobol(False), plain, ()),
+    ("scrambled", lambda: scipy_sobol(True), scrambled, (jax.random.key(0),)),
+  ]:
     sw, _ = _times(ref, repeats=repeats)
     jw, _ = _times(mine, *args, repeats=repeats)
     rows.append([name, fmt_time(sw), fmt_time(jw), f"{n_gen / jw / 1e6:.0f}", f"{sw / jw:.2f}x"])
@@ -121,10 +145,16 @@ def run(quick: bool) -> str:
   # that floor, which SciPy does not pay (glibc reuses its heap).
   floor = jax.jit(lambda x: x * 0.5)
   fw, _ = _times(floor, jnp.ones((n_gen, DIM), jnp.float32), repeats=repeats)
-  rows.append(["(floor: jitted `x * 0.5`, same output size)", "-", fmt_time(fw), f"{n_gen / fw / 1e6:.0f}", "-"])
-  out += [f"Sobol' points, n = 2^{n_gen.bit_length() - 1}, dim = {DIM} (jaxsoft float32 jitted; SciPy float64, "
-          "engine construction included for both), wall time.", "",
-          table(["points", "SciPy", "jaxsoft", "Mpoints/s", "speed-up vs SciPy"], rows), ""]
+  rows.append(
+    ["(floor: jitted `x * 0.5`, same output size)", "-", fmt_time(fw), f"{n_gen / fw / 1e6:.0f}", "-"]
+  )
+  out += [
+    f"Sobol' points, n = 2^{n_gen.bit_length() - 1}, dim = {DIM} (jaxsoft float32 jitted; SciPy float64, "
+    "engine construction included for both), wall time.",
+    "",
+    table(["points", "SciPy", "jaxsoft", "Mpoints/s", "speed-up vs SciPy"], rows),
+    "",
+  ]
 
   # 3. Error at equal n.
   rows = []
@@ -136,18 +166,27 @@ def run(quick: bool) -> str:
     rows.append([method, f"{errs[method]:.2e}", f"{np.mean([float(r.stderr) for r in res]):.2e}"])
   np_err = np.mean([abs(numpy_estimator(n_err, seed=s)[0] - EXACT) for s in range(5)])
   rows.append(["NumPy mc (reference)", f"{np_err:.2e}", "-"])
-  out += [f"Absolute error, n = 2^{n_err.bit_length() - 1}, mean over 5 keys (exact {EXACT:.8f}); "
-          f"mc error / sobol error = **{errs['mc'] / max(errs['sobol'], 1e-30):.0f}x**.", "",
-          table(["method", "mean abs error", "mean stderr"], rows), ""]
+  out += [
+    f"Absolute error, n = 2^{n_err.bit_length() - 1}, mean over 5 keys (exact {EXACT:.8f}); "
+    f"mc error / sobol error = **{errs['mc'] / max(errs['sobol'], 1e-30):.0f}x**.",
+    "",
+    table(["method", "mean abs error", "mean stderr"], rows),
+    "",
+  ]
 
   # 4. Memory.
   rows = []
   for method in ("mc", "sobol"):
     t0 = time.perf_counter()
-    rss = peak_rss("benchmarks.bench_montecarlo:memory_case", timeout=900, n=n_mem, batch_size=2 ** 20,
-                   method=method)
-    rows.append([method, f"2^{n_mem.bit_length() - 1}", "2^20", fmt_bytes(rss),
-                 fmt_time(time.perf_counter() - t0)])
-  out += ["Peak RSS of a fresh process (includes the Python + jax baseline, about 0.3 GiB).", "",
-          table(["method", "n", "batch_size", "peak RSS", "process wall time"], rows)]
+    rss = peak_rss(
+      "benchmarks.bench_montecarlo:memory_case", timeout=900, n=n_mem, batch_size=2**20, method=method
+    )
+    rows.append(
+      [method, f"2^{n_mem.bit_length() - 1}", "2^20", fmt_bytes(rss), fmt_time(time.perf_counter() - t0)]
+    )
+  out += [
+    "Peak RSS of a fresh process (includes the Python + jax baseline, about 0.3 GiB).",
+    "",
+    table(["method", "n", "batch_size", "peak RSS", "process wall time"], rows),
+  ]
   return "\n".join(out)

@@ -43,13 +43,20 @@ def run(quick: bool = False) -> str:
     cases = {
       "softmax": (jax.jit(jaxsoft.softmax), jax.jit(jax.nn.softmax), (x,), "jax.nn.softmax"),
       "log_softmax": (jax.jit(jaxsoft.log_softmax), jax.jit(jax.nn.log_softmax), (x,), "jax.nn.log_softmax"),
-      "cross_entropy": (jax.jit(lambda a, y: jaxsoft.cross_entropy(a, y)),
-                        jax.jit(lambda a, y: optax.softmax_cross_entropy_with_integer_labels(a, y).mean()),
-                        (x, labels), "optax CE (int labels)"),
+      "cross_entropy": (
+        jax.jit(lambda a, y: jaxsoft.cross_entropy(a, y)),
+        jax.jit(lambda a, y: optax.softmax_cross_entropy_with_integer_labels(a, y).mean()),
+        (x, labels),
+        "optax CE (int labels)",
+      ),
       "cross_entropy value_and_grad": (
         jax.jit(jax.value_and_grad(lambda a, y: jaxsoft.cross_entropy(a, y))),
-        jax.jit(jax.value_and_grad(lambda a, y: optax.softmax_cross_entropy_with_integer_labels(a, y).mean())),
-        (x, labels), "optax CE (int labels)"),
+        jax.jit(
+          jax.value_and_grad(lambda a, y: optax.softmax_cross_entropy_with_integer_labels(a, y).mean())
+        ),
+        (x, labels),
+        "optax CE (int labels)",
+      ),
     }
     for name, (ours, ref, args, ref_name) in cases.items():
       # Interleave: ours, reference, ours again; keep the better of our two
@@ -58,14 +65,28 @@ def run(quick: bool = False) -> str:
       t_ref = median_time(ref, *args, repeats=repeats)
       t_ours2 = median_time(ours, *args, repeats=repeats)
       t_ours = min(t_ours1, t_ours2)
-      rows.append([f"{name} {shape}", fmt_time(t_ours), f"{ref_name}: {fmt_time(t_ref)}", f"{t_ours / t_ref:.3f}"])
+      rows.append(
+        [f"{name} {shape}", fmt_time(t_ours), f"{ref_name}: {fmt_time(t_ref)}", f"{t_ours / t_ref:.3f}"]
+      )
       if name in ("softmax", "log_softmax"):
-        bw_rows.append([f"{name} {shape}", f"{nbytes / t_ours / 1e9:.1f}", f"{nbytes / t_ref / 1e9:.1f}",
-                        f"{nbytes / t_double / 1e9:.1f}", f"{nbytes / t_copy / 1e9:.1f}",
-                        f"{t_double / t_ours:.2f}", f"{t_double / t_ref:.2f}"])
-  out = ["## Softmax family and cross-entropy (float32)", "",
-         table(["case", "jaxsoft", "reference", "ratio (ours/ref)"], rows), "",
-         "Throughput in GB/s (input read once + output written once) against the floors:", "",
-         table(["case", "jaxsoft", "jax.nn", "jit x*2", "NumPy copy",
-                "jaxsoft / x*2", "jax.nn / x*2"], bw_rows)]
+        bw_rows.append(
+          [
+            f"{name} {shape}",
+            f"{nbytes / t_ours / 1e9:.1f}",
+            f"{nbytes / t_ref / 1e9:.1f}",
+            f"{nbytes / t_double / 1e9:.1f}",
+            f"{nbytes / t_copy / 1e9:.1f}",
+            f"{t_double / t_ours:.2f}",
+            f"{t_double / t_ref:.2f}",
+          ]
+        )
+  out = [
+    "## Softmax family and cross-entropy (float32)",
+    "",
+    table(["case", "jaxsoft", "reference", "ratio (ours/ref)"], rows),
+    "",
+    "Throughput in GB/s (input read once + output written once) against the floors:",
+    "",
+    table(["case", "jaxsoft", "jax.nn", "jit x*2", "NumPy copy", "jaxsoft / x*2", "jax.nn / x*2"], bw_rows),
+  ]
   return "\n".join(out)

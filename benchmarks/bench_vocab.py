@@ -32,6 +32,7 @@ def _inputs(n, d, vocab, weight_layout="dv"):
   import jax
   import jax.numpy as jnp
   from jax import lax
+
   shape = (d, vocab) if weight_layout == "dv" else (vocab, d)
 
   def noise(shape, seed, scale):
@@ -44,7 +45,7 @@ def _inputs(n, d, vocab, weight_layout="dv"):
 
   @jax.jit
   def make(key):
-    return noise((n, d), 0.0, 1.0), noise(shape, 1.0, d ** -0.5), jax.random.randint(key, (n,), 0, vocab)
+    return noise((n, d), 0.0, 1.0), noise(shape, 1.0, d**-0.5), jax.random.randint(key, (n,), 0, vocab)
 
   return jax.block_until_ready(make(jax.random.key(0)))
 
@@ -52,6 +53,7 @@ def _inputs(n, d, vocab, weight_layout="dv"):
 def _loss_fn(method, y, num_samples):
   import jax
   import optax
+
   import jaxsoft._vocab as vocab_losses
 
   if method == "optax":
@@ -60,6 +62,7 @@ def _loss_fn(method, y, num_samples):
     return lambda h, w: vocab_losses.linear_cross_entropy(h, w, y)
   if method == "jax_cce":
     import jax_cce
+
     return lambda h, w: jax_cce.linear_cross_entropy(h, w, y)
   if method == "sampled":
     key = jax.random.key(1)
@@ -70,6 +73,7 @@ def _loss_fn(method, y, num_samples):
 def case(method: str, n: int, d: int, vocab: int, repeats: int, out: str, num_samples: int = 1024):
   """Runs in a fresh subprocess: compile, time ``repeats`` calls, write the times to ``out``."""
   import jax
+
   h, w, y = _inputs(n, d, vocab, "vd" if method == "jax_cce" else "dv")
   step = jax.jit(jax.value_and_grad(_loss_fn(method, y, num_samples), argnums=(0, 1)))
   t0 = time.perf_counter()
@@ -89,8 +93,17 @@ def _measure(method, n, d, vocab, repeats, num_samples=1024, timeout=600.0):
   fd, out = tempfile.mkstemp(suffix=".json")
   os.close(fd)
   try:
-    rss = H.peak_rss("benchmarks.bench_vocab:case", timeout=timeout, method=method, n=n, d=d,
-                     vocab=vocab, repeats=repeats, out=out, num_samples=num_samples)
+    rss = H.peak_rss(
+      "benchmarks.bench_vocab:case",
+      timeout=timeout,
+      method=method,
+      n=n,
+      d=d,
+      vocab=vocab,
+      repeats=repeats,
+      out=out,
+      num_samples=num_samples,
+    )
     try:
       with open(out) as f:
         t = statistics.median(json.load(f)["times"])
@@ -119,8 +132,16 @@ def _rows(label, results, ref_name):
   ref_t, ref_m = results[ref_name]
   rows = []
   for name, (t, m) in results.items():
-    rows.append([label, name, H.fmt_time(t), _ratio(t, ref_t), H.fmt_bytes(m),
-                 _ratio(m, ref_m) if name != ref_name else "1.00x"])
+    rows.append(
+      [
+        label,
+        name,
+        H.fmt_time(t),
+        _ratio(t, ref_t),
+        H.fmt_bytes(m),
+        _ratio(m, ref_m) if name != ref_name else "1.00x",
+      ]
+    )
   return rows
 
 
@@ -140,12 +161,18 @@ def run(quick: bool) -> str:
     rows += _rows(label, results, "optax")
   label = f"N={ns}, d={ds}, V={vs}"
   # The full loss here is ~13 TFLOP per call: one timed call is all it gets.
-  sampled = {"jaxsoft": _measure("jaxsoft", ns, ds, vs, 1 if not quick else repeats),
-             f"sampled ({samples})": _measure("sampled", ns, ds, vs, 5, num_samples=samples)}
+  sampled = {
+    "jaxsoft": _measure("jaxsoft", ns, ds, vs, 1 if not quick else repeats),
+    f"sampled ({samples})": _measure("sampled", ns, ds, vs, 5, num_samples=samples),
+  }
   rows2 = _rows(label, sampled, "jaxsoft")
-  note = ("jax-cce not installed: `pip install jax-cce` adds it to the first table."
-          if "jax_cce" not in methods else "jax-cce: weight laid out [V, d], default chunk 4096, mean loss.")
-  return "\n".join([
+  note = (
+    "jax-cce not installed: `pip install jax-cce` adds it to the first table."
+    if "jax_cce" not in methods
+    else "jax-cce: weight laid out [V, d], default chunk 4096, mean loss."
+  )
+  return "\n".join(
+    [
       "## Large-vocabulary losses (value_and_grad wrt hidden and weight, float32)",
       "",
       "Reference: optax.softmax_cross_entropy_with_integer_labels on materialized logits. "
@@ -159,4 +186,5 @@ def run(quick: bool) -> str:
       f"{H.fmt_bytes(4 * ns * vs)}.",
       "",
       H.table(headers, rows2),
-  ])
+    ]
+  )

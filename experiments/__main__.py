@@ -1,4 +1,5 @@
 """python -m experiments list | run NAME [--field value ...] | all | rerun RUN_DIR [--resume]"""
+
 from __future__ import annotations
 
 import argparse
@@ -80,8 +81,7 @@ def cmd_all(argv) -> int:
     flat = _runs.flatten(summary)
     keys = [k for k in getattr(module, "HEADLINE", flat) if k in flat]
     for i, k in enumerate(keys):
-      rows.append((name if i == 0 else "", k, _runs._fmt(flat[k]),
-                   f"{seconds:.1f}" if i == 0 else ""))
+      rows.append((name if i == 0 else "", k, _runs._fmt(flat[k]), f"{seconds:.1f}" if i == 0 else ""))
   print()
   print(_runs.format_table(("experiment", "figure", "value", "seconds"), rows))
   return 1 if failed else 0
@@ -90,10 +90,10 @@ def cmd_all(argv) -> int:
 def cmd_rerun(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments rerun")
   p.add_argument("run_dir")
-  p.add_argument("--resume", action="store_true",
-                 help="continue an interrupted run in place from its last checkpoint")
-  p.add_argument("--runs-dir", default=None,
-                 help="root for the new run (default: the original run's root)")
+  p.add_argument(
+    "--resume", action="store_true", help="continue an interrupted run in place from its last checkpoint"
+  )
+  p.add_argument("--runs-dir", default=None, help="root for the new run (default: the original run's root)")
   args = p.parse_args(argv)
   run_dir = Path(args.run_dir)
   try:

@@ -12,6 +12,7 @@ An experiment is a module with:
 ``summary.json`` holds only deterministic figures, so that ``rerun`` can
 compare it exactly; wall-clock times go to ``timing.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,7 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------
 # Atomic files
 # ----------------------------------------------------------------------------
+
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
   path = Path(path)
@@ -139,8 +141,7 @@ def config_from_dict(cls, values: dict, *, experiment: str | None = None):
   unknown = [k for k in values if k not in types]
   if unknown:
     k = unknown[0]
-    raise ConfigError(f"{name}: unknown config field {k!r}{_suggest(k, types)} "
-                      f"(fields: {', '.join(types)})")
+    raise ConfigError(f"{name}: unknown config field {k!r}{_suggest(k, types)} (fields: {', '.join(types)})")
   kwargs = {k: _coerce(name, k, types[k], v) for k, v in values.items()}
   return cls(**kwargs)
 
@@ -159,15 +160,15 @@ def load_config_file(cls, path, *, experiment: str) -> dict:
     raise ConfigError(f"--config: {path} must hold a JSON object, got {type(data).__name__}")
   if "config" in data and "experiment" in data:
     if data["experiment"] != experiment:
-      raise ConfigError(f"--config: {path} is a config of experiment {data['experiment']!r}, "
-                        f"not {experiment!r}")
+      raise ConfigError(
+        f"--config: {path} is a config of experiment {data['experiment']!r}, not {experiment!r}"
+      )
     data = data["config"]
   config_from_dict(cls, data, experiment=experiment)  # validate now, name the field
   return data
 
 
 class _Parser(argparse.ArgumentParser):
-
   def error(self, message):
     raise ConfigError(f"{self.prog}: {message}")
 
@@ -176,11 +177,18 @@ def build_parser(module) -> argparse.ArgumentParser:
   """An argparse parser generated from ``module.Config``'s fields."""
   cls = module.Config
   doc = (module.__doc__ or "").strip().splitlines()
-  p = _Parser(prog=f"python -m experiments run {module.NAME}",
-              description=doc[0] if doc else None, allow_abbrev=False,
-              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--config", metavar="FILE.json", default=None,
-                 help="load fields from a JSON file (command-line options override it)")
+  p = _Parser(
+    prog=f"python -m experiments run {module.NAME}",
+    description=doc[0] if doc else None,
+    allow_abbrev=False,
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+    "--config",
+    metavar="FILE.json",
+    default=None,
+    help="load fields from a JSON file (command-line options override it)",
+  )
   p.add_argument("--runs-dir", default=DEFAULT_RUNS_ROOT, help="root of the run directories")
   types = _field_types(cls)
   for f in dataclasses.fields(cls):
@@ -188,12 +196,19 @@ def build_parser(module) -> argparse.ArgumentParser:
     flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
     helptext = f.metadata.get("help", typ.__name__)
     if typ is bool:
-      p.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
-                     default=f.default, help=helptext)
+      p.add_argument(
+        *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=helptext
+      )
     elif typ in (int, float, str):
-      p.add_argument(*flags, dest=f.name, type=typ, default=f.default, help=helptext,
-                     metavar=typ.__name__.upper(),
-                     choices=f.metadata.get("choices"))
+      p.add_argument(
+        *flags,
+        dest=f.name,
+        type=typ,
+        default=f.default,
+        help=helptext,
+        metavar=typ.__name__.upper(),
+        choices=f.metadata.get("choices"),
+      )
     else:
       raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {typ!r}")
   return p
@@ -213,9 +228,11 @@ def parse_config(module, argv):
   if unknown:
     opt = unknown[0]
     names = [a for a in p._option_string_actions if a.startswith("--")]
-    raise ConfigError(f"{module.NAME}: unknown option {opt!r}"
-                      f"{_suggest(opt.split('=')[0], names)} "
-                      f"(see `python -m experiments run {module.NAME} --help`)")
+    raise ConfigError(
+      f"{module.NAME}: unknown option {opt!r}"
+      f"{_suggest(opt.split('=')[0], names)} "
+      f"(see `python -m experiments run {module.NAME} --help`)"
+    )
   values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Config)}
   return config_from_dict(module.Config, values, experiment=module.NAME), ns.runs_dir
 
@@ -224,19 +241,21 @@ def parse_config(module, argv):
 # Environment, run directories
 # ----------------------------------------------------------------------------
 
+
 def environment() -> dict:
   import jax
   import jaxlib
+
   env = {
-      "python": sys.version.split()[0],
-      "platform": platform.platform(),
-      "machine": platform.machine(),
-      "cpu_count": os.cpu_count(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "python": sys.version.split()[0],
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "jaxlib": jaxlib.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   for mod in ("optax", "numpy", "jaxsoft"):
     try:
@@ -266,6 +285,7 @@ def new_run_dir(root, experiment: str) -> Path:
 # Run context handed to experiments
 # ----------------------------------------------------------------------------
 
+
 class RunContext:
   """What an experiment's ``run`` writes through: metrics, plots, checkpoints."""
 
@@ -294,14 +314,18 @@ class RunContext:
   def progress(self, iterable=None, *, total=None, desc=None, initial=0):
     """A tqdm bar that stays silent when stderr is not a terminal."""
     from tqdm.auto import tqdm
-    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=self.quiet,
-                leave=False, dynamic_ncols=True)
+
+    return tqdm(
+      iterable, total=total, desc=desc, initial=initial, disable=self.quiet, leave=False, dynamic_ncols=True
+    )
 
   # -- plots -------------------------------------------------------------------
   def save_figure(self, fig, name: str) -> Path:
     """Saves a matplotlib figure as ``name.png`` atomically and closes it."""
     import io
+
     import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -322,7 +346,9 @@ class RunContext:
     the checkpoint's step.
     """
     import io
+
     import jax
+
     self.flush_metrics()
     leaves, _ = jax.tree_util.tree_flatten_with_path(state)
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
@@ -340,6 +366,7 @@ class RunContext:
     writes them again.
     """
     import jax
+
     if not (self.resume and self.checkpoint_path.exists()):
       return 0, template
     with np.load(self.checkpoint_path, allow_pickle=False) as z:
@@ -348,14 +375,15 @@ class RunContext:
       leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
       want = [jax.tree_util.keystr(p) for p, _ in leaves]
       if paths != want:
-        raise ValueError(f"checkpoint {self.checkpoint_path} does not match the model: "
-                         f"saved leaves {paths[:4]}..., expected {want[:4]}...")
+        raise ValueError(
+          f"checkpoint {self.checkpoint_path} does not match the model: "
+          f"saved leaves {paths[:4]}..., expected {want[:4]}..."
+        )
       new = []
       for i, (_, leaf) in enumerate(leaves):
         a = z[f"leaf_{i:05d}"]
         if a.shape != np.shape(leaf):
-          raise ValueError(f"checkpoint leaf {want[i]} has shape {a.shape}, "
-                           f"expected {np.shape(leaf)}")
+          raise ValueError(f"checkpoint leaf {want[i]} has shape {a.shape}, expected {np.shape(leaf)}")
         new.append(jax.numpy.asarray(a, dtype=getattr(leaf, "dtype", a.dtype)))
     mpath = self.run_dir / "metrics.jsonl"
     if mpath.exists():
@@ -369,12 +397,12 @@ class RunContext:
 # Running
 # ----------------------------------------------------------------------------
 
+
 def execute(module, config, run_dir: Path, *, resume: bool = False, quiet=None) -> dict:
   """Runs ``module.run(config)`` in ``run_dir`` and writes every file."""
   run_dir = Path(run_dir)
   if not resume:
-    write_json(run_dir / "config.json", {"experiment": module.NAME,
-                                         "config": config_to_dict(config)})
+    write_json(run_dir / "config.json", {"experiment": module.NAME, "config": config_to_dict(config)})
     write_json(run_dir / "environment.json", environment())
   ctx = RunContext(run_dir, resume=resume, quiet=quiet)
   t0 = time.perf_counter()
@@ -383,8 +411,11 @@ def execute(module, config, run_dir: Path, *, resume: bool = False, quiet=None) 
   ctx.flush_metrics()
   summary = _to_jsonable(summary)
   write_json(run_dir / "summary.json", summary)
-  timing = {"wall_seconds": seconds, "resumed": resume,
-            "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat()}
+  timing = {
+    "wall_seconds": seconds,
+    "resumed": resume,
+    "finished_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+  }
   tpath = run_dir / "timing.json"
   if resume and tpath.exists():
     timing["earlier"] = read_json(tpath)
@@ -407,9 +438,17 @@ def load_run(run_dir):
 def _same(a, b) -> bool:
   if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
     return True
-  return type(a) is type(b) and a == b or (
-      isinstance(a, (int, float)) and isinstance(b, (int, float))
-      and not isinstance(a, bool) and not isinstance(b, bool) and a == b)
+  return (
+    type(a) is type(b)
+    and a == b
+    or (
+      isinstance(a, (int, float))
+      and isinstance(b, (int, float))
+      and not isinstance(a, bool)
+      and not isinstance(b, bool)
+      and a == b
+    )
+  )
 
 
 def compare_summaries(old: dict, new: dict) -> tuple[bool, str]:
@@ -435,8 +474,9 @@ def _fmt(v) -> str:
 
 def format_table(header, rows) -> str:
   rows = [tuple(str(c) for c in r) for r in rows]
-  widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
-            for i, h in enumerate(header)]
+  widths = [
+    max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)
+  ]
   line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
   out = [line(header), line(["-" * w for w in widths])]
   out += [line(r) for r in rows]

@@ -9,6 +9,7 @@ measured on held-out sequences drawn with a different key.
 ``--compare_implementations`` trains the same model with dense and chunked
 attention and reports the largest difference between the two training curves.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,8 +36,9 @@ class Config:
   num_heads: int = 4
   layers: int = 2
   causal: bool = dataclasses.field(
-      default=True, metadata={"help": "causal attention (makes the previous-token "
-                                      "step of recall easy to learn)"})
+    default=True,
+    metadata={"help": "causal attention (makes the previous-token step of recall easy to learn)"},
+  )
   steps: int = 1000
   batch_size: int = 128
   learning_rate: float = 3e-3
@@ -45,14 +47,19 @@ class Config:
   log_every: int = 50
   checkpoint_every: int = 250
   implementation: str = dataclasses.field(
-      default="dense", metadata={"choices": ["dense", "chunked"],
-                                 "help": "jaxsoft attention path used for training"})
+    default="dense",
+    metadata={"choices": ["dense", "chunked"], "help": "jaxsoft attention path used for training"},
+  )
   compare_implementations: bool = dataclasses.field(
-      default=False, metadata={"help": "also train with the other implementation "
-                                       "and report the max training-curve difference"})
+    default=False,
+    metadata={
+      "help": "also train with the other implementation and report the max training-curve difference"
+    },
+  )
 
 
 # -- data ---------------------------------------------------------------------
+
 
 def make_batch(key, config, batch_size):
   """Tokens [batch, 2 * n_pairs + 1] and targets [batch] (value ids).
@@ -61,8 +68,9 @@ def make_batch(key, config, batch_size):
   distinct within a sequence so the answer is unique.
   """
   kk, kv, kq = jax.random.split(key, 3)
-  keys = jax.vmap(lambda k: jax.random.permutation(k, config.n_keys)[:config.n_pairs])(
-      jax.random.split(kk, batch_size))
+  keys = jax.vmap(lambda k: jax.random.permutation(k, config.n_keys)[: config.n_pairs])(
+    jax.random.split(kk, batch_size)
+  )
   values = jax.random.randint(kv, (batch_size, config.n_pairs), 0, config.n_values)
   which = jax.random.randint(kq, (batch_size,), 0, config.n_pairs)
   query = jnp.take_along_axis(keys, which[:, None], 1)
@@ -73,6 +81,7 @@ def make_batch(key, config, batch_size):
 
 
 # -- model: pure init / apply ---------------------------------------------------
+
 
 def _dense_init(key, n_in, n_out):
   return {"w": jax.random.normal(key, (n_in, n_out)) / jnp.sqrt(n_in), "b": jnp.zeros((n_out,))}
@@ -93,21 +102,23 @@ def init_model(key, config):
   seq_len = 2 * config.n_pairs + 1
   keys = jax.random.split(key, 3 + 3 * config.layers)
   params = {
-      "embed": jax.random.normal(keys[0], (config.n_keys + config.n_values, d)) * 0.5,
-      "pos": jax.random.normal(keys[1], (seq_len, d)) * 0.5,
-      "head": _dense_init(keys[2], d, config.n_values),
-      "ln_f": _ln_init(d),
-      "blocks": [],
+    "embed": jax.random.normal(keys[0], (config.n_keys + config.n_values, d)) * 0.5,
+    "pos": jax.random.normal(keys[1], (seq_len, d)) * 0.5,
+    "head": _dense_init(keys[2], d, config.n_values),
+    "ln_f": _ln_init(d),
+    "blocks": [],
   }
   for i in range(config.layers):
-    k_attn, k_up, k_down = keys[3 + 3 * i: 6 + 3 * i]
-    params["blocks"].append({
+    k_attn, k_up, k_down = keys[3 + 3 * i : 6 + 3 * i]
+    params["blocks"].append(
+      {
         "ln1": _ln_init(d),
         "attn": jaxsoft.init_multi_head_attention(k_attn, d_model=d, num_heads=config.num_heads),
         "ln2": _ln_init(d),
         "up": _dense_init(k_up, d, 4 * d),
         "down": _dense_init(k_down, 4 * d, d),
-    })
+      }
+    )
   return params
 
 
@@ -119,12 +130,12 @@ def apply_model(params, tokens, *, implementation, causal, return_weights=False)
   for blk in params["blocks"]:
     h = _layer_norm(blk["ln1"], x)
     if return_weights:
-      h, w = jaxsoft.multi_head_attention(blk["attn"], h, implementation=implementation,
-                                          is_causal=causal, return_weights=True)
+      h, w = jaxsoft.multi_head_attention(
+        blk["attn"], h, implementation=implementation, is_causal=causal, return_weights=True
+      )
       weights.append(w)
     else:
-      h = jaxsoft.multi_head_attention(blk["attn"], h, implementation=implementation,
-                                       is_causal=causal)
+      h = jaxsoft.multi_head_attention(blk["attn"], h, implementation=implementation, is_causal=causal)
     x = x + h
     h = _layer_norm(blk["ln2"], x)
     h = jax.nn.gelu(h @ blk["up"]["w"] + blk["up"]["b"])
@@ -136,11 +147,11 @@ def apply_model(params, tokens, *, implementation, causal, return_weights=False)
 
 # -- training -------------------------------------------------------------------
 
+
 def _train(config, ctx, implementation, *, log_prefix="", checkpoint=True):
   key = jax.random.key(config.seed)
   params = init_model(jax.random.fold_in(key, 0), config)
-  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate,
-                                                config.warmup_steps, config.steps)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, config.warmup_steps, config.steps)
   optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
   state = (params, optimizer.init(params))
   start = 0
@@ -171,8 +182,7 @@ def _train(config, ctx, implementation, *, log_prefix="", checkpoint=True):
     state, loss, acc = chunk(state, jnp.asarray(s, jnp.int32))
     step = s + config.log_every
     curve.append(float(loss))
-    ctx.log(step, **{f"{log_prefix}train_loss": float(loss),
-                     f"{log_prefix}train_accuracy": float(acc)})
+    ctx.log(step, **{f"{log_prefix}train_loss": float(loss), f"{log_prefix}train_accuracy": float(acc)})
     bar.update(config.log_every)
     if checkpoint and step % config.checkpoint_every == 0 and step < config.steps:
       ctx.save_checkpoint(step, state)
@@ -182,29 +192,32 @@ def _train(config, ctx, implementation, *, log_prefix="", checkpoint=True):
 
 def run(config: Config, ctx) -> dict:
   if config.steps % config.log_every or config.checkpoint_every % config.log_every:
-    raise ValueError(f"attention_toy: steps ({config.steps}) and checkpoint_every "
-                     f"({config.checkpoint_every}) must be multiples of log_every "
-                     f"({config.log_every})")
+    raise ValueError(
+      f"attention_toy: steps ({config.steps}) and checkpoint_every "
+      f"({config.checkpoint_every}) must be multiples of log_every "
+      f"({config.log_every})"
+    )
   if not 0 <= config.warmup_steps < config.steps:
-    raise ValueError(f"attention_toy: warmup_steps must be in [0, steps={config.steps}), "
-                     f"got {config.warmup_steps}")
+    raise ValueError(
+      f"attention_toy: warmup_steps must be in [0, steps={config.steps}), got {config.warmup_steps}"
+    )
   if config.n_pairs > config.n_keys:
-    raise ValueError(f"attention_toy: n_pairs must be <= n_keys ({config.n_keys}), "
-                     f"got {config.n_pairs}")
+    raise ValueError(f"attention_toy: n_pairs must be <= n_keys ({config.n_keys}), got {config.n_pairs}")
   params = _train(config, ctx, config.implementation)
   # Held-out sequences come from a key never used for training batches.
-  test_tokens, test_targets = make_batch(jax.random.fold_in(jax.random.key(config.seed), 2),
-                                         config, config.test_size)
-  logits = jax.jit(lambda p, t: apply_model(p, t, implementation=config.implementation,
-                                       causal=config.causal))(
-      params, test_tokens)
+  test_tokens, test_targets = make_batch(
+    jax.random.fold_in(jax.random.key(config.seed), 2), config, config.test_size
+  )
+  logits = jax.jit(
+    lambda p, t: apply_model(p, t, implementation=config.implementation, causal=config.causal)
+  )(params, test_tokens)
   summary = {
-      "test_accuracy": float(jnp.mean(jnp.argmax(logits, -1) == test_targets)),
-      "test_nll": float(jaxsoft.cross_entropy(logits, test_targets)),
-      "train_loss": ctx.metrics[-1]["train_loss"],
-      "train_accuracy": ctx.metrics[-1]["train_accuracy"],
-      "chance_accuracy": 1.0 / config.n_values,
-      "target_test_accuracy": TARGET,
+    "test_accuracy": float(jnp.mean(jnp.argmax(logits, -1) == test_targets)),
+    "test_nll": float(jaxsoft.cross_entropy(logits, test_targets)),
+    "train_loss": ctx.metrics[-1]["train_loss"],
+    "train_accuracy": ctx.metrics[-1]["train_accuracy"],
+    "chance_accuracy": 1.0 / config.n_values,
+    "target_test_accuracy": TARGET,
   }
   summary["target_met"] = summary["test_accuracy"] >= TARGET
 
@@ -221,30 +234,35 @@ def run(config: Config, ctx) -> dict:
 
 def _plots(ctx, config, params, tokens, targets):
   import matplotlib.pyplot as plt
+
   rows = [m for m in ctx.metrics if "train_loss" in m]
   fig, ax = plt.subplots(figsize=(6, 4))
-  ax.plot([m["step"] for m in rows], [m["train_loss"] for m in rows],
-          label=f"{config.implementation}")
+  ax.plot([m["step"] for m in rows], [m["train_loss"] for m in rows], label=f"{config.implementation}")
   other = [k for k in ctx.metrics[-1] if k.endswith(".train_loss")]
   for k in other:
-    ax.plot([m["step"] for m in ctx.metrics if k in m], [m[k] for m in ctx.metrics if k in m],
-            "--", label=k.split(".")[0])
-  ax.set(xlabel="step", ylabel="train cross-entropy (nats)", yscale="log",
-         title="associative recall")
+    ax.plot(
+      [m["step"] for m in ctx.metrics if k in m],
+      [m[k] for m in ctx.metrics if k in m],
+      "--",
+      label=k.split(".")[0],
+    )
+  ax.set(xlabel="step", ylabel="train cross-entropy (nats)", yscale="log", title="associative recall")
   ax.legend()
   ctx.save_figure(fig, "training_curve")
 
   # One held-out example: the weights need the dense path (chunked never forms them).
-  _, weights = apply_model(params, tokens[:1], implementation="dense", causal=config.causal,
-                           return_weights=True)
+  _, weights = apply_model(
+    params, tokens[:1], implementation="dense", causal=config.causal, return_weights=True
+  )
   w = np.asarray(weights[-1][0]).mean(0)  # last layer, averaged over heads: [T, T]
   toks = np.asarray(tokens[0])
   labels = [f"k{t}" if t < config.n_keys else f"v{t - config.n_keys}" for t in toks[:-1]]
   labels.append(f"q{toks[-1]}")
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1, 1.4]})
   axes[0].imshow(w, cmap="viridis")
-  axes[0].set(xticks=range(len(labels)), yticks=range(len(labels)),
-              title="last layer attention (mean over heads)")
+  axes[0].set(
+    xticks=range(len(labels)), yticks=range(len(labels)), title="last layer attention (mean over heads)"
+  )
   axes[0].set_xticklabels(labels, rotation=90)
   axes[0].set_yticklabels(labels)
   # With causal attention the recall circuit is an induction head: layer 1 copies
@@ -255,6 +273,9 @@ def _plots(ctx, config, params, tokens, targets):
   axes[1].bar(range(len(labels)), w[-1], color=colors)
   axes[1].set_xticks(range(len(labels)))
   axes[1].set_xticklabels(labels, rotation=90)
-  axes[1].set(title=f"query row: matching key (red) {labels[match]}, its value (green) "
-                    f"{labels[match + 1]}, target v{int(targets[0])}", ylabel="weight")
+  axes[1].set(
+    title=f"query row: matching key (red) {labels[match]}, its value (green) "
+    f"{labels[match + 1]}, target v{int(targets[0])}",
+    ylabel="weight",
+  )
   ctx.save_figure(fig, "attention_heatmap")

@@ -6,6 +6,7 @@ reports both, with accuracy and expected calibration error on a held-out test
 split. ``--devices N`` trains data-parallel: each batch is split over N devices
 with ``jax.sharding`` (gradients all-reduced by XLA), parameters replicated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,13 @@ import optax
 import jaxsoft
 
 NAME = "classifier"
-HEADLINE = ("mlp.test_accuracy", "softmax_regression.test_accuracy", "mlp.test_nll",
-            "mlp.test_ece", "softmax_regression.test_nll")
+HEADLINE = (
+  "mlp.test_accuracy",
+  "softmax_regression.test_accuracy",
+  "mlp.test_nll",
+  "mlp.test_ece",
+  "softmax_regression.test_nll",
+)
 MODELS = ("mlp", "softmax_regression")
 TARGETS = {"mlp": 0.97, "softmax_regression": 0.95}
 
@@ -38,29 +44,34 @@ class Config:
   checkpoint_every: int = 500
   ece_bins: int = 15
   devices: int = dataclasses.field(
-      default=1, metadata={"help": "data-parallel over this many devices (0: all)"})
+    default=1, metadata={"help": "data-parallel over this many devices (0: all)"}
+  )
 
 
 # -- data ---------------------------------------------------------------------
+
 
 def load_data(seed, val_fraction, test_fraction):
   """Seeded stratified train/val/test split of ``load_digits``, standardized on train."""
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
+
   x, y = load_digits(return_X_y=True)
   x = x.astype(np.float32)
   y = y.astype(np.int32)
   x_rest, x_test, y_rest, y_test = train_test_split(
-      x, y, test_size=test_fraction, stratify=y, random_state=seed)
+    x, y, test_size=test_fraction, stratify=y, random_state=seed
+  )
   x_train, x_val, y_train, y_val = train_test_split(
-      x_rest, y_rest, test_size=val_fraction / (1 - test_fraction), stratify=y_rest,
-      random_state=seed)
+    x_rest, y_rest, test_size=val_fraction / (1 - test_fraction), stratify=y_rest, random_state=seed
+  )
   mean, std = x_train.mean(0), x_train.std(0) + 1.0  # +1: constant border pixels
   norm = lambda a: ((a - mean) / std).astype(np.float32)
   return (norm(x_train), y_train), (norm(x_val), y_val), (norm(x_test), y_test)
 
 
 # -- models: pure init / apply -------------------------------------------------
+
 
 def init_softmax_regression(key, n_in, n_classes):
   del key  # the problem is convex: zeros are a fine, deterministic start
@@ -75,10 +86,10 @@ def init_mlp(key, n_in, hidden, n_classes):
   k1, k2 = jax.random.split(key)
   # He initialization for the ReLU layer, LeCun for the logits.
   return {
-      "w1": jax.random.normal(k1, (n_in, hidden)) * jnp.sqrt(2.0 / n_in),
-      "b1": jnp.zeros((hidden,)),
-      "w2": jax.random.normal(k2, (hidden, n_classes)) * jnp.sqrt(1.0 / hidden),
-      "b2": jnp.zeros((n_classes,)),
+    "w1": jax.random.normal(k1, (n_in, hidden)) * jnp.sqrt(2.0 / n_in),
+    "b1": jnp.zeros((hidden,)),
+    "w2": jax.random.normal(k2, (hidden, n_classes)) * jnp.sqrt(1.0 / hidden),
+    "b2": jnp.zeros((n_classes,)),
   }
 
 
@@ -91,6 +102,7 @@ APPLY = {"mlp": apply_mlp, "softmax_regression": apply_softmax_regression}
 
 
 # -- metrics --------------------------------------------------------------------
+
 
 def expected_calibration_error(probs, labels, n_bins):
   """ECE: sum over confidence bins of |accuracy - confidence| weighted by bin size."""
@@ -117,20 +129,26 @@ def evaluate(params, x, y, n_bins):
     probs = np.asarray(jaxsoft.softmax(logits))
     pred = probs.argmax(-1)
     ece, bins = expected_calibration_error(probs, y, n_bins)
-    out[m] = {"accuracy": float((pred == np.asarray(y)).mean()), "nll": nll,
-              "log_likelihood": float(np.sum(np.asarray(jaxsoft.log_softmax(logits))[
-                  np.arange(len(y)), np.asarray(y)])),
-              "ece": ece, "bins": bins, "pred": pred}
+    out[m] = {
+      "accuracy": float((pred == np.asarray(y)).mean()),
+      "nll": nll,
+      "log_likelihood": float(
+        np.sum(np.asarray(jaxsoft.log_softmax(logits))[np.arange(len(y)), np.asarray(y)])
+      ),
+      "ece": ece,
+      "bins": bins,
+      "pred": pred,
+    }
   return out
 
 
 # -- training -------------------------------------------------------------------
 
+
 def _mesh(devices):
   n = jax.device_count() if devices == 0 else devices
   if n > jax.device_count():
-    raise ValueError(f"classifier: devices must be <= {jax.device_count()} "
-                     f"(jax.device_count()), got {n}")
+    raise ValueError(f"classifier: devices must be <= {jax.device_count()} (jax.device_count()), got {n}")
   return jax.sharding.Mesh(np.array(jax.devices()[:n]), ("data",)), n
 
 
@@ -153,8 +171,7 @@ def make_train_chunk(config, x_train, y_train, optimizer, mesh):
     # The batch is a function of the step alone (not of carried RNG state), so
     # a run resumed from a checkpoint sees exactly the same batches.
     perm = jax.random.permutation(jax.random.fold_in(data_key, step // per_epoch), n_train)
-    idx = jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * config.batch_size,
-                                       config.batch_size)
+    idx = jax.lax.dynamic_slice_in_dim(perm, (step % per_epoch) * config.batch_size, config.batch_size)
     xb = jax.lax.with_sharding_constraint(x_train[idx], batch_sharding)
     yb = jax.lax.with_sharding_constraint(y_train[idx], batch_sharding)
     grads, losses = jax.grad(loss_fn, has_aux=True)(params, xb, yb)
@@ -177,51 +194,69 @@ def make_train_chunk(config, x_train, y_train, optimizer, mesh):
 
 def run(config: Config, ctx) -> dict:
   if config.steps % config.log_every or config.checkpoint_every % config.log_every:
-    raise ValueError(f"classifier: steps ({config.steps}) and checkpoint_every "
-                     f"({config.checkpoint_every}) must be multiples of log_every "
-                     f"({config.log_every})")
+    raise ValueError(
+      f"classifier: steps ({config.steps}) and checkpoint_every "
+      f"({config.checkpoint_every}) must be multiples of log_every "
+      f"({config.log_every})"
+    )
   mesh, n_dev = _mesh(config.devices)
   if config.batch_size % n_dev:
-    raise ValueError(f"classifier: batch_size must be a multiple of the device count "
-                     f"{n_dev}, got {config.batch_size}")
-  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = load_data(
-      config.seed, config.val_fraction, config.test_fraction)
+    raise ValueError(
+      f"classifier: batch_size must be a multiple of the device count {n_dev}, got {config.batch_size}"
+    )
+  (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = load_data(config.seed, config.val_fraction, config.test_fraction)
   n_in, n_classes = x_tr.shape[1], 10
   key = jax.random.key(config.seed)
-  params = {"mlp": init_mlp(jax.random.fold_in(key, 0), n_in, config.hidden, n_classes),
-            "softmax_regression": init_softmax_regression(None, n_in, n_classes)}
+  params = {
+    "mlp": init_mlp(jax.random.fold_in(key, 0), n_in, config.hidden, n_classes),
+    "softmax_regression": init_softmax_regression(None, n_in, n_classes),
+  }
   schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps)
   optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
   state = (params, optimizer.init(params))
   start, state = ctx.load_checkpoint(state)
 
   train_chunk = make_train_chunk(config, jnp.asarray(x_tr), jnp.asarray(y_tr), optimizer, mesh)
-  eval_val = jax.jit(lambda p: {m: (jaxsoft.cross_entropy(APPLY[m](p[m], x_va), y_va),
-                                    jnp.mean(jnp.argmax(APPLY[m](p[m], x_va), -1) == y_va))
-                                for m in MODELS})
+  eval_val = jax.jit(
+    lambda p: {
+      m: (
+        jaxsoft.cross_entropy(APPLY[m](p[m], x_va), y_va),
+        jnp.mean(jnp.argmax(APPLY[m](p[m], x_va), -1) == y_va),
+      )
+      for m in MODELS
+    }
+  )
   bar = ctx.progress(total=config.steps, initial=start, desc=NAME)
   for s in range(start, config.steps, config.log_every):
     state, losses = train_chunk(state, s)
     val = eval_val(state[0])
     step = s + config.log_every
-    ctx.log(step, **{f"{m}.train_loss": float(losses[m]) for m in MODELS},
-            **{f"{m}.val_loss": float(val[m][0]) for m in MODELS},
-            **{f"{m}.val_accuracy": float(val[m][1]) for m in MODELS})
+    ctx.log(
+      step,
+      **{f"{m}.train_loss": float(losses[m]) for m in MODELS},
+      **{f"{m}.val_loss": float(val[m][0]) for m in MODELS},
+      **{f"{m}.val_accuracy": float(val[m][1]) for m in MODELS},
+    )
     bar.update(config.log_every)
     if step % config.checkpoint_every == 0 and step < config.steps:
       ctx.save_checkpoint(step, state)
   bar.close()
 
   params = jax.device_get(state[0])
-  train, val, test = (evaluate(params, x, y, config.ece_bins)
-                      for x, y in ((x_tr, y_tr), (x_va, y_va), (x_te, y_te)))
+  train, val, test = (
+    evaluate(params, x, y, config.ece_bins) for x, y in ((x_tr, y_tr), (x_va, y_va), (x_te, y_te))
+  )
   summary = {
-      "note": "minimizing the mean cross-entropy is maximizing the categorical "
-              "log-likelihood: test_log_likelihood = -n_test * test_nll",
-      "n_train": len(y_tr), "n_val": len(y_va), "n_test": len(y_te), "devices": n_dev,
+    "note": "minimizing the mean cross-entropy is maximizing the categorical "
+    "log-likelihood: test_log_likelihood = -n_test * test_nll",
+    "n_train": len(y_tr),
+    "n_val": len(y_va),
+    "n_test": len(y_te),
+    "devices": n_dev,
   }
   for m in MODELS:
-    summary.update({
+    summary.update(
+      {
         f"{m}.test_accuracy": test[m]["accuracy"],
         f"{m}.test_nll": test[m]["nll"],
         f"{m}.test_log_likelihood": test[m]["log_likelihood"],
@@ -232,13 +267,15 @@ def run(config: Config, ctx) -> dict:
         f"{m}.train_nll": train[m]["nll"],
         f"{m}.target_test_accuracy": TARGETS[m],
         f"{m}.target_met": test[m]["accuracy"] >= TARGETS[m],
-    })
+      }
+    )
   _plots(ctx, test, y_te)
   return summary
 
 
 def _plots(ctx, test, y_test):
   import matplotlib.pyplot as plt
+
   metrics = ctx.metrics
   steps = [r["step"] for r in metrics]
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -257,18 +294,29 @@ def _plots(ctx, test, y_test):
     for i in range(10):
       for j in range(10):
         if cm[i, j]:
-          ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
-                  color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", xticks=range(10), yticks=range(10),
-           title=f"{m}: test accuracy {test[m]['accuracy']:.3f}")
+          ax.text(
+            j,
+            i,
+            cm[i, j],
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if cm[i, j] > cm.max() / 2 else "black",
+          )
+    ax.set(
+      xlabel="predicted",
+      ylabel="true",
+      xticks=range(10),
+      yticks=range(10),
+      title=f"{m}: test accuracy {test[m]['accuracy']:.3f}",
+    )
   ctx.save_figure(fig, "confusion_matrix")
 
   fig, ax = plt.subplots(figsize=(5, 5))
   ax.plot([0, 1], [0, 1], "k:", label="perfect calibration")
   for m, c in zip(MODELS, ("C0", "C1")):
     bins = test[m]["bins"]
-    ax.plot([b[2] for b in bins], [b[3] for b in bins], c + "o-",
-            label=f"{m} (ECE {test[m]['ece']:.3f})")
+    ax.plot([b[2] for b in bins], [b[3] for b in bins], c + "o-", label=f"{m} (ECE {test[m]['ece']:.3f})")
   ax.set(xlabel="confidence", ylabel="accuracy", title="reliability diagram (test)")
   ax.legend()
   ctx.save_figure(fig, "reliability")

@@ -4,6 +4,7 @@ Each row holds the value printed in the lecture, the value jaxsoft computes and
 whether they agree at the lecture's precision (its number of decimals; for the
 Monte Carlo estimate, pi inside the estimate's 99.7% interval).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,8 @@ HEIGHTS = [164.95, 165.35, 165.76, 166.16, 167.78, 168.99, 169.80, 170.20, 171.8
 class Config:
   seed: int = 0
   mc_samples: int = dataclasses.field(
-      default=2**20, metadata={"help": "Monte Carlo points for the estimate of pi"})
+    default=2**20, metadata={"help": "Monte Carlo points for the estimate of pi"}
+  )
 
 
 def _decimals(text: str) -> int:
@@ -56,13 +58,13 @@ def _softmax_rows():
   e = jnp.exp(x)
   p = jaxsoft.softmax(x)
   ce = jaxsoft.cross_entropy(x[None], jnp.asarray([TRUE_CLASS]))
-  rows = [_row(f"exp.{i}", f"exp({v})", lec, e[i])
-          for i, (v, lec) in enumerate(zip(LOGITS, ("2.46", "3.32", "0.67")))]
+  rows = [
+    _row(f"exp.{i}", f"exp({v})", lec, e[i])
+    for i, (v, lec) in enumerate(zip(LOGITS, ("2.46", "3.32", "0.67")))
+  ]
   # The normalizer through jaxsoft's stable logsumexp, not the naive sum.
-  rows.append(_row("sum_exp", "sum of exp = exp(logsumexp)", "6.45",
-                   jnp.exp(jaxsoft.logsumexp(x))))
-  rows += [_row(f"softmax.{i}", f"softmax[{i}]", lec, p[i])
-           for i, lec in enumerate(("0.38", "0.52", "0.10"))]
+  rows.append(_row("sum_exp", "sum of exp = exp(logsumexp)", "6.45", jnp.exp(jaxsoft.logsumexp(x))))
+  rows += [_row(f"softmax.{i}", f"softmax[{i}]", lec, p[i]) for i, lec in enumerate(("0.38", "0.52", "0.10"))]
   rows.append(_row("cross_entropy", "cross-entropy, true class 1", "0.66", ce))
   rows.append(_row("cross_entropy_exact", "cross-entropy, true class 1 (exact)", "0.6641", ce))
   return rows
@@ -70,47 +72,60 @@ def _softmax_rows():
 
 def _heights_rows():
   res = jaxsoft.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32))
-  return [_row("heights.loc", "heights MLE loc", "168.344", res.params["loc"]),
-          _row("heights.scale", "heights MLE scale (1/n variance)", "2.6207",
-               res.params["scale"])]
+  return [
+    _row("heights.loc", "heights MLE loc", "168.344", res.params["loc"]),
+    _row("heights.scale", "heights MLE scale (1/n variance)", "2.6207", res.params["scale"]),
+  ]
 
 
 def _pi_rows(config):
   quarter_disc = lambda x: 4.0 * (jnp.sum(x * x) <= 1.0).astype(jnp.float32)
-  res = jaxsoft.integrate(quarter_disc, jax.random.key(config.seed), lower=jnp.zeros(2),
-                  upper=jnp.ones(2), n=config.mc_samples, method="mc")
+  res = jaxsoft.integrate(
+    quarter_disc,
+    jax.random.key(config.seed),
+    lower=jnp.zeros(2),
+    upper=jnp.ones(2),
+    n=config.mc_samples,
+    method="mc",
+  )
   est, se = float(res.estimate), float(res.stderr)
   status = "match" if abs(est - math.pi) <= 3 * se else "DIFFERS"
-  return [_row("pi.estimate", "Monte Carlo pi", "3.14159", est, status=status),
-          _row("pi.stderr", "Monte Carlo pi stderr", "-", se, status="info")]
+  return [
+    _row("pi.estimate", "Monte Carlo pi", "3.14159", est, status=status),
+    _row("pi.stderr", "Monte Carlo pi stderr", "-", se, status="info"),
+  ]
 
 
 def run(config: Config, ctx) -> dict:
   rows = _softmax_rows() + _heights_rows() + _pi_rows(config)
   for i, r in enumerate(rows):
     ctx.log(i, **r)
-  table = [(r["name"], r["lecture"], f"{r['computed']:.6g}",
-            r["status"]) for r in rows]
+  table = [(r["name"], r["lecture"], f"{r['computed']:.6g}", r["status"]) for r in rows]
   from experiments._runs import format_table
+
   print(format_table(("quantity", "lecture", "jaxsoft", ""), table))
   _plot(ctx)
   checked = [r for r in rows if r["status"] in ("match", "close", "DIFFERS")]
   summary = {r["key"]: r["computed"] for r in rows}
   summary.update({f"status.{r['key']}": r["status"] for r in rows})
-  summary.update({
+  summary.update(
+    {
       "rows_total": len(checked),
       "rows_matching": sum(r["status"] in ("match", "close") for r in checked),
-  })
+    }
+  )
   return summary
 
 
 def _plot(ctx):
   import matplotlib.pyplot as plt
+
   p = np.asarray(jaxsoft.softmax(jnp.asarray(LOGITS)))
   fig, axes = plt.subplots(1, 2, figsize=(8, 3))
   axes[0].bar(range(3), LOGITS, color="C0")
   axes[0].set(title="logits", xticks=range(3))
   axes[1].bar(range(3), p, color=["C1" if i == TRUE_CLASS else "C0" for i in range(3)])
-  axes[1].set(title=f"softmax (CE of class {TRUE_CLASS} = {-np.log(p[TRUE_CLASS]):.4f})",
-              xticks=range(3), ylim=(0, 1))
+  axes[1].set(
+    title=f"softmax (CE of class {TRUE_CLASS} = {-np.log(p[TRUE_CLASS]):.4f})", xticks=range(3), ylim=(0, 1)
+  )
   ctx.save_figure(fig, "softmax")

@@ -9,6 +9,7 @@ hold the true parameters; with 10 observations they under-cover (the MLE's
 1/n variance and the normal quantile are small-sample approximations), which
 the Student-t interval for the mean corrects.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,14 +73,21 @@ def run(config: Config, ctx) -> dict:
   se_loc, se_scale = float(res.stderr["loc"]), float(res.stderr["scale"])
   ctx.log(0, loc=loc, scale=scale, nll=float(res.nll), steps=int(res.steps))
   summary = {
-      "loc": loc, "scale": scale, "closed_form.loc": closed_loc, "closed_form.scale": closed_scale,
-      "loc_abs_error": abs(loc - closed_loc), "scale_abs_error": abs(scale - closed_scale),
-      "stderr.loc": se_loc, "stderr.scale": se_scale,
-      "closed_form.stderr.loc": closed_scale / math.sqrt(n),
-      "closed_form.stderr.scale": closed_scale / math.sqrt(2 * n),
-      "interval95.loc": [loc - Z95 * se_loc, loc + Z95 * se_loc],
-      "interval95.scale": [scale - Z95 * se_scale, scale + Z95 * se_scale],
-      "nll": float(res.nll), "steps": int(res.steps), "converged": bool(res.converged),
+    "loc": loc,
+    "scale": scale,
+    "closed_form.loc": closed_loc,
+    "closed_form.scale": closed_scale,
+    "loc_abs_error": abs(loc - closed_loc),
+    "scale_abs_error": abs(scale - closed_scale),
+    "stderr.loc": se_loc,
+    "stderr.scale": se_scale,
+    "closed_form.stderr.loc": closed_scale / math.sqrt(n),
+    "closed_form.stderr.scale": closed_scale / math.sqrt(2 * n),
+    "interval95.loc": [loc - Z95 * se_loc, loc + Z95 * se_loc],
+    "interval95.scale": [scale - Z95 * se_scale, scale + Z95 * se_scale],
+    "nll": float(res.nll),
+    "steps": int(res.steps),
+    "converged": bool(res.converged),
   }
 
   # Coverage: many simulated datasets fitted in one vmap call.
@@ -90,18 +98,21 @@ def run(config: Config, ctx) -> dict:
   b_se_loc = np.asarray(batch.stderr["loc"], np.float64)
   b_se_scale = np.asarray(batch.stderr["scale"], np.float64)
   from scipy import stats
+
   t = stats.t.ppf(0.975, n - 1)
   s_unbiased = b_scale * math.sqrt(n / (n - 1))
-  summary.update({
+  summary.update(
+    {
       "coverage.datasets": config.n_datasets,
       "coverage.converged_fraction": float(np.mean(np.asarray(batch.converged))),
       "coverage.loc_wald": float(np.mean(np.abs(b_loc - config.true_loc) <= Z95 * b_se_loc)),
       "coverage.scale_wald": float(np.mean(np.abs(b_scale - config.true_scale) <= Z95 * b_se_scale)),
-      "coverage.loc_t": float(np.mean(np.abs(b_loc - config.true_loc)
-                                      <= t * s_unbiased / math.sqrt(n))),
-      "coverage.max_loc_error_vs_closed_form": float(np.max(np.abs(
-          b_loc - np.asarray(data, np.float64).mean(1)))),
-  })
+      "coverage.loc_t": float(np.mean(np.abs(b_loc - config.true_loc) <= t * s_unbiased / math.sqrt(n))),
+      "coverage.max_loc_error_vs_closed_form": float(
+        np.max(np.abs(b_loc - np.asarray(data, np.float64).mean(1)))
+      ),
+    }
+  )
   path = _descent_path(x, config)
   summary["descent.final_loc"] = float(path[-1, 0])
   summary["descent.final_scale"] = float(path[-1, 1])
@@ -111,11 +122,15 @@ def run(config: Config, ctx) -> dict:
 
 def _plots(ctx, x, loc, scale, path):
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6, 4))
   ax.hist(x, bins=6, density=True, alpha=0.5, label="heights")
   g = np.linspace(x.min() - 6, x.max() + 6, 300)
-  ax.plot(g, np.exp(-0.5 * ((g - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi)),
-          label=f"Normal({loc:.2f}, {scale:.2f})")
+  ax.plot(
+    g,
+    np.exp(-0.5 * ((g - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi)),
+    label=f"Normal({loc:.2f}, {scale:.2f})",
+  )
   ax.set(xlabel="height (cm)", ylabel="density", title="heights and the fitted Normal")
   ax.legend()
   ctx.save_figure(fig, "fit")
@@ -123,8 +138,11 @@ def _plots(ctx, x, loc, scale, path):
   locs = np.linspace(min(path[:, 0].min(), loc - 4), loc + 4, 120)
   scales = np.linspace(max(0.5, path[:, 1].min() * 0.9), max(path[:, 1].max(), scale) * 1.3, 120)
   L, S = np.meshgrid(locs, scales)
-  nll = (0.5 * ((x[None, None, :] - L[..., None]) / S[..., None]) ** 2).sum(-1) \
-      + len(x) * np.log(S) + 0.5 * len(x) * math.log(2 * math.pi)
+  nll = (
+    (0.5 * ((x[None, None, :] - L[..., None]) / S[..., None]) ** 2).sum(-1)
+    + len(x) * np.log(S)
+    + 0.5 * len(x) * math.log(2 * math.pi)
+  )
   fig, ax = plt.subplots(figsize=(6, 5))
   cs = ax.contour(L, S, nll, levels=np.quantile(nll, np.linspace(0.0, 0.6, 15)))
   ax.clabel(cs, fontsize=6)

@@ -6,6 +6,7 @@ about -1/2 for plain Monte Carlo, steeper for quasi-Monte Carlo on smooth
 integrands. The coverage check counts how often the nominal 95% interval
 ``estimate +- 1.96 stderr`` holds the true value over ``coverage_trials`` keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,21 +19,27 @@ import numpy as np
 import jaxsoft
 
 NAME = "monte_carlo"
-HEADLINE = ("gaussian.mc.slope", "gaussian.sobol.slope", "gaussian.halton.slope",
-            "coverage.mc", "coverage.sobol")
+HEADLINE = (
+  "gaussian.mc.slope",
+  "gaussian.sobol.slope",
+  "gaussian.halton.slope",
+  "coverage.mc",
+  "coverage.sobol",
+)
 Z95 = 1.959963984540054
 
 
 def _gaussian(dim):
   # prod_i int_0^1 exp(-x_i^2) dx_i = (sqrt(pi)/2 erf(1))^dim
-  return (lambda x: jnp.exp(-jnp.sum(x * x)),
-          (0.5 * math.sqrt(math.pi) * math.erf(1.0)) ** dim, dim)
+  return (lambda x: jnp.exp(-jnp.sum(x * x)), (0.5 * math.sqrt(math.pi) * math.erf(1.0)) ** dim, dim)
 
 
 def _oscillatory(dim, a=0.3):
   # Genz oscillatory: int cos(2 pi a + sum x) = Re(e^{2 pi i a} ((e^i - 1) / i)^dim)
-  val = (complex(math.cos(2 * math.pi * a), math.sin(2 * math.pi * a))
-         * ((complex(math.cos(1), math.sin(1)) - 1) / 1j) ** dim).real
+  val = (
+    complex(math.cos(2 * math.pi * a), math.sin(2 * math.pi * a))
+    * ((complex(math.cos(1), math.sin(1)) - 1) / 1j) ** dim
+  ).real
   return (lambda x: jnp.cos(2 * math.pi * a + jnp.sum(x)), val, dim)
 
 
@@ -41,8 +48,7 @@ def _quarter_disc():
   return (lambda x: 4.0 * (jnp.sum(x * x) <= 1.0).astype(jnp.float32), math.pi, 2)
 
 
-INTEGRANDS = {"gaussian": lambda: _gaussian(4), "oscillatory": lambda: _oscillatory(4),
-              "pi": _quarter_disc}
+INTEGRANDS = {"gaussian": lambda: _gaussian(4), "oscillatory": lambda: _oscillatory(4), "pi": _quarter_disc}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +57,8 @@ class Config:
   log2_n_min: int = 8
   log2_n_max: int = 16
   log2_n_step: int = dataclasses.field(
-      default=2, metadata={"help": "n = 2^k for k in range(min, max + 1, step); each n compiles once"})
+    default=2, metadata={"help": "n = 2^k for k in range(min, max + 1, step); each n compiles once"}
+  )
   keys: int = dataclasses.field(default=8, metadata={"help": "random keys per (method, n) for the RMSE"})
   methods: str = "mc,antithetic,sobol,halton"
   integrands: str = "gaussian,oscillatory,pi"
@@ -62,8 +69,9 @@ class Config:
 
 def _estimates(f, dim, method, n, keys, replicates):
   """Estimates and stderrs for a batch of keys (one compile per (method, n))."""
-  one = lambda k: jaxsoft.integrate(f, k, lower=jnp.zeros(dim), upper=jnp.ones(dim), n=n,
-                                    method=method, replicates=replicates)
+  one = lambda k: jaxsoft.integrate(
+    f, k, lower=jnp.zeros(dim), upper=jnp.ones(dim), n=n, method=method, replicates=replicates
+  )
   res = jax.jit(jax.vmap(one))(keys)
   return np.asarray(res.estimate, np.float64), np.asarray(res.stderr, np.float64), res
 
@@ -91,8 +99,7 @@ def run(config: Config, ctx) -> dict:
         mean_se.append(float(np.mean(se)))
         # The x-axis is the number of evaluations integrate reports it used.
         n_used.append(int(np.asarray(res.n).reshape(-1)[0]))
-        ctx.log(step, integrand=nm, method=method, n=n_used[-1], rmse=rmse[-1],
-                mean_stderr=mean_se[-1])
+        ctx.log(step, integrand=nm, method=method, n=n_used[-1], rmse=rmse[-1], mean_stderr=mean_se[-1])
         step += 1
         bar.update()
       slope = float(np.polyfit(np.log(n_used), np.log(rmse), 1)[0])
@@ -115,11 +122,12 @@ def run(config: Config, ctx) -> dict:
 
 def _plot(ctx, names, methods, curves):
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
   for ax, nm in zip(axes[0], names):
     for method in methods:
       n, rmse, se = curves[(nm, method)]
-      line, = ax.loglog(n, rmse, "o-", ms=3, label=method)
+      (line,) = ax.loglog(n, rmse, "o-", ms=3, label=method)
       ax.loglog(n, se, ":", color=line.get_color())
     n0 = np.asarray(curves[(nm, methods[0])][0], float)
     r0 = curves[(nm, methods[0])][1][0]

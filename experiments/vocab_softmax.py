@@ -20,6 +20,7 @@ rounding. The summary holds deterministic figures (perplexities, XLA's
 memory estimate of each training step); wall-clock training times go to
 ``method_timing.json``.
 """
+
 from __future__ import annotations
 
 import ast
@@ -40,8 +41,12 @@ import optax
 import jaxsoft
 
 NAME = "vocab_softmax"
-HEADLINE = ("full.val_perplexity", "linear.val_perplexity", "sampled.val_perplexity",
-            "full_vs_linear_relative_difference")
+HEADLINE = (
+  "full.val_perplexity",
+  "linear.val_perplexity",
+  "sampled.val_perplexity",
+  "full_vs_linear_relative_difference",
+)
 METHODS = ("full", "linear", "sampled")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
@@ -64,6 +69,7 @@ class Config:
 
 # -- corpus ---------------------------------------------------------------------
 
+
 def stdlib_documents() -> list[str]:
   """Docstrings of the standard library's modules, classes and functions, and pydoc topics."""
   root = Path(sysconfig.get_paths()["stdlib"])
@@ -82,6 +88,7 @@ def stdlib_documents() -> list[str]:
         if doc:
           docs.append(doc)
   from pydoc_data import topics
+
   docs += [topics.topics[k] for k in sorted(topics.topics)]
   return docs
 
@@ -113,15 +120,16 @@ def windows(stream, context):
 
 # -- model ------------------------------------------------------------------------
 
+
 def init_params(key, vocab, config):
   k1, k2, k3 = jax.random.split(key, 3)
   fan_in = config.context * config.embed
   return {
-      "embed": jax.random.normal(k1, (vocab, config.embed)) * 0.1,
-      "w1": jax.random.normal(k2, (fan_in, config.hidden)) / np.sqrt(fan_in),
-      "b1": jnp.zeros((config.hidden,)),
-      "w_out": jax.random.normal(k3, (config.hidden, vocab)) / np.sqrt(config.hidden),
-      "b_out": jnp.zeros((vocab,)),
+    "embed": jax.random.normal(k1, (vocab, config.embed)) * 0.1,
+    "w1": jax.random.normal(k2, (fan_in, config.hidden)) / np.sqrt(fan_in),
+    "b1": jnp.zeros((config.hidden,)),
+    "w_out": jax.random.normal(k3, (config.hidden, vocab)) / np.sqrt(config.hidden),
+    "b_out": jnp.zeros((vocab,)),
   }
 
 
@@ -135,9 +143,11 @@ def make_loss(method, config):
     return lambda p, ctx, y, key: jaxsoft.cross_entropy(features(p, ctx) @ p["w_out"] + p["b_out"], y)
   if method == "linear":
     return lambda p, ctx, y, key: jaxsoft.linear_cross_entropy(
-        features(p, ctx), p["w_out"], y, bias=p["b_out"], chunk_size=config.chunk_size)
+      features(p, ctx), p["w_out"], y, bias=p["b_out"], chunk_size=config.chunk_size
+    )
   return lambda p, ctx, y, key: jaxsoft.sampled_softmax_cross_entropy(
-      features(p, ctx), p["w_out"], y, key, num_samples=config.num_samples, bias=p["b_out"])
+    features(p, ctx), p["w_out"], y, key, num_samples=config.num_samples, bias=p["b_out"]
+  )
 
 
 def train(method, config, params, data, optimizer, ctx_run):
@@ -149,8 +159,7 @@ def train(method, config, params, data, optimizer, ctx_run):
   def step(state, i):
     params, opt_state = state
     # Batches depend on the step only: every method sees the same ones.
-    idx = jax.random.randint(jax.random.fold_in(jax.random.fold_in(base, 1), i),
-                             (config.batch_size,), 0, n)
+    idx = jax.random.randint(jax.random.fold_in(jax.random.fold_in(base, 1), i), (config.batch_size,), 0, n)
     key = jax.random.fold_in(jax.random.fold_in(base, 2), i)
     loss, grads = jax.value_and_grad(loss_fn)(params, x_tr[idx], y_tr[idx], key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -175,10 +184,11 @@ def train(method, config, params, data, optimizer, ctx_run):
 def perplexity(params, ctx, y, chunk):
   """exp of the full-softmax cross-entropy, in chunks of examples."""
   total = 0.0
-  f = jax.jit(lambda p, c, t: jaxsoft.cross_entropy(features(p, c) @ p["w_out"] + p["b_out"], t,
-                                                    reduction="sum"))
+  f = jax.jit(
+    lambda p, c, t: jaxsoft.cross_entropy(features(p, c) @ p["w_out"] + p["b_out"], t, reduction="sum")
+  )
   for s in range(0, len(y), chunk):
-    total += float(f(params, ctx[s:s + chunk], y[s:s + chunk]))
+    total += float(f(params, ctx[s : s + chunk], y[s : s + chunk]))
   return float(np.exp(total / len(y)))
 
 
@@ -187,24 +197,29 @@ def run(config: Config, ctx) -> dict:
   x_tr, y_tr = windows(train_ids, config.context)
   x_va, y_va = windows(val_ids, config.context)
   # A fixed, seeded subset keeps evaluation cheap and deterministic.
-  pick = np.random.default_rng(config.seed + 1).permutation(len(y_va))[:config.eval_tokens]
+  pick = np.random.default_rng(config.seed + 1).permutation(len(y_va))[: config.eval_tokens]
   x_ev, y_ev = x_va[np.sort(pick)], y_va[np.sort(pick)]
   params0 = init_params(jax.random.key(config.seed), len(vocab), config)
   optimizer = optax.adam(config.learning_rate)
   data = (jnp.asarray(x_tr), jnp.asarray(y_tr))
-  summary = {"corpus.train_tokens": int(len(train_ids)), "corpus.val_tokens": int(len(val_ids)),
-             "corpus.vocab": len(vocab),
-             "corpus.val_unk_fraction": float(np.mean(val_ids == 0))}
+  summary = {
+    "corpus.train_tokens": int(len(train_ids)),
+    "corpus.val_tokens": int(len(val_ids)),
+    "corpus.vocab": len(vocab),
+    "corpus.val_unk_fraction": float(np.mean(val_ids == 0)),
+  }
   timing = {}
   for method in METHODS:
     params, seconds, memory = train(method, config, params0, data, optimizer, ctx)
     summary[f"{method}.val_perplexity"] = perplexity(params, x_ev, y_ev, 4096)
-    summary[f"{method}.train_perplexity"] = perplexity(params, x_tr[:config.eval_tokens],
-                                                       y_tr[:config.eval_tokens], 4096)
+    summary[f"{method}.train_perplexity"] = perplexity(
+      params, x_tr[: config.eval_tokens], y_tr[: config.eval_tokens], 4096
+    )
     summary[f"{method}.step_temp_bytes"] = memory
     timing[f"{method}.train_seconds"] = seconds
   summary["full_vs_linear_relative_difference"] = abs(
-      summary["full.val_perplexity"] / summary["linear.val_perplexity"] - 1)
+    summary["full.val_perplexity"] / summary["linear.val_perplexity"] - 1
+  )
   summary["unigram_val_perplexity"] = _unigram_perplexity(train_ids, y_ev, len(vocab))
   _write_json(Path(ctx.run_dir) / "method_timing.json", timing)
   _plot(ctx)
@@ -225,6 +240,7 @@ def _write_json(path, obj):
 
 def _plot(ctx):
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(6, 4))
   for m in METHODS:
     rows = [r for r in ctx.metrics if f"{m}.train_loss" in r]

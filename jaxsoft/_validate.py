@@ -71,7 +71,9 @@ def check_shape(fn: str, arg: str, x, shape: Sequence[int], what: str = "") -> N
     fail(fn, arg, f"have shape {tuple(shape)}{what}", got)
 
 
-def check_broadcastable(fn: str, arg: str, shape: Sequence[int], target: Sequence[int], what: str = "") -> None:
+def check_broadcastable(
+  fn: str, arg: str, shape: Sequence[int], target: Sequence[int], what: str = ""
+) -> None:
   """``shape`` must broadcast to ``target`` (without changing ``target``)."""
   try:
     out = np.broadcast_shapes(tuple(shape), tuple(target))

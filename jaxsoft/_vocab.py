@@ -53,7 +53,7 @@ def _assemble(parts, n: int, chunk: int):
   if k * chunk == n:
     return parts.reshape((n,) + parts.shape[2:])
   head = parts[:-1].reshape(((k - 1) * chunk,) + parts.shape[2:])
-  return jnp.concatenate([head, parts[-1, k * chunk - n:]], axis=0)
+  return jnp.concatenate([head, parts[-1, k * chunk - n :]], axis=0)
 
 
 def _start(i, chunk: int, n: int):
@@ -164,15 +164,13 @@ def _fused_nll_bwd(tn, tv, res, g):
     (dw_j, db_j), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
     dh = dh + _assemble(dh_parts, n, tn)
     # Columns outside col_ok got dz = 0, so adding keeps the earlier chunk's values.
-    dw = lax.dynamic_update_slice_in_dim(
-        dw, lax.dynamic_slice_in_dim(dw, v0, tv, axis=1) + dw_j, v0, axis=1)
+    dw = lax.dynamic_update_slice_in_dim(dw, lax.dynamic_slice_in_dim(dw, v0, tv, axis=1) + dw_j, v0, axis=1)
     db = lax.dynamic_update_slice_in_dim(db, lax.dynamic_slice_in_dim(db, v0, tv) + db_j, v0, axis=0)
     return (dh, dw, db), None
 
   init = (jnp.zeros((n, d), dtype), jnp.zeros((d, vocab), dtype), jnp.zeros((vocab,), dtype))
   (dh, dw, db), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
-  return (dh.astype(h.dtype), dw.astype(w.dtype), db.astype(b.dtype), None,
-          jnp.zeros_like(eps))
+  return (dh.astype(h.dtype), dw.astype(w.dtype), db.astype(b.dtype), None, jnp.zeros_like(eps))
 
 
 _fused_nll.defvjp(_fused_nll_fwd, _fused_nll_bwd)
@@ -184,8 +182,13 @@ def _chunk_sizes(fn, chunk_size, n, vocab):
     tn, tv = _TOKEN_CHUNK, _VOCAB_CHUNK
   elif isinstance(chunk_size, (tuple, list)):
     if len(chunk_size) != 2:
-      v.fail(fn, "chunk_size", "be None, an int or a (token_chunk, vocab_chunk) pair", repr(chunk_size),
-             exc=TypeError)
+      v.fail(
+        fn,
+        "chunk_size",
+        "be None, an int or a (token_chunk, vocab_chunk) pair",
+        repr(chunk_size),
+        exc=TypeError,
+      )
     tn = v.check_int(fn, "chunk_size[0]", chunk_size[0], minimum=1)
     tv = v.check_int(fn, "chunk_size[1]", chunk_size[1], minimum=1)
   else:
@@ -222,8 +225,18 @@ def _check_hidden_weight(fn, hidden, weight, bias, labels):
   return hidden, weight, bias, labels, vocab
 
 
-def linear_cross_entropy(hidden, weight, labels, *, bias=None, chunk_size=None, ignore_index=None,
-                         label_smoothing=0.0, where=None, reduction="mean"):
+def linear_cross_entropy(
+  hidden,
+  weight,
+  labels,
+  *,
+  bias=None,
+  chunk_size=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  where=None,
+  reduction="mean",
+):
   r"""Cross-entropy of a linear output layer, without materializing the logits.
 
   Equals ``cross_entropy(hidden @ weight + bias, labels, ...)``: per token
@@ -311,7 +324,9 @@ def linear_cross_entropy(hidden, weight, labels, *, bias=None, chunk_size=None, 
     counted = concrete if ignore_index is None else concrete[concrete != ignore_index]
     bad = counted[(counted < 0) | (counted >= vocab)]
     if bad.size:
-      v.fail(fn, "labels", f"be in [0, {vocab}) or ignore_index={ignore_index}", f"{bad.ravel()[:5].tolist()}")
+      v.fail(
+        fn, "labels", f"be in [0, {vocab}) or ignore_index={ignore_index}", f"{bad.ravel()[:5].tolist()}"
+      )
   in_range = (labels >= 0) & (labels < vocab)
   # Skipped tokens may hold any label (PyTorch's -100): compute them on class 0.
   safe = jnp.where(keep & in_range, labels, 0).astype(jnp.int32)
@@ -345,8 +360,18 @@ def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
   return ids, log_q
 
 
-def sampled_softmax_cross_entropy(hidden, weight, labels, key, *, num_samples, bias=None,
-                                  sampler="log_uniform", remove_accidental_hits=True, reduction="mean"):
+def sampled_softmax_cross_entropy(
+  hidden,
+  weight,
+  labels,
+  key,
+  *,
+  num_samples,
+  bias=None,
+  sampler="log_uniform",
+  remove_accidental_hits=True,
+  reduction="mean",
+):
   r"""Sampled softmax cross-entropy with the log-Q correction (a training loss).
 
   ``num_samples`` = :math:`S` classes :math:`c_1..c_S` are drawn **with

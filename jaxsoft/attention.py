@@ -34,10 +34,10 @@ from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
 
 __all__ = [
-    "AttentionResult",
-    "scaled_dot_product_attention",
-    "init_multi_head_attention",
-    "multi_head_attention",
+  "AttentionResult",
+  "scaled_dot_product_attention",
+  "init_multi_head_attention",
+  "multi_head_attention",
 ]
 
 # Default (query block, key block) of the chunked path and the T * S above which
@@ -54,6 +54,7 @@ class AttentionResult(NamedTuple):
     output: ``[B..., T, N, H_v]``.
     weights: ``[B..., N, T, S]``, the softmax weights after dropout.
   """
+
   output: jax.Array
   weights: jax.Array
 
@@ -143,10 +144,10 @@ def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
 
 
 class _Blocks(NamedTuple):
-  bq: int          # query block
-  bk: int          # key block
-  t: int           # true query length (before padding)
-  s: int           # true key length
+  bq: int  # query block
+  bk: int  # key block
+  t: int  # true query length (before padding)
+  s: int  # true key length
   causal: bool
   dropout_rate: float
 
@@ -222,8 +223,11 @@ def _chunked_forward(q, k, v, bias, mask, dropout_key, c: _Blocks):
       acc = acc * alpha[..., None] + _pv(p, vj)
       return m_new, l, acc
 
-    init = (jnp.full((B, K, G, c.bq), -jnp.inf, dtype), jnp.zeros((B, K, G, c.bq), dtype),
-            jnp.zeros((B, K, G, c.bq, Hv), dtype))
+    init = (
+      jnp.full((B, K, G, c.bq), -jnp.inf, dtype),
+      jnp.zeros((B, K, G, c.bq), dtype),
+      jnp.zeros((B, K, G, c.bq, Hv), dtype),
+    )
     m, l, acc = lax.fori_loop(0, _num_key_blocks(i, nk, c), key_block, init)
     has_key = l > 0
     oi = acc / jnp.where(has_key, l, 1.0)[..., None]
@@ -314,8 +318,7 @@ def _chunked_bwd(c, res, g):
   q, k, v, bias, mask, dropout_key, out, lse, flag = res
   if isinstance(g, SymbolicZero):
     return (None,) * 6
-  dq, dk, dv, dbias = _chunked_backward(q, k, v, bias, mask, dropout_key, out, lse, g,
-                                        flag is not None, c)
+  dq, dk, dv, dbias = _chunked_backward(q, k, v, bias, mask, dropout_key, out, lse, g, flag is not None, c)
   return dq, dk, dv, dbias, None, None
 
 
@@ -362,11 +365,11 @@ def _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, bloc
 def _split_heads_mask(x, batch, B, N, K):
   """A mask/bias broadcastable to batch + (N, T, S) as [B|1, K|1, G|1, T|1, S|1]."""
   x = jnp.reshape(x, (1,) * (len(batch) + 3 - x.ndim) + x.shape)
-  xb = x.shape[:len(batch)]
+  xb = x.shape[: len(batch)]
   if all(d == 1 for d in xb):
-    x = x.reshape((1,) + x.shape[len(batch):])
+    x = x.reshape((1,) + x.shape[len(batch) :])
   else:  # rare: a mask that varies over some batch axes and broadcasts over others
-    x = jnp.broadcast_to(x, tuple(batch) + x.shape[len(batch):]).reshape((B,) + x.shape[len(batch):])
+    x = jnp.broadcast_to(x, tuple(batch) + x.shape[len(batch) :]).reshape((B,) + x.shape[len(batch) :])
   n = x.shape[1]
   if n == 1:
     return x.reshape(x.shape[0], 1, 1, *x.shape[2:])
@@ -379,26 +382,28 @@ def _parse_blocks(fn, block_size):
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
-    return (V.check_int(fn, "block_size", block_size[0], minimum=1),
-            V.check_int(fn, "block_size", block_size[1], minimum=1))
+    return (
+      V.check_int(fn, "block_size", block_size[0], minimum=1),
+      V.check_int(fn, "block_size", block_size[1], minimum=1),
+    )
   b = V.check_int(fn, "block_size", block_size, minimum=1)
   return (b, b)
 
 
 def scaled_dot_product_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    *,
-    bias: jax.Array | None = None,
-    mask: jax.Array | None = None,
-    is_causal: bool = False,
-    scale: float | None = None,
-    dropout_rate: float = 0.0,
-    dropout_key: jax.Array | None = None,
-    return_weights: bool = False,
-    implementation: str | None = None,
-    block_size: int | tuple[int, int] | None = None,
+  query: jax.Array,
+  key: jax.Array,
+  value: jax.Array,
+  *,
+  bias: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  is_causal: bool = False,
+  scale: float | None = None,
+  dropout_rate: float = 0.0,
+  dropout_key: jax.Array | None = None,
+  return_weights: bool = False,
+  implementation: str | None = None,
+  block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Scaled dot-product attention that is exact and never NaN under masks.
 
@@ -482,14 +487,12 @@ def scaled_dot_product_attention(
   *batch, T, N, H = query.shape
   batch = tuple(batch)
   if key.ndim != query.ndim or key.shape[:-3] != batch or key.shape[-1] != H:
-    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)",
-           key.shape)
+    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)", key.shape)
   S, K = key.shape[-3:-1]
   if N % K:
     V.fail(fn, "key", f"have a number of heads that divides the query's {N}", K)
   if value.shape[:-1] != key.shape[:-1]:
-    V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)",
-           value.shape)
+    V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)", value.shape)
   target = batch + (N, T, S)
   if mask is not None:
     V.check_array(fn, "mask", mask)
@@ -509,8 +512,7 @@ def scaled_dot_product_attention(
   V.check_option(fn, "implementation", implementation, (None, "dense", "chunked"))
   blocks = _parse_blocks(fn, block_size)
   if return_weights and implementation == "chunked":
-    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)',
-           True)
+    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
   if implementation is None:
     implementation = "dense" if (return_weights or T * S <= _DENSE_MAX_ELEMENTS) else "chunked"
 
@@ -548,15 +550,15 @@ def scaled_dot_product_attention(
 
 
 def init_multi_head_attention(
-    key: jax.Array,
-    *,
-    d_model: int,
-    num_heads: int,
-    num_kv_heads: int | None = None,
-    head_dim: int | None = None,
-    d_out: int | None = None,
-    use_bias: bool = True,
-    dtype: Any = jnp.float32,
+  key: jax.Array,
+  *,
+  d_model: int,
+  num_heads: int,
+  num_kv_heads: int | None = None,
+  head_dim: int | None = None,
+  d_out: int | None = None,
+  use_bias: bool = True,
+  dtype: Any = jnp.float32,
 ) -> dict:
   r"""Parameters of a multi-head (or grouped-query) attention layer.
 
@@ -595,7 +597,9 @@ def init_multi_head_attention(
   fn = "init_multi_head_attention"
   d_model = V.check_int(fn, "d_model", d_model, minimum=1)
   num_heads = V.check_int(fn, "num_heads", num_heads, minimum=1)
-  num_kv_heads = num_heads if num_kv_heads is None else V.check_int(fn, "num_kv_heads", num_kv_heads, minimum=1)
+  num_kv_heads = (
+    num_heads if num_kv_heads is None else V.check_int(fn, "num_kv_heads", num_kv_heads, minimum=1)
+  )
   if num_heads % num_kv_heads:
     V.fail(fn, "num_kv_heads", f"divide num_heads ({num_heads})", num_kv_heads)
   if head_dim is None:
@@ -616,24 +620,24 @@ def init_multi_head_attention(
     return p
 
   return {
-      "query": dense(kq, (d_model, num_heads, head_dim), d_model, (num_heads, head_dim)),
-      "key": dense(kk, (d_model, num_kv_heads, head_dim), d_model, (num_kv_heads, head_dim)),
-      "value": dense(kv, (d_model, num_kv_heads, head_dim), d_model, (num_kv_heads, head_dim)),
-      "out": dense(ko, (num_heads, head_dim, d_out), num_heads * head_dim, (d_out,)),
+    "query": dense(kq, (d_model, num_heads, head_dim), d_model, (num_heads, head_dim)),
+    "key": dense(kk, (d_model, num_kv_heads, head_dim), d_model, (num_kv_heads, head_dim)),
+    "value": dense(kv, (d_model, num_kv_heads, head_dim), d_model, (num_kv_heads, head_dim)),
+    "out": dense(ko, (num_heads, head_dim, d_out), num_heads * head_dim, (d_out,)),
   }
 
 
 def multi_head_attention(
-    params: dict,
-    x: jax.Array,
-    context: jax.Array | None = None,
-    *,
-    mask: jax.Array | None = None,
-    is_causal: bool = False,
-    dropout_rate: float = 0.0,
-    dropout_key: jax.Array | None = None,
-    return_weights: bool = False,
-    implementation: str | None = None,
+  params: dict,
+  x: jax.Array,
+  context: jax.Array | None = None,
+  *,
+  mask: jax.Array | None = None,
+  is_causal: bool = False,
+  dropout_rate: float = 0.0,
+  dropout_key: jax.Array | None = None,
+  return_weights: bool = False,
+  implementation: str | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Multi-head attention layer over a params dict from :func:`init_multi_head_attention`.
 
@@ -669,8 +673,7 @@ def multi_head_attention(
   """
   fn = "multi_head_attention"
   if not isinstance(params, dict) or not {"query", "key", "value", "out"} <= set(params):
-    V.fail(fn, "params", "be the dict from init_multi_head_attention", type(params).__name__,
-           exc=TypeError)
+    V.fail(fn, "params", "be the dict from init_multi_head_attention", type(params).__name__, exc=TypeError)
   V.check_array(fn, "x", x)
   V.check_floating(fn, "x", x)
   x = jnp.asarray(x)
@@ -695,8 +698,16 @@ def multi_head_attention(
   k = project(params["key"], context)
   v = project(params["value"], context)
   res = scaled_dot_product_attention(
-      q, k, v, mask=mask, is_causal=is_causal, dropout_rate=dropout_rate, dropout_key=dropout_key,
-      return_weights=return_weights, implementation=implementation)
+    q,
+    k,
+    v,
+    mask=mask,
+    is_causal=is_causal,
+    dropout_rate=dropout_rate,
+    dropout_key=dropout_key,
+    return_weights=return_weights,
+    implementation=implementation,
+  )
   attn = res.output if return_weights else res
   po = params["out"]
   out = jnp.einsum("...nh,nho->...o", attn, po["kernel"].astype(x.dtype))

@@ -36,8 +36,20 @@ from jax.scipy.special import betaln, gammaln, xlog1py, xlogy
 
 from jaxsoft import _validate
 
-__all__ = ["Family", "FAMILIES", "get", "normal", "lognormal", "exponential", "gamma", "beta",
-           "poisson", "bernoulli", "categorical", "student_t"]
+__all__ = [
+  "Family",
+  "FAMILIES",
+  "get",
+  "normal",
+  "lognormal",
+  "exponential",
+  "gamma",
+  "beta",
+  "poisson",
+  "bernoulli",
+  "categorical",
+  "student_t",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -55,6 +67,7 @@ class Family:
     support: ``support(x) -> bool array`` on concrete NumPy data.
     support_text: the support in words, for error messages.
   """
+
   name: str
   param_names: tuple
   log_prob: Callable
@@ -90,6 +103,7 @@ def _tiny(dtype):
 
 # -- normal -----------------------------------------------------------------
 
+
 def _normal_log_prob(params, x):
   z = (x - params["loc"]) / params["scale"]
   return -0.5 * z * z - jnp.log(params["scale"]) - _HALF_LOG_2PI
@@ -100,11 +114,19 @@ def _normal_init(x, w=None):
   return {"loc": m, "scale": jnp.sqrt(jnp.maximum(v, _tiny(m.dtype)))}
 
 
-normal = Family("normal", ("loc", "scale"), _normal_log_prob, {"loc": "real", "scale": "positive"},
-                _normal_init, lambda x: np.isfinite(x), "finite reals")
+normal = Family(
+  "normal",
+  ("loc", "scale"),
+  _normal_log_prob,
+  {"loc": "real", "scale": "positive"},
+  _normal_init,
+  lambda x: np.isfinite(x),
+  "finite reals",
+)
 
 
 # -- lognormal --------------------------------------------------------------
+
 
 def _lognormal_log_prob(params, x):
   ok = x > 0
@@ -119,11 +141,19 @@ def _lognormal_init(x, w=None):
   return _normal_init(jnp.log(jnp.maximum(x, _tiny(x.dtype))), w)
 
 
-lognormal = Family("lognormal", ("loc", "scale"), _lognormal_log_prob, {"loc": "real", "scale": "positive"},
-                   _lognormal_init, lambda x: x > 0, "x > 0")
+lognormal = Family(
+  "lognormal",
+  ("loc", "scale"),
+  _lognormal_log_prob,
+  {"loc": "real", "scale": "positive"},
+  _lognormal_init,
+  lambda x: x > 0,
+  "x > 0",
+)
 
 
 # -- exponential ------------------------------------------------------------
+
 
 def _exponential_log_prob(params, x):
   rate = params["rate"]
@@ -136,11 +166,19 @@ def _exponential_init(x, w=None):
   return {"rate": 1 / jnp.maximum(m, _tiny(m.dtype))}
 
 
-exponential = Family("exponential", ("rate",), _exponential_log_prob, {"rate": "positive"},
-                     _exponential_init, lambda x: x >= 0, "x >= 0")
+exponential = Family(
+  "exponential",
+  ("rate",),
+  _exponential_log_prob,
+  {"rate": "positive"},
+  _exponential_init,
+  lambda x: x >= 0,
+  "x >= 0",
+)
 
 
 # -- gamma ------------------------------------------------------------------
+
 
 def _gamma_log_prob(params, x):
   a, b = params["concentration"], params["rate"]
@@ -156,11 +194,19 @@ def _gamma_init(x, w=None):
   return {"concentration": m * m / v, "rate": m / v}
 
 
-gamma = Family("gamma", ("concentration", "rate"), _gamma_log_prob,
-               {"concentration": "positive", "rate": "positive"}, _gamma_init, lambda x: x > 0, "x > 0")
+gamma = Family(
+  "gamma",
+  ("concentration", "rate"),
+  _gamma_log_prob,
+  {"concentration": "positive", "rate": "positive"},
+  _gamma_init,
+  lambda x: x > 0,
+  "x > 0",
+)
 
 
 # -- beta -------------------------------------------------------------------
+
 
 def _beta_log_prob(params, x):
   a, b = params["alpha"], params["beta"]
@@ -177,11 +223,19 @@ def _beta_init(x, w=None):
   return {"alpha": m * common, "beta": (1 - m) * common}
 
 
-beta = Family("beta", ("alpha", "beta"), _beta_log_prob, {"alpha": "positive", "beta": "positive"},
-              _beta_init, lambda x: (x > 0) & (x < 1), "0 < x < 1")
+beta = Family(
+  "beta",
+  ("alpha", "beta"),
+  _beta_log_prob,
+  {"alpha": "positive", "beta": "positive"},
+  _beta_init,
+  lambda x: (x > 0) & (x < 1),
+  "0 < x < 1",
+)
 
 
 # -- poisson ----------------------------------------------------------------
+
 
 def _is_count(x):
   return (x >= 0) & (jnp.floor(x) == x)
@@ -200,11 +254,19 @@ def _poisson_init(x, w=None):
   return {"rate": jnp.maximum(m, 1e-3)}
 
 
-poisson = Family("poisson", ("rate",), _poisson_log_prob, {"rate": "positive"}, _poisson_init,
-                 lambda x: (x >= 0) & (np.floor(x) == x), "non-negative integers")
+poisson = Family(
+  "poisson",
+  ("rate",),
+  _poisson_log_prob,
+  {"rate": "positive"},
+  _poisson_init,
+  lambda x: (x >= 0) & (np.floor(x) == x),
+  "non-negative integers",
+)
 
 
 # -- bernoulli --------------------------------------------------------------
+
 
 def _bernoulli_log_prob(params, x):
   p = params["probs"]
@@ -219,11 +281,19 @@ def _bernoulli_init(x, w=None):
   return {"probs": jnp.clip(m, 1e-3, 1 - 1e-3)}
 
 
-bernoulli = Family("bernoulli", ("probs",), _bernoulli_log_prob, {"probs": "unit_interval"}, _bernoulli_init,
-                   lambda x: (x == 0) | (x == 1), "0 or 1")
+bernoulli = Family(
+  "bernoulli",
+  ("probs",),
+  _bernoulli_log_prob,
+  {"probs": "unit_interval"},
+  _bernoulli_init,
+  lambda x: (x == 0) | (x == 1),
+  "0 or 1",
+)
 
 
 # -- categorical ------------------------------------------------------------
+
 
 def _categorical_log_prob(params, x):
   logp = jnp.log(params["probs"])
@@ -236,8 +306,12 @@ def _categorical_log_prob(params, x):
 
 def _categorical_init(x, w=None):
   if isinstance(x, jax.core.Tracer):
-    _validate.fail("fit_distribution", "params", "be given for categorical when data is traced "
-                   "(the number of classes is a static shape)", "params=None")
+    _validate.fail(
+      "fit_distribution",
+      "params",
+      "be given for categorical when data is traced (the number of classes is a static shape)",
+      "params=None",
+    )
   k = int(np.max(np.asarray(x))) + 1
   dtype = jnp.result_type(float)
   w = jnp.ones(np.shape(x), dtype) if w is None else jnp.asarray(w, dtype)
@@ -247,11 +321,19 @@ def _categorical_init(x, w=None):
   return {"probs": (counts + 0.5) / (jnp.sum(counts) + 0.5 * k)}
 
 
-categorical = Family("categorical", ("probs",), _categorical_log_prob, {"probs": "simplex"}, _categorical_init,
-                     lambda x: (x >= 0) & (np.floor(x) == x), "integers 0..K-1")
+categorical = Family(
+  "categorical",
+  ("probs",),
+  _categorical_log_prob,
+  {"probs": "simplex"},
+  _categorical_init,
+  lambda x: (x >= 0) & (np.floor(x) == x),
+  "integers 0..K-1",
+)
 
 
 # -- student_t --------------------------------------------------------------
+
 
 def _lgamma_half_diff(a):
   """log Gamma(a + 1/2) - log Gamma(a) - log(a)/2, accurate for all a > 0.
@@ -294,13 +376,20 @@ def _student_t_init(x, w=None):
   return {"df": df.astype(m.dtype), "loc": loc, "scale": scale}
 
 
-student_t = Family("student_t", ("df", "loc", "scale"), _student_t_log_prob,
-                   {"df": "positive", "loc": "real", "scale": "positive"}, _student_t_init,
-                   lambda x: np.isfinite(x), "finite reals")
+student_t = Family(
+  "student_t",
+  ("df", "loc", "scale"),
+  _student_t_log_prob,
+  {"df": "positive", "loc": "real", "scale": "positive"},
+  _student_t_init,
+  lambda x: np.isfinite(x),
+  "finite reals",
+)
 
 
-FAMILIES = {f.name: f for f in (normal, lognormal, exponential, gamma, beta, poisson, bernoulli,
-                                categorical, student_t)}
+FAMILIES = {
+  f.name: f for f in (normal, lognormal, exponential, gamma, beta, poisson, bernoulli, categorical, student_t)
+}
 
 
 def get(family, *, fn: str = "get") -> Family:
@@ -309,5 +398,10 @@ def get(family, *, fn: str = "get") -> Family:
     return family
   if isinstance(family, str) and family in FAMILIES:
     return FAMILIES[family]
-  _validate.fail(fn, "family", f"be a Family or one of {tuple(FAMILIES)}", repr(family),
-                 exc=ValueError if isinstance(family, str) else TypeError)
+  _validate.fail(
+    fn,
+    "family",
+    f"be a Family or one of {tuple(FAMILIES)}",
+    repr(family),
+    exc=ValueError if isinstance(family, str) else TypeError,
+  )

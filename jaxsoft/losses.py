@@ -29,6 +29,7 @@ __all__ = [
   "sampled_softmax_cross_entropy",
 ]
 
+
 def _check_common(fn, scores, axis, weight, label_smoothing, reduction):
   v.check_array(fn, "logits" if fn == "cross_entropy" else "log_probs", scores)
   name = "logits" if fn == "cross_entropy" else "log_probs"
@@ -61,8 +62,21 @@ def _is_zero(value) -> bool:
   return isinstance(value, (int, float)) and value == 0
 
 
-def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_index,
-                label_smoothing, where, reduction, num_classes):
+def _index_loss(
+  fn,
+  scores,
+  labels,
+  nll_at,
+  smooth_fn,
+  *,
+  axis,
+  weight,
+  ignore_index,
+  label_smoothing,
+  where,
+  reduction,
+  num_classes,
+):
   """The integer-label path shared by cross_entropy and nll_loss.
 
   ``nll_at(safe_labels)`` gives -log p at the label, ``smooth_fn(w)`` gives
@@ -71,8 +85,13 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
   the sum of w_y over the examples that count.
   """
   batch_shape = scores.shape[:-1]
-  v.check_shape(fn, "labels", labels, batch_shape,
-                f" (the shape of {'logits' if fn == 'cross_entropy' else 'log_probs'} without axis {axis})")
+  v.check_shape(
+    fn,
+    "labels",
+    labels,
+    batch_shape,
+    f" (the shape of {'logits' if fn == 'cross_entropy' else 'log_probs'} without axis {axis})",
+  )
   keep = jnp.ones(batch_shape, bool)
   if ignore_index is not None:
     v.check_int(fn, "ignore_index", ignore_index)
@@ -88,8 +107,12 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
     counted = concrete[keep_c]
     bad = counted[(counted < 0) | (counted >= num_classes)]
     if bad.size:
-      v.fail(fn, "labels", f"be in [0, {num_classes}) or ignore_index={ignore_index}",
-             f"{bad.ravel()[:5].tolist()}")
+      v.fail(
+        fn,
+        "labels",
+        f"be in [0, {num_classes}) or ignore_index={ignore_index}",
+        f"{bad.ravel()[:5].tolist()}",
+      )
   # Ignored examples may hold any label (PyTorch's -100): index with 0 instead,
   # so neither pass ever touches an out-of-range position.
   safe = jnp.where(keep & in_range, labels, 0).astype(jnp.int32)
@@ -103,8 +126,9 @@ def _index_loss(fn, scores, labels, nll_at, smooth_fn, *, axis, weight, ignore_i
   return reduce_loss(per, jnp.where(keep, w_y, 0), reduction)
 
 
-def _prob_loss(fn, log_p, targets, *, axis, weight, ignore_index, label_smoothing,
-               where, reduction, num_classes):
+def _prob_loss(
+  fn, log_p, targets, *, axis, weight, ignore_index, label_smoothing, where, reduction, num_classes
+):
   """Probability targets: -sum_c w_c t_c log p_c, mean over counted examples."""
   if ignore_index is not None:
     v.fail(fn, "ignore_index", "be None with probability labels (PyTorch's rule too)", ignore_index)
@@ -130,14 +154,30 @@ def _dispatch(fn, scores, labels, log_p_fn, nll_at_fn, smooth_fn, **opts):
     # Probability targets carry the class axis where the scores have it.
     expected = list(scores.shape[:-1])
     expected.insert(opts["axis"], scores.shape[-1])
-    v.check_shape(fn, "labels", labels, expected, " (floating labels are probabilities shaped like the scores)")
+    v.check_shape(
+      fn, "labels", labels, expected, " (floating labels are probabilities shaped like the scores)"
+    )
     return _prob_loss(fn, log_p_fn(), labels, **opts)
-  v.fail(fn, "labels", "have an integer dtype (class indices) or a floating dtype (probabilities)",
-         labels.dtype, exc=TypeError)
+  v.fail(
+    fn,
+    "labels",
+    "have an integer dtype (class indices) or a floating dtype (probabilities)",
+    labels.dtype,
+    exc=TypeError,
+  )
 
 
-def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=None,
-                  label_smoothing=0.0, where=None, reduction="mean"):
+def cross_entropy(
+  logits,
+  labels,
+  *,
+  axis=-1,
+  weight=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  where=None,
+  reduction="mean",
+):
   r"""Cross-entropy between ``softmax(logits)`` and integer or soft labels.
 
   With class indices :math:`y_i`, class weights :math:`w` and smoothing
@@ -211,15 +251,35 @@ def cross_entropy(logits, labels, *, axis=-1, weight=None, ignore_index=None,
   nll_at = lambda y: lse() - jnp.take_along_axis(z, y[..., None], -1)[..., 0]
   # -sum_c w_c log p_c = lse * sum(w) - sum_c w_c z_c; a -inf logit makes it inf.
   smooth = lambda w: lse() * jnp.sum(w) - jnp.sum(jnp.where(w == 0, 0, w * z), -1)
-  out = _dispatch(fn, z, labels, lambda: log_softmax(z, -1), nll_at, smooth,
-                  axis=axis_n, weight=weight, ignore_index=ignore_index,
-                  label_smoothing=label_smoothing, where=where, reduction=reduction,
-                  num_classes=num_classes)
+  out = _dispatch(
+    fn,
+    z,
+    labels,
+    lambda: log_softmax(z, -1),
+    nll_at,
+    smooth,
+    axis=axis_n,
+    weight=weight,
+    ignore_index=ignore_index,
+    label_smoothing=label_smoothing,
+    where=where,
+    reduction=reduction,
+    num_classes=num_classes,
+  )
   return out.astype(out_dtype)
 
 
-def nll_loss(log_probs, labels, *, axis=-1, weight=None, ignore_index=None,
-             label_smoothing=0.0, where=None, reduction="mean"):
+def nll_loss(
+  log_probs,
+  labels,
+  *,
+  axis=-1,
+  weight=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  where=None,
+  reduction="mean",
+):
   r"""Negative log-likelihood of labels under given log-probabilities.
 
   .. math::
@@ -251,10 +311,21 @@ def nll_loss(log_probs, labels, *, axis=-1, weight=None, ignore_index=None,
   lp = scores.astype(compute_dtype(out_dtype))
   nll_at = lambda y: -jnp.take_along_axis(lp, y[..., None], -1)[..., 0]
   smooth = lambda w: -jnp.sum(jnp.where(w == 0, 0, w * lp), -1)
-  out = _dispatch(fn, lp, labels, lambda: lp, nll_at, smooth,
-                  axis=axis_n, weight=weight, ignore_index=ignore_index,
-                  label_smoothing=label_smoothing, where=where, reduction=reduction,
-                  num_classes=num_classes)
+  out = _dispatch(
+    fn,
+    lp,
+    labels,
+    lambda: lp,
+    nll_at,
+    smooth,
+    axis=axis_n,
+    weight=weight,
+    ignore_index=ignore_index,
+    label_smoothing=label_smoothing,
+    where=where,
+    reduction=reduction,
+    num_classes=num_classes,
+  )
   return out.astype(out_dtype)
 
 

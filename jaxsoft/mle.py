@@ -27,8 +27,17 @@ from jaxsoft import _validate
 from jaxsoft._dtypes import compute_dtype
 
 __all__ = [
-  "Bijection", "bijection", "MLEResult", "Interval", "fit", "fit_distribution",
-  "aic", "bic", "confidence_intervals", "default_optimizer", "CRITERIA",
+  "Bijection",
+  "bijection",
+  "MLEResult",
+  "Interval",
+  "fit",
+  "fit_distribution",
+  "aic",
+  "bic",
+  "confidence_intervals",
+  "default_optimizer",
+  "CRITERIA",
 ]
 
 #: Meaning of ``MLEResult.criterion``: index 0 = not converged, 1 = gradient
@@ -40,6 +49,7 @@ CRITERIA = ("none", "gtol", "cauchy")
 # Constraint bijections
 # --------------------------------------------------------------------------
 
+
 class Bijection(NamedTuple):
   """A smooth bijection from an unconstrained space onto a constrained set.
 
@@ -50,6 +60,7 @@ class Bijection(NamedTuple):
     contains: constrained array -> boolean array, True inside the set; used
       to check concrete starting points.
   """
+
   name: str
   forward: Callable
   inverse: Callable
@@ -74,19 +85,24 @@ def _simplex_contains(p):
 
 
 def _lower(a: float) -> Bijection:
-  return Bijection(f"lower_bounded:{a:g}", lambda u: a + jnp.exp(u), lambda x: jnp.log(x - a),
-                   lambda x: np.asarray(x) > a)
+  return Bijection(
+    f"lower_bounded:{a:g}", lambda u: a + jnp.exp(u), lambda x: jnp.log(x - a), lambda x: np.asarray(x) > a
+  )
 
 
 def _upper(b: float) -> Bijection:
-  return Bijection(f"upper_bounded:{b:g}", lambda u: b - jnp.exp(u), lambda x: jnp.log(b - x),
-                   lambda x: np.asarray(x) < b)
+  return Bijection(
+    f"upper_bounded:{b:g}", lambda u: b - jnp.exp(u), lambda x: jnp.log(b - x), lambda x: np.asarray(x) < b
+  )
 
 
 def _interval(a: float, b: float) -> Bijection:
-  return Bijection(f"interval:{a:g},{b:g}", lambda u: a + (b - a) * jax.nn.sigmoid(u),
-                   lambda x: jnp.log(x - a) - jnp.log(b - x),
-                   lambda x: (np.asarray(x) > a) & (np.asarray(x) < b))
+  return Bijection(
+    f"interval:{a:g},{b:g}",
+    lambda u: a + (b - a) * jax.nn.sigmoid(u),
+    lambda x: jnp.log(x - a) - jnp.log(b - x),
+    lambda x: (np.asarray(x) > a) & (np.asarray(x) < b),
+  )
 
 
 _NAMED = {
@@ -94,12 +110,18 @@ _NAMED = {
   # exp rather than softplus: scale-like parameters span orders of magnitude,
   # and standard errors of log-scales are the usual ones.
   "positive": Bijection("positive", jnp.exp, jnp.log, lambda x: np.asarray(x) > 0),
-  "unit_interval": Bijection("unit_interval", jax.nn.sigmoid, lambda x: jnp.log(x) - jnp.log1p(-x),
-                             lambda x: (np.asarray(x) > 0) & (np.asarray(x) < 1)),
+  "unit_interval": Bijection(
+    "unit_interval",
+    jax.nn.sigmoid,
+    lambda x: jnp.log(x) - jnp.log1p(-x),
+    lambda x: (np.asarray(x) > 0) & (np.asarray(x) < 1),
+  ),
   "simplex": Bijection("simplex", _simplex_forward, _simplex_inverse, _simplex_contains),
 }
-_SPEC_HELP = ("'real', 'positive', 'unit_interval', 'simplex', 'lower_bounded:<a>', "
-              "'upper_bounded:<b>', 'interval:<a>,<b>', None (real) or a Bijection")
+_SPEC_HELP = (
+  "'real', 'positive', 'unit_interval', 'simplex', 'lower_bounded:<a>', "
+  "'upper_bounded:<b>', 'interval:<a>,<b>', None (real) or a Bijection"
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -170,9 +192,12 @@ def _leaf_bijections(fn: str, constraints, params) -> list[Bijection]:
   try:
     subtrees = c_def.flatten_up_to(params)
   except (ValueError, TypeError) as e:
-    _validate.fail(fn, "constraints", f"be a tree matching params (or a prefix of it), "
-                   f"structure {jax.tree_util.tree_structure(params)}",
-                   f"{c_def} ({str(e).splitlines()[0][:120]})")
+    _validate.fail(
+      fn,
+      "constraints",
+      f"be a tree matching params (or a prefix of it), structure {jax.tree_util.tree_structure(params)}",
+      f"{c_def} ({str(e).splitlines()[0][:120]})",
+    )
   out = []
   for c, sub in zip(c_leaves, subtrees):
     out += [bijection(c, fn=fn)] * len(jax.tree_util.tree_leaves(sub))
@@ -182,6 +207,7 @@ def _leaf_bijections(fn: str, constraints, params) -> list[Bijection]:
 # --------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------
+
 
 class MLEResult(NamedTuple):
   """Result of :func:`fit` (a pytree: passes through ``jit`` and ``vmap``).
@@ -201,6 +227,7 @@ class MLEResult(NamedTuple):
     n_params: number of free parameters (unconstrained coordinates), int32;
       used by :func:`aic` and :func:`bic`.
   """
+
   params: Any
   nll: jax.Array
   stderr: Any
@@ -214,6 +241,7 @@ class MLEResult(NamedTuple):
 
 class Interval(NamedTuple):
   """Lower and upper bounds, each with the structure of the parameters."""
+
   lower: Any
   upper: Any
 
@@ -241,7 +269,8 @@ def default_optimizer() -> optax.GradientTransformationExtraArgs:
   if _DEFAULT_OPTIMIZER is None:
     _DEFAULT_OPTIMIZER = optax.lbfgs(
       memory_size=10,
-      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"))
+      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
+    )
   return _DEFAULT_OPTIMIZER
 
 
@@ -265,8 +294,9 @@ def _check_data(fn: str, data) -> int:
     _validate.check_min_ndim(fn, "data", leaf, 1, " (observations on the leading axis)")
     lead.add(np.shape(leaf)[0])
   if len(lead) != 1:
-    _validate.fail(fn, "data", "have the same leading (observation) axis in every leaf",
-                   f"leading sizes {sorted(lead)}")
+    _validate.fail(
+      fn, "data", "have the same leading (observation) axis in every leaf", f"leading sizes {sorted(lead)}"
+    )
   n = lead.pop()
   if n == 0:
     _validate.fail(fn, "data", "have at least one observation", "0 observations (empty data)")
@@ -281,9 +311,19 @@ def _path_names(tree) -> list[str]:
   return [jax.tree_util.keystr(p) or "params" for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def fit(log_prob: Callable, params, data, *, constraints=None, weights=None,
-        optimizer: optax.GradientTransformation | None = None, max_steps: int = 2000,
-        rtol: float = 1e-6, atol: float = 1e-8, gtol: float = 1e-5) -> MLEResult:
+def fit(
+  log_prob: Callable,
+  params,
+  data,
+  *,
+  constraints=None,
+  weights=None,
+  optimizer: optax.GradientTransformation | None = None,
+  max_steps: int = 2000,
+  rtol: float = 1e-6,
+  atol: float = 1e-8,
+  gtol: float = 1e-5,
+) -> MLEResult:
   """Maximum-likelihood estimate of ``params`` by gradient descent.
 
   Minimizes the mean negative log-likelihood in unconstrained coordinates
@@ -386,12 +426,17 @@ def fit(log_prob: Callable, params, data, *, constraints=None, weights=None,
   n = _check_data(fn, data)
   for b, leaf, path in zip(bijections, p_leaves, _path_names(params)):
     if b.name == "simplex" and np.ndim(leaf) < 1:
-      _validate.fail(fn, "params", f"have rank >= 1 where the constraint is 'simplex' ({path})",
-                     f"shape {np.shape(leaf)}")
+      _validate.fail(
+        fn, "params", f"have rank >= 1 where the constraint is 'simplex' ({path})", f"shape {np.shape(leaf)}"
+      )
     c = _concrete(leaf)
     if c is not None and not np.all(b.contains(c.astype(np.float64))):
-      _validate.fail(fn, "params", f"satisfy their constraints ({path} is '{b.name}')",
-                     np.array2string(c, precision=6, threshold=8))
+      _validate.fail(
+        fn,
+        "params",
+        f"satisfy their constraints ({path} is '{b.name}')",
+        np.array2string(c, precision=6, threshold=8),
+      )
   if weights is not None:
     _validate.check_array(fn, "weights", weights)
     _validate.check_shape(fn, "weights", weights, (n,), " (one per observation)")
@@ -399,8 +444,9 @@ def fit(log_prob: Callable, params, data, *, constraints=None, weights=None,
     if c is not None and not (np.all(np.isfinite(c)) and np.all(c >= 0) and c.sum() > 0):
       _validate.fail(fn, "weights", "be finite, >= 0 and not all 0", np.array2string(c, threshold=8))
 
-  return _fit(log_prob, tuple(bijections), p_def, optimizer, max_steps, n, p_leaves, data, weights,
-              rtol, atol, gtol)
+  return _fit(
+    log_prob, tuple(bijections), p_def, optimizer, max_steps, n, p_leaves, data, weights, rtol, atol, gtol
+  )
 
 
 # Compiled as one program even when ``fit`` is called eagerly: op-by-op
@@ -439,7 +485,7 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
   state0 = opt.init(z0)
   # Line searches (optax's zoom, backtracking) store the value and gradient at
   # the accepted point; reusing them saves one evaluation per step.
-  reuse = (optax.tree.get(state0, "value") is not None and optax.tree.get(state0, "grad") is not None)
+  reuse = optax.tree.get(state0, "value") is not None and optax.tree.get(state0, "grad") is not None
   f0, g0 = jax.value_and_grad(objective)(z0)
   rtol, atol, gtol = (jnp.asarray(t, dtype) for t in (rtol, atol, gtol))
 
@@ -468,8 +514,9 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
       f_new, g_new = jax.value_and_grad(objective)(z_new)
     u_new = u0 + scale * z_new
     du = scale * (z_new - z)
-    cauchy = (jnp.all(jnp.abs(du) <= atol + rtol * jnp.abs(u_new))
-              & (jnp.abs(f_new - f) <= atol + rtol * jnp.abs(f_new)))
+    cauchy = jnp.all(jnp.abs(du) <= atol + rtol * jnp.abs(u_new)) & (
+      jnp.abs(f_new - f) <= atol + rtol * jnp.abs(f_new)
+    )
     crit = jnp.where(gnorm(g_new) <= gtol, 1, jnp.where(cauchy, 2, 0)).astype(jnp.int32)
     crit = jnp.where(jnp.isfinite(f_new), crit, 0)
     return step + 1, z_new, state, f_new, g_new, crit
@@ -497,9 +544,16 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
   cast = lambda leaves: p_def.unflatten([jnp.asarray(l).astype(d) for l, d in zip(leaves, out_dtypes)])
   out_dtype = out_dtypes[0] if len(set(out_dtypes)) == 1 else dtype
   return MLEResult(
-    params=cast(theta_leaves), nll=nll.astype(out_dtype), stderr=cast(se_leaves),
-    covariance=cov.astype(out_dtype), grad_norm=gnorm(g).astype(out_dtype), steps=steps,
-    converged=crit > 0, criterion=crit, n_params=jnp.asarray(n_free, jnp.int32))
+    params=cast(theta_leaves),
+    nll=nll.astype(out_dtype),
+    stderr=cast(se_leaves),
+    covariance=cov.astype(out_dtype),
+    grad_norm=gnorm(g).astype(out_dtype),
+    steps=steps,
+    converged=crit > 0,
+    criterion=crit,
+    n_params=jnp.asarray(n_free, jnp.int32),
+  )
 
 
 def fit_distribution(family, data, *, params=None, weights=None, **fit_options) -> MLEResult:
@@ -538,14 +592,20 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
   fn = "fit_distribution"
   fam = distributions.get(family, fn=fn)
   if "constraints" in fit_options:
-    _validate.fail(fn, "constraints", "not be given (the family fixes them)", "constraints=...", exc=TypeError)
+    _validate.fail(
+      fn, "constraints", "not be given (the family fixes them)", "constraints=...", exc=TypeError
+    )
   _check_data(fn, data)
   c = _concrete(data)
   if c is not None and not (c.dtype.kind in "fc" and np.isnan(c).any()):
     bad = ~np.asarray(fam.support(c))
     if bad.any():
-      _validate.fail(fn, "data", f"lie in the support of {fam.name} ({fam.support_text})",
-                     f"{int(bad.sum())} value(s) outside it, e.g. {c[bad].ravel()[0]!r}")
+      _validate.fail(
+        fn,
+        "data",
+        f"lie in the support of {fam.name} ({fam.support_text})",
+        f"{int(bad.sum())} value(s) outside it, e.g. {c[bad].ravel()[0]!r}",
+      )
   if params is None:
     params = fam.init(jnp.asarray(data), weights)
   return fit(fam.log_prob, params, data, constraints=fam.constraints, weights=weights, **fit_options)
@@ -554,6 +614,7 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
 # --------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------
+
 
 def aic(result: MLEResult, n_obs=None, *, corrected: bool = False):
   """Akaike information criterion :math:`2k + 2\\,\\mathrm{NLL}`.
@@ -628,9 +689,11 @@ def confidence_intervals(result: MLEResult, level: float = 0.95) -> Interval:
     166.720 169.968
   """
   _validate.check_range("confidence_intervals", "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
-  z = float(jax.scipy.special.ndtri(0.5 + level / 2)) if not isinstance(level, jax.core.Tracer) else \
-      jax.scipy.special.ndtri(0.5 + level / 2)
+  z = (
+    float(jax.scipy.special.ndtri(0.5 + level / 2))
+    if not isinstance(level, jax.core.Tracer)
+    else jax.scipy.special.ndtri(0.5 + level / 2)
+  )
   lower = jax.tree_util.tree_map(lambda p, s: p - z * s, result.params, result.stderr)
   upper = jax.tree_util.tree_map(lambda p, s: p + z * s, result.params, result.stderr)
   return Interval(lower, upper)
-

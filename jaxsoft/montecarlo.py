@@ -51,14 +51,20 @@ from jaxsoft import qmc as _qmc
 from jaxsoft._dtypes import compute_dtype
 
 __all__ = [
-    "MCResult", "ToleranceResult", "ISResult", "integrate", "expectation", "importance_sampling",
-    "integrate_to_tolerance", "confidence_interval",
+  "MCResult",
+  "ToleranceResult",
+  "ISResult",
+  "integrate",
+  "expectation",
+  "importance_sampling",
+  "integrate_to_tolerance",
+  "confidence_interval",
 ]
 
 _METHODS = ("mc", "antithetic", "stratified", "sobol", "halton")
 # Numbers (points x dim) per random block: 2 MiB of float32, which stays in
 # cache; larger one-shot batches are memory bound on CPU (see the benchmark).
-_BLOCK_NUMBERS = 2 ** 19
+_BLOCK_NUMBERS = 2**19
 # Stratified sampling keeps at least this many independent rounds of one point
 # per stratum, so its standard error has enough degrees of freedom.
 _MIN_ROUNDS = 32
@@ -73,6 +79,7 @@ class MCResult(NamedTuple):
     stderr: its standard error, same structure.
     n: the number of function evaluations used (int32 scalar).
   """
+
   estimate: Any
   stderr: Any
   n: jax.Array
@@ -80,6 +87,7 @@ class MCResult(NamedTuple):
 
 class ToleranceResult(NamedTuple):
   """:func:`integrate_to_tolerance`'s result: :class:`MCResult` plus ``converged``."""
+
   estimate: Any
   stderr: Any
   n: jax.Array
@@ -88,6 +96,7 @@ class ToleranceResult(NamedTuple):
 
 class ISResult(NamedTuple):
   """:func:`importance_sampling`'s result: :class:`MCResult` plus the effective sample size."""
+
   estimate: Any
   stderr: Any
   n: jax.Array
@@ -97,6 +106,7 @@ class ISResult(NamedTuple):
 # ----------------------------------------------------------------------------
 # Running statistics: (count, mean, M2) merged in a fixed order.
 # ----------------------------------------------------------------------------
+
 
 def _unzip_map(fn, tree, *rest):
   """Maps ``fn`` (returning a tuple) over the leaves of ``tree`` (and ``rest``); one tree per output."""
@@ -122,6 +132,7 @@ def _block_stats(values, mask):
       m = mask.reshape(mask.shape + (1,) * (v.ndim - 1))
       mean = jnp.sum(jnp.where(m, v, 0), axis=0) / jnp.maximum(count, 1).astype(v.dtype)
       return mean, jnp.sum(jnp.where(m, jnp.square(v - mean), 0), axis=0)
+
   return (count,) + _unzip_map(leaf, values)
 
 
@@ -142,8 +153,10 @@ def _merge(a, b):
 
 def _merge_sequential(stats, stacked):
   """Merges the stats stacked along axis 0 into ``stats``, in order."""
+
   def body(carry, item):
     return _merge(carry, item), None
+
   return lax.scan(body, stats, stacked)[0]
 
 
@@ -162,6 +175,7 @@ def _stderr(count, m2):
 # Blocked evaluation of i.i.d. units (points, antithetic pairs, strata rounds).
 # ----------------------------------------------------------------------------
 
+
 def _pow2_floor(x: int) -> int:
   return 1 << (max(int(x), 1).bit_length() - 1)
 
@@ -169,7 +183,7 @@ def _pow2_floor(x: int) -> int:
 def _default_batch(block: int) -> int:
   # On CPU one cache-sized block per step is fastest; accelerators want
   # bigger steps to fill the device.
-  return block if jax.default_backend() == "cpu" else max(block, 2 ** 20)
+  return block if jax.default_backend() == "cpu" else max(block, 2**20)
 
 
 def _as_typed_key(fn, key):
@@ -181,8 +195,13 @@ def _as_typed_key(fn, key):
     return key
   if dtype == jnp.uint32 and np.shape(key) == (2,):
     return jax.random.wrap_key_data(key)
-  V.fail(fn, "key", "be a jax.random key", f"{type(key).__name__} {getattr(key, 'dtype', '')}".strip(),
-         exc=TypeError)
+  V.fail(
+    fn,
+    "key",
+    "be a jax.random key",
+    f"{type(key).__name__} {getattr(key, 'dtype', '')}".strip(),
+    exc=TypeError,
+  )
 
 
 def _uniform(key, shape, dtype):
@@ -207,8 +226,17 @@ def _uniform(key, shape, dtype):
   return lax.bitcast_convert_type((words >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1
 
 
-def _iid_stats(unit_fn, key, *, num_units: int, units_per_block: int, blocks_per_step: int,
-               value_struct, first_step=0, num_steps: int | None = None):
+def _iid_stats(
+  unit_fn,
+  key,
+  *,
+  num_units: int,
+  units_per_block: int,
+  blocks_per_step: int,
+  value_struct,
+  first_step=0,
+  num_steps: int | None = None,
+):
   """Stats of ``num_units`` units; block ``j`` is ``unit_fn(fold_in(key, j))``.
 
   Runs ``num_steps`` steps of ``blocks_per_step`` blocks from ``first_step``
@@ -217,8 +245,11 @@ def _iid_stats(unit_fn, key, *, num_units: int, units_per_block: int, blocks_per
   num_blocks = -(-num_units // units_per_block)
   if num_steps is None:
     num_steps = -(-num_blocks // blocks_per_step)
-  need_mask = (num_units % units_per_block != 0 or num_blocks % blocks_per_step != 0
-               or not (isinstance(first_step, int) and first_step == 0))
+  need_mask = (
+    num_units % units_per_block != 0
+    or num_blocks % blocks_per_step != 0
+    or not (isinstance(first_step, int) and first_step == 0)
+  )
 
   def step(stats, s):
     ids = s * blocks_per_step + jnp.arange(blocks_per_step)
@@ -243,14 +274,22 @@ def _sharded_iid_stats(mesh, unit_fn, key, *, num_units, units_per_block, blocks
 
   def local(key):
     first = lax.axis_index(_AXIS) * steps_per_device
-    stats = _iid_stats(unit_fn, key, num_units=num_units, units_per_block=units_per_block,
-                       blocks_per_step=blocks_per_step, value_struct=value_struct,
-                       first_step=first, num_steps=steps_per_device)
+    stats = _iid_stats(
+      unit_fn,
+      key,
+      num_units=num_units,
+      units_per_block=units_per_block,
+      blocks_per_step=blocks_per_step,
+      value_struct=value_struct,
+      first_step=first,
+      num_steps=steps_per_device,
+    )
     gathered = jax.tree.map(lambda x: lax.all_gather(x, _AXIS), stats)
     return _merge_sequential(_zero_stats(value_struct), gathered)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(),
-                       check_vma=False)(key)
+  return jax.shard_map(
+    local, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
+  )(key)
 
 
 def _mesh(fn: str, devices):
@@ -262,14 +301,16 @@ def _mesh(fn: str, devices):
       V.fail(fn, "devices", f"be between 1 and {len(available)} (the local device count)", devices)
     devices = available[:devices]
   if not isinstance(devices, Sequence) or not all(isinstance(d, jax.Device) for d in devices) or not devices:
-    V.fail(fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices),
-           exc=TypeError)
+    V.fail(
+      fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
+    )
   return Mesh(np.asarray(list(devices)), (_AXIS,))
 
 
 # ----------------------------------------------------------------------------
 # integrate
 # ----------------------------------------------------------------------------
+
 
 def _box(fn, lower, upper):
   V.check_array(fn, "lower", lower)
@@ -290,8 +331,7 @@ def _values_struct(fn, f, dim, cdtype):
   try:
     out = jax.eval_shape(f, jax.ShapeDtypeStruct((dim,), cdtype))
   except Exception as e:  # pragma: no cover - the message is what matters
-    V.fail(fn, "f", f"map one point of shape ({dim},) to a pytree of arrays", f"error {e!r}",
-           exc=TypeError)
+    V.fail(fn, "f", f"map one point of shape ({dim},) to a pytree of arrays", f"error {e!r}", exc=TypeError)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cdtype), out)
 
 
@@ -318,8 +358,18 @@ def _finish(stats, scale, dtype, n):
   return MCResult(estimate, stderr, jnp.asarray(n, jnp.int32))
 
 
-def integrate(f: Callable, key, *, lower, upper, n: int, method: str = "mc",
-              batch_size: int | None = None, replicates: int = 16, devices=None) -> MCResult:
+def integrate(
+  f: Callable,
+  key,
+  *,
+  lower,
+  upper,
+  n: int,
+  method: str = "mc",
+  batch_size: int | None = None,
+  replicates: int = 16,
+  devices=None,
+) -> MCResult:
   r"""Integral of ``f`` over the box ``[lower, upper]`` with a standard error.
 
   .. math::
@@ -402,10 +452,11 @@ def integrate(f: Callable, key, *, lower, upper, n: int, method: str = "mc",
     if n < replicates:
       V.fail(fn, "n", f"be >= replicates ({replicates}) for method {method!r}", n)
     n_rep = n // replicates
-    if method == "sobol" and n_rep > 2 ** 30:
+    if method == "sobol" and n_rep > 2**30:
       V.fail(fn, "n", "give at most 2**30 points per replicate for method 'sobol'", n)
-    chunk = min(_pow2_floor(batch_size or _default_batch(_block_size(dim, 2 ** 62))),
-                1 << (n_rep - 1).bit_length())
+    chunk = min(
+      _pow2_floor(batch_size or _default_batch(_block_size(dim, 2**62))), 1 << (n_rep - 1).bit_length()
+    )
     point_fn = lambda u: _eval(f, lower + width * u, cdtype)
     replicate = _qmc_replicate_fn(method, point_fn, key, dim, n_rep, chunk, cdtype, struct)
     means = _map_replicates(replicate, replicates, mesh)
@@ -430,11 +481,12 @@ def integrate(f: Callable, key, *, lower, upper, n: int, method: str = "mc",
       b = _eval(f, lower + width * (1 - u), cdtype)
       return jax.tree.map(lambda p, q: (p + q) / 2, a, b)
   else:  # stratified
-    k_axis = _strata(dim, n, _block_size(dim, 2 ** 62))
-    strata = k_axis ** dim
+    k_axis = _strata(dim, n, _block_size(dim, 2**62))
+    strata = k_axis**dim
     units, upb, per_unit = n // strata, max(block // strata, 1), strata
-    corners = jnp.asarray(np.array(list(itertools.product(range(k_axis), repeat=dim)), np.float32)
-                          .reshape(strata, dim), cdtype)
+    corners = jnp.asarray(
+      np.array(list(itertools.product(range(k_axis), repeat=dim)), np.float32).reshape(strata, dim), cdtype
+    )
 
     def unit_fn(k):
       u = _uniform(k, (upb, strata, dim), cdtype)
@@ -510,8 +562,16 @@ def _map_replicates(replicate, replicates: int, mesh):
 # expectation, importance sampling
 # ----------------------------------------------------------------------------
 
-def expectation(f: Callable, sample: Callable, key, *, n: int, batch_size: int | None = None,
-                control_variate: tuple[Callable, Any] | None = None) -> MCResult:
+
+def expectation(
+  f: Callable,
+  sample: Callable,
+  key,
+  *,
+  n: int,
+  batch_size: int | None = None,
+  control_variate: tuple[Callable, Any] | None = None,
+) -> MCResult:
   r"""E[f(X)] for ``X = sample(key)``, optionally with a control variate.
 
   .. math::
@@ -551,9 +611,12 @@ def expectation(f: Callable, sample: Callable, key, *, n: int, batch_size: int |
   if batch_size is not None:
     batch_size = V.check_int(fn, "batch_size", batch_size, minimum=1)
   if control_variate is not None:
-    if not (isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])):
-      V.fail(fn, "control_variate", "be a pair (g, mean_g) with g callable", repr(control_variate),
-             exc=TypeError)
+    if not (
+      isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])
+    ):
+      V.fail(
+        fn, "control_variate", "be a pair (g, mean_g) with g callable", repr(control_variate), exc=TypeError
+      )
   x_struct = jax.eval_shape(sample, key)
   out_struct = jax.eval_shape(f, x_struct)
   out_dtype = jnp.result_type(*[s.dtype for s in jax.tree.leaves(out_struct)], float)
@@ -568,15 +631,21 @@ def expectation(f: Callable, sample: Callable, key, *, n: int, batch_size: int |
     return xs, _eval(f, xs, cdtype)
 
   if control_variate is None:
-    stats = _iid_stats(lambda k: draw(k)[1], key, num_units=n, units_per_block=block,
-                       blocks_per_step=bps, value_struct=struct)
+    stats = _iid_stats(
+      lambda k: draw(k)[1], key, num_units=n, units_per_block=block, blocks_per_step=bps, value_struct=struct
+    )
     return _finish(stats, jnp.asarray(1, cdtype), out_dtype, n)
 
   g, mean_g = control_variate
   g_struct = jax.eval_shape(g, x_struct)
   if jax.tree.structure(g_struct) != jax.tree.structure(out_struct):
-    V.fail(fn, "control_variate", "have g returning f's pytree structure",
-           f"{jax.tree.structure(g_struct)} vs {jax.tree.structure(out_struct)}", exc=TypeError)
+    V.fail(
+      fn,
+      "control_variate",
+      "have g returning f's pytree structure",
+      f"{jax.tree.structure(g_struct)} vs {jax.tree.structure(out_struct)}",
+      exc=TypeError,
+    )
 
   # Stats of (f, g, f*g-cross) via the same mean/M2 machinery on the pair and
   # on f + g: Cov(f, g) = (Var(f + g) - Var(f) - Var(g)) / 2.
@@ -585,8 +654,14 @@ def expectation(f: Callable, sample: Callable, key, *, n: int, batch_size: int |
     gv = _eval(g, xs, cdtype)
     return fv, gv, jax.tree.map(jnp.add, fv, gv)
 
-  stats = _iid_stats(unit_fn, key, num_units=n, units_per_block=block, blocks_per_step=bps,
-                     value_struct=(struct, struct, struct))
+  stats = _iid_stats(
+    unit_fn,
+    key,
+    num_units=n,
+    units_per_block=block,
+    blocks_per_step=bps,
+    value_struct=(struct, struct, struct),
+  )
   count, (mf, mg, _), (sff, sgg, sss) = stats
 
   def leaf(mf, mg, sff, sgg, sss, mu):
@@ -603,8 +678,16 @@ def expectation(f: Callable, sample: Callable, key, *, n: int, batch_size: int |
   return MCResult(estimate, stderr, jnp.asarray(n, jnp.int32))
 
 
-def importance_sampling(f: Callable, log_p: Callable, sample_q: Callable, log_q: Callable, key, *,
-                        n: int, self_normalized: bool = False) -> ISResult:
+def importance_sampling(
+  f: Callable,
+  log_p: Callable,
+  sample_q: Callable,
+  log_q: Callable,
+  key,
+  *,
+  n: int,
+  self_normalized: bool = False,
+) -> ISResult:
   r"""E_p[f(X)] from draws of a proposal ``q``, with stderr and effective sample size.
 
   With weights :math:`w_i = p(X_i)/q(X_i)`, :math:`X_i \sim q`:
@@ -685,8 +768,19 @@ def importance_sampling(f: Callable, log_p: Callable, sample_q: Callable, log_q:
 # Adaptive stopping
 # ----------------------------------------------------------------------------
 
-def integrate_to_tolerance(f: Callable, key, *, lower, upper, atol=0.0, rtol=1e-3, max_n: int = 2 ** 26,
-                           method: str = "mc", replicates: int = 16) -> ToleranceResult:
+
+def integrate_to_tolerance(
+  f: Callable,
+  key,
+  *,
+  lower,
+  upper,
+  atol=0.0,
+  rtol=1e-3,
+  max_n: int = 2**26,
+  method: str = "mc",
+  replicates: int = 16,
+) -> ToleranceResult:
   r"""Integrates, doubling the sample size until the error bar is small enough.
 
   Stops at the first :math:`N` with
@@ -737,7 +831,7 @@ def integrate_to_tolerance(f: Callable, key, *, lower, upper, atol=0.0, rtol=1e-
     max_rep = max_n // replicates
     if max_rep < 1:
       V.fail(fn, "max_n", f"be >= replicates ({replicates})", max_n)
-    chunk = min(_pow2_floor(_block_size(dim, 2 ** 62) // replicates), _pow2_floor(max_rep))
+    chunk = min(_pow2_floor(_block_size(dim, 2**62) // replicates), _pow2_floor(max_rep))
     point_fn = lambda u: _eval(f, lower + width * u, cdtype)
     # One replicate function per round size would recompile; instead run the
     # chunks of each round in a dynamic fori_loop over chunk indices.
@@ -747,14 +841,18 @@ def integrate_to_tolerance(f: Callable, key, *, lower, upper, atol=0.0, rtol=1e-
       def rep(r, st):
         def body(c, s):
           return _merge(s, _block_stats(replicate_chunk(r, c), None))
+
         return lax.fori_loop(lo_chunk, hi_chunk, body, st)
+
       return jax.vmap(rep)(jnp.arange(replicates), stats)
 
     def summary(stats):
       means = stats[1]
       count, mean, m2 = _block_stats(means, None)
-      return (jax.tree.map(lambda m: m * volume, mean),
-              jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2))
+      return (
+        jax.tree.map(lambda m: m * volume, mean),
+        jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2),
+      )
 
     init = jax.vmap(lambda _: _zero_stats(struct))(jnp.arange(replicates))
     stats0 = add_chunks(init, 0, 1)
@@ -790,12 +888,15 @@ def integrate_to_tolerance(f: Callable, key, *, lower, upper, atol=0.0, rtol=1e-
     def add_blocks(stats, lo, hi):
       def body(j, s):
         return _merge(s, _block_stats(unit_fn(jax.random.fold_in(key, j)), None))
+
       return lax.fori_loop(lo, hi, body, stats)
 
     def summary(stats):
       count, mean, m2 = stats
-      return (jax.tree.map(lambda m: m * volume, mean),
-              jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2))
+      return (
+        jax.tree.map(lambda m: m * volume, mean),
+        jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2),
+      )
 
     max_blocks = max(max_n // (upb * per_unit), 1)
 
@@ -811,9 +912,12 @@ def integrate_to_tolerance(f: Callable, key, *, lower, upper, atol=0.0, rtol=1e-
     stats, blocks = lax.while_loop(cond, body, (stats0, jnp.asarray(1, jnp.int32)))
     estimate, stderr = summary(stats)
     total = blocks * upb * per_unit
-  return ToleranceResult(jax.tree.map(lambda e: e.astype(dtype), estimate),
-                         jax.tree.map(lambda s: s.astype(dtype), stderr),
-                         total.astype(jnp.int32), done(estimate, stderr))
+  return ToleranceResult(
+    jax.tree.map(lambda e: e.astype(dtype), estimate),
+    jax.tree.map(lambda s: s.astype(dtype), stderr),
+    total.astype(jnp.int32),
+    done(estimate, stderr),
+  )
 
 
 def _qmc_chunk_fn(method, point_fn, key, dim, chunk, cdtype):

@@ -42,6 +42,7 @@ HALTON_MAX_DIM = 10000
 # Sobol'
 # ----------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=1)
 def _joe_kuo_table():
   path = importlib.resources.files("jaxsoft") / "data" / "sobol_direction_numbers.npz"
@@ -71,7 +72,7 @@ def _direction_numbers(dim: int) -> np.ndarray:
       new = np.where(use, new ^ ((2 << k) * v[rows, max(j - k - 1, 0)]), new)
     init = vinit[1:, j] if j < vinit.shape[1] else 0
     v[1:, j] = np.where(from_table, init, new)
-  v <<= (_BITS - 1 - np.arange(_BITS))
+  v <<= _BITS - 1 - np.arange(_BITS)
   return v.astype(np.uint32)
 
 
@@ -136,10 +137,10 @@ def _to_unit(ints, dtype):
   dtype = jnp.dtype(dtype)
   mantissa = jnp.finfo(dtype).nmant + 1
   if mantissa >= _BITS:
-    return ints.astype(dtype) * dtype.type(2.0 ** -_BITS)
+    return ints.astype(dtype) * dtype.type(2.0**-_BITS)
   # Keep the top bits only: rounding 30-bit integers to a 24-bit float could
   # give exactly 1.0.
-  return (ints >> (_BITS - mantissa)).astype(dtype) * dtype.type(2.0 ** -mantissa)
+  return (ints >> (_BITS - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
 
 
 def _sobol_ints(start, n: int, v, shift, *, aligned: bool):
@@ -223,11 +224,14 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
   """
   n, dim, skip = _check_common("sobol", n, dim, skip, SOBOL_MAX_DIM)
   dtype = _float_dtype("sobol", dtype)
-  if skip + n > 2 ** _BITS:
+  if skip + n > 2**_BITS:
     V.fail("sobol", "skip + n", f"be <= 2**{_BITS}", skip + n)
   if n & (n - 1):
-    warnings.warn("sobol: the balance properties of Sobol' points require n to be a power of 2, "
-                  f"got n={n}", UserWarning, stacklevel=2)
+    warnings.warn(
+      f"sobol: the balance properties of Sobol' points require n to be a power of 2, got n={n}",
+      UserWarning,
+      stacklevel=2,
+    )
   v = jnp.asarray(_direction_numbers(dim))
   if key is None:
     shift = jnp.zeros((dim,), jnp.uint32)
@@ -241,14 +245,15 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
 # Halton
 # ----------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=8)
 def _primes(count: int) -> np.ndarray:
   limit = max(16, int(count * (np.log(count + 2) + np.log(np.log(count + 2)))) + 10)
   sieve = np.ones(limit + 1, bool)
   sieve[:2] = False
-  for p in range(2, int(limit ** 0.5) + 1):
+  for p in range(2, int(limit**0.5) + 1):
     if sieve[p]:
-      sieve[p * p::p] = False
+      sieve[p * p :: p] = False
   return np.flatnonzero(sieve)[:count]
 
 
@@ -287,8 +292,11 @@ def _halton_points(indices, dim: int, digits: int, dtype, scramble=None):
   int_dtype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
   base_i = jnp.asarray(bases, int_dtype)
   q = jnp.broadcast_to(jnp.asarray(indices, int_dtype)[:, None], (indices.shape[0], dim))
-  b2r = jnp.asarray(1.0 / bases.astype(np.float64), dtype) if dtype == jnp.float64 else (
-      dtype.type(1.0) / jnp.asarray(bases, dtype))
+  b2r = (
+    jnp.asarray(1.0 / bases.astype(np.float64), dtype)
+    if dtype == jnp.float64
+    else (dtype.type(1.0) / jnp.asarray(bases, dtype))
+  )
   base_f = jnp.asarray(bases, dtype)
   x = jnp.zeros(q.shape, dtype)
   base_b = jnp.broadcast_to(base_i, q.shape)

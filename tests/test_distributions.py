@@ -23,9 +23,12 @@ CASES = [
 DISCRETE = [
   ("poisson", {"rate": 3.2}, lambda k: ss.poisson(3.2).logpmf(k), [-1, 0, 1, 4, 20]),
   ("bernoulli", {"probs": 0.3}, lambda k: ss.bernoulli(0.3).logpmf(k), [-1, 0, 1, 2]),
-  ("categorical", {"probs": np.array([0.2, 0.5, 0.3])},
-   lambda k: np.where((k >= 0) & (k < 3), np.log(np.array([0.2, 0.5, 0.3])[np.clip(k, 0, 2)]), -np.inf),
-   [-1, 0, 1, 2, 3]),
+  (
+    "categorical",
+    {"probs": np.array([0.2, 0.5, 0.3])},
+    lambda k: np.where((k >= 0) & (k < 3), np.log(np.array([0.2, 0.5, 0.3])[np.clip(k, 0, 2)]), -np.inf),
+    [-1, 0, 1, 2, 3],
+  ),
 ]
 
 
@@ -64,8 +67,9 @@ def test_non_integer_counts_are_out_of_support():
 def test_student_t_stays_accurate_for_large_df_in_float32(df):
   # Naive lgamma((df+1)/2) - lgamma(df/2) loses all digits here in float32.
   x = np.array([-3.0, 0.0, 0.7, 2.5])
-  got = D.student_t.log_prob({"df": jnp.float32(df), "loc": jnp.float32(0.0), "scale": jnp.float32(1.3)},
-                             jnp.asarray(x, jnp.float32))
+  got = D.student_t.log_prob(
+    {"df": jnp.float32(df), "loc": jnp.float32(0.0), "scale": jnp.float32(1.3)}, jnp.asarray(x, jnp.float32)
+  )
   np.testing.assert_allclose(got, ss.t(df, 0.0, 1.3).logpdf(x), rtol=1e-6, atol=1e-6)
 
 
@@ -74,7 +78,8 @@ def test_out_of_support_gives_finite_parameter_gradients(name, p, ref, xs):
   fam = D.FAMILIES[name]
   x = jnp.asarray(xs, jnp.float32)
   g = jax.grad(lambda q: jnp.sum(jnp.where(jnp.isfinite(fam.log_prob(q, x)), fam.log_prob(q, x), 0.0)))(
-    _params(p, jnp.float32))
+    _params(p, jnp.float32)
+  )
   assert all(np.all(np.isfinite(v)) for v in jax.tree_util.tree_leaves(g))
 
 
@@ -90,11 +95,14 @@ def test_log_prob_under_jit_and_vmap():
   p = {"df": jnp.array([2.0, 5.0]), "loc": jnp.array([0.0, 1.0]), "scale": jnp.array([1.0, 2.0])}
   x = jnp.array([[0.5, -1.0], [2.0, 3.0]])
   got = jax.jit(jax.vmap(D.student_t.log_prob))(p, x)
-  want = ss.t.logpdf(np.asarray(x), np.array([[2.0], [5.0]]), np.array([[0.0], [1.0]]), np.array([[1.0], [2.0]]))
+  want = ss.t.logpdf(
+    np.asarray(x), np.array([[2.0], [5.0]]), np.array([[0.0], [1.0]]), np.array([[1.0], [2.0]])
+  )
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 # -- method-of-moments starting points ---------------------------------------
+
 
 def test_normal_init_is_the_closed_form():
   x = np.array([164.95, 165.35, 165.76, 166.16, 167.78, 168.99, 169.80, 170.20, 171.82, 172.63])
@@ -106,7 +114,9 @@ def test_gamma_and_beta_inits_are_moment_matches():
   rng = np.random.default_rng(0)
   x = rng.gamma(3.0, 2.0, size=400)
   p = D.gamma.init(jnp.asarray(x))
-  np.testing.assert_allclose([p["concentration"], p["rate"]], [x.mean() ** 2 / x.var(), x.mean() / x.var()], rtol=1e-5)
+  np.testing.assert_allclose(
+    [p["concentration"], p["rate"]], [x.mean() ** 2 / x.var(), x.mean() / x.var()], rtol=1e-5
+  )
   y = rng.beta(2.0, 5.0, size=400)
   q = D.beta.init(jnp.asarray(y))
   c = y.mean() * (1 - y.mean()) / y.var() - 1
@@ -116,12 +126,20 @@ def test_gamma_and_beta_inits_are_moment_matches():
 @pytest.mark.parametrize("name", list(D.FAMILIES))
 def test_inits_satisfy_constraints(name):
   from jaxsoft.mle import bijection
+
   fam = D.FAMILIES[name]
   rng = np.random.default_rng(1)
-  data = {"normal": rng.normal(size=20), "lognormal": rng.lognormal(size=20), "exponential": rng.exponential(size=20),
-          "gamma": rng.gamma(2.0, size=20), "beta": rng.beta(2, 2, size=20), "poisson": rng.poisson(2.0, size=20),
-          "bernoulli": rng.integers(0, 2, size=20), "categorical": rng.integers(0, 4, size=20),
-          "student_t": rng.standard_t(3, size=20)}[name]
+  data = {
+    "normal": rng.normal(size=20),
+    "lognormal": rng.lognormal(size=20),
+    "exponential": rng.exponential(size=20),
+    "gamma": rng.gamma(2.0, size=20),
+    "beta": rng.beta(2, 2, size=20),
+    "poisson": rng.poisson(2.0, size=20),
+    "bernoulli": rng.integers(0, 2, size=20),
+    "categorical": rng.integers(0, 4, size=20),
+    "student_t": rng.standard_t(3, size=20),
+  }[name]
   p = fam.init(jnp.asarray(data))
   assert set(p) == set(fam.param_names) == set(fam.constraints)
   for k, v in p.items():
@@ -138,12 +156,16 @@ def test_student_t_init_under_vmap():
 @given(st.floats(0.05, 50.0), st.floats(-5, 5), st.floats(0.1, 10.0), st.floats(-30, 30))
 def test_student_t_matches_scipy_property(df, loc, scale, x):
   with jax.enable_x64(True):
-    got = float(D.student_t.log_prob({"df": jnp.float64(df), "loc": jnp.float64(loc), "scale": jnp.float64(scale)},
-                                     jnp.float64(x)))
+    got = float(
+      D.student_t.log_prob(
+        {"df": jnp.float64(df), "loc": jnp.float64(loc), "scale": jnp.float64(scale)}, jnp.float64(x)
+      )
+    )
   assert got == pytest.approx(ss.t(df, loc, scale).logpdf(x), rel=1e-10, abs=1e-10)
 
 
 # -- errors -------------------------------------------------------------------
+
 
 def test_get_resolves_names_and_rejects_unknown():
   assert D.get("normal") is D.normal and D.get(D.gamma) is D.gamma

@@ -1,4 +1,5 @@
 """Smoke tests of the experiments and their run system (tiny configs, seconds each)."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from experiments.__main__ import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "environment.json", "timing.json"}
-TINY_CLASSIFIER = ["--steps", "60", "--log_every", "20", "--checkpoint_every", "40",
-                   "--hidden", "16", "--batch_size", "64"]
+TINY_CLASSIFIER = [
+  "--steps",
+  "60",
+  "--log_every",
+  "20",
+  "--checkpoint_every",
+  "40",
+  "--hidden",
+  "16",
+  "--batch_size",
+  "64",
+]
 
 
 def _only_run_dir(root, name):
@@ -54,6 +65,7 @@ def _subprocess_env(**extra):
 
 # -- experiments ------------------------------------------------------------------
 
+
 def test_list_names_every_experiment(capsys):
   assert main(["list"]) == 0
   out = capsys.readouterr().out
@@ -76,8 +88,7 @@ def test_classifier(tmp_path):
     assert 0.5 < s[f"{m}.test_accuracy"] <= 1.0
     assert s[f"{m}.test_nll"] > 0
     # CE is the mean negative log-likelihood of the labels.
-    assert s[f"{m}.test_log_likelihood"] == pytest.approx(-s["n_test"] * s[f"{m}.test_nll"],
-                                                          rel=1e-4)
+    assert s[f"{m}.test_log_likelihood"] == pytest.approx(-s["n_test"] * s[f"{m}.test_nll"], rel=1e-4)
     assert 0.0 <= s[f"{m}.test_ece"] <= 1.0
     assert f"{m}.train_nll" in s
   assert s["n_train"] + s["n_val"] + s["n_test"] == 1797
@@ -85,17 +96,46 @@ def test_classifier(tmp_path):
 
 
 def test_attention_toy_dense_equals_chunked(tmp_path):
-  _, s = _run(tmp_path, "attention_toy", "--steps", "40", "--log_every", "20",
-              "--checkpoint_every", "20", "--d_model", "16", "--num_heads", "2",
-              "--test_size", "64", "--batch_size", "32", "--warmup_steps", "10",
-              "--compare_implementations")
+  _, s = _run(
+    tmp_path,
+    "attention_toy",
+    "--steps",
+    "40",
+    "--log_every",
+    "20",
+    "--checkpoint_every",
+    "20",
+    "--d_model",
+    "16",
+    "--num_heads",
+    "2",
+    "--test_size",
+    "64",
+    "--batch_size",
+    "32",
+    "--warmup_steps",
+    "10",
+    "--compare_implementations",
+  )
   assert 0.0 <= s["test_accuracy"] <= 1.0
   assert s["implementations_max_rel_diff"] < 1e-4
 
 
 def test_monte_carlo(tmp_path):
-  _, s = _run(tmp_path, "monte_carlo", "--log2_n_min", "6", "--log2_n_max", "10",
-              "--keys", "4", "--coverage_trials", "40", "--integrands", "gaussian")
+  _, s = _run(
+    tmp_path,
+    "monte_carlo",
+    "--log2_n_min",
+    "6",
+    "--log2_n_max",
+    "10",
+    "--keys",
+    "4",
+    "--coverage_trials",
+    "40",
+    "--integrands",
+    "gaussian",
+  )
   for m in ("mc", "antithetic", "sobol", "halton"):
     assert f"gaussian.{m}.slope" in s and 0.0 <= s[f"coverage.{m}"] <= 1.0
   assert -0.9 < s["gaussian.mc.slope"] < -0.2
@@ -109,8 +149,18 @@ def test_mle_heights(tmp_path):
 
 
 def test_vocab_softmax(tmp_path):
-  _, s = _run(tmp_path, "vocab_softmax", "--steps", "20", "--batch_size", "64",
-              "--eval_tokens", "2000", "--num_samples", "64")
+  _, s = _run(
+    tmp_path,
+    "vocab_softmax",
+    "--steps",
+    "20",
+    "--batch_size",
+    "64",
+    "--eval_tokens",
+    "2000",
+    "--num_samples",
+    "64",
+  )
   assert s["corpus.vocab"] > 1000 and s["corpus.train_tokens"] > 100_000
   # Full and chunked linear cross-entropy train the same model to float32 rounding.
   assert s["full_vs_linear_relative_difference"] < 1e-5
@@ -119,6 +169,7 @@ def test_vocab_softmax(tmp_path):
 
 
 # -- rerun and resume -------------------------------------------------------------
+
 
 def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
   run_dir, _ = _run(tmp_path, "classifier", *TINY_CLASSIFIER)
@@ -137,13 +188,26 @@ def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-  args = ["--steps", "3000", "--log_every", "10", "--checkpoint_every", "50", "--hidden", "16",
-          "--batch_size", "64"]
+  args = [
+    "--steps",
+    "3000",
+    "--log_every",
+    "10",
+    "--checkpoint_every",
+    "50",
+    "--hidden",
+    "16",
+    "--batch_size",
+    "64",
+  ]
   killed_root = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-m", "experiments", "run", "classifier",
-                           "--runs-dir", str(killed_root), *args],
-                          cwd=ROOT, env=_subprocess_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "experiments", "run", "classifier", "--runs-dir", str(killed_root), *args],
+    cwd=ROOT,
+    env=_subprocess_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   deadline = time.time() + 120
   ckpt = None
   while time.time() < deadline and proc.poll() is None:
@@ -171,18 +235,24 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
 def test_data_parallel_four_devices_matches_one(tmp_path):
   code = (
-      "import json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
-      "import jax; assert jax.device_count() == 4, jax.devices()\n"
-      "from experiments import classifier, _runs\n"
-      "out = {}\n"
-      "for d in (1, 4):\n"
-      "  cfg = classifier.Config(steps=60, log_every=20, checkpoint_every=40, hidden=16,\n"
-      "                          batch_size=64, devices=d)\n"
-      "  out[d] = _runs.execute(classifier, cfg, pathlib.Path(tempfile.mkdtemp()), quiet=True)\n"
-      "print(json.dumps(out))\n")
-  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                     env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-                     timeout=300)
+    "import json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
+    "import jax; assert jax.device_count() == 4, jax.devices()\n"
+    "from experiments import classifier, _runs\n"
+    "out = {}\n"
+    "for d in (1, 4):\n"
+    "  cfg = classifier.Config(steps=60, log_every=20, checkpoint_every=40, hidden=16,\n"
+    "                          batch_size=64, devices=d)\n"
+    "  out[d] = _runs.execute(classifier, cfg, pathlib.Path(tempfile.mkdtemp()), quiet=True)\n"
+    "print(json.dumps(out))\n"
+  )
+  r = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr
   out = json.loads(r.stdout.strip().splitlines()[-1])
   one, four = out["1"], out["4"]
@@ -197,25 +267,33 @@ def test_data_parallel_four_devices_matches_one(tmp_path):
 
 # -- CLI and config errors --------------------------------------------------------
 
-@pytest.mark.parametrize("args, expected", [
+
+@pytest.mark.parametrize(
+  "args, expected",
+  [
     (["--hiden", "3"], "--hiden.*did you mean '--hidden'"),
     (["--steps", "ten"], "--steps.*invalid int value"),
     (["--learning_rate"], "--learning_rate.*expected one argument"),
-])
+  ],
+)
 def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
   assert main(["run", "classifier", "--runs-dir", str(tmp_path), *args]) == 2
   import re
+
   assert re.search(expected, capsys.readouterr().err)
   assert not (tmp_path / "classifier").exists()  # nothing is created for a bad config
 
 
-@pytest.mark.parametrize("content, expected", [
+@pytest.mark.parametrize(
+  "content, expected",
+  [
     ({"hiden": 3}, "unknown config field 'hiden'; did you mean 'hidden'"),
     ({"steps": "10"}, "field 'steps' must be int"),
     ({"steps": 1.5}, "field 'steps' must be int"),
     ({"devices": True}, "field 'devices' must be int"),
     ({"experiment": "lecture", "config": {}}, "config of experiment 'lecture'"),
-])
+  ],
+)
 def test_bad_config_file_names_the_field(tmp_path, capsys, content, expected):
   path = tmp_path / "c.json"
   path.write_text(json.dumps(content))
@@ -226,6 +304,7 @@ def test_bad_config_file_names_the_field(tmp_path, capsys, content, expected):
 def test_config_file_then_command_line_override():
   module = load("classifier")
   import tempfile
+
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump({"hidden": 7, "steps": 40, "learning_rate": 1}, f)
   config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "80"])
@@ -237,6 +316,7 @@ def test_config_file_then_command_line_override():
 
 def test_help_lists_every_field_with_its_default():
   import dataclasses
+
   for name in REGISTRY:
     module = load(name)
     text = " ".join(_runs.build_parser(module).format_help().split())

@@ -9,7 +9,6 @@ examples is 0 (PyTorch: NaN), and 0 * log 0 = 0 for probability targets.
 
 from __future__ import annotations
 
-
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
@@ -22,8 +21,8 @@ from scipy import special
 
 from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
 
-
 # --- float64 NumPy references ------------------------------------------------
+
 
 def np_log_softmax(x, axis=-1):
   x = np.asarray(x, np.float64)
@@ -36,8 +35,17 @@ def _safe_div(a, b):
   return 0.0 if b == 0 else a / b
 
 
-def np_nll_loss(log_probs, target, *, axis=-1, weight=None, ignore_index=None,
-                label_smoothing=0.0, where=None, reduction="mean"):
+def np_nll_loss(
+  log_probs,
+  target,
+  *,
+  axis=-1,
+  weight=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  where=None,
+  reduction="mean",
+):
   """PyTorch nll_loss / cross_entropy semantics on given log-probabilities."""
   lp = np.moveaxis(np.asarray(log_probs, np.float64), axis, -1)
   C = lp.shape[-1]
@@ -103,8 +111,9 @@ def test_lecture_example():
   np.testing.assert_allclose(cross_entropy(LECTURE, jnp.array([1])), 0.6641, atol=5e-5)
   np.testing.assert_allclose(cross_entropy(LECTURE, jnp.array([[0.0, 1.0, 0.0]])), 0.6641, atol=5e-5)
   np.testing.assert_allclose(cross_entropy(LECTURE[0], jnp.array(1)), 0.6641, atol=5e-5)
-  np.testing.assert_allclose(nll_loss(jnp.log(jnp.array([[0.3813, 0.5147, 0.1039]])), jnp.array([1])),
-                             0.6641, atol=1e-4)
+  np.testing.assert_allclose(
+    nll_loss(jnp.log(jnp.array([[0.3813, 0.5147, 0.1039]])), jnp.array([1])), 0.6641, atol=1e-4
+  )
 
 
 def test_lecture_cross_entropy_of_distributions():
@@ -146,22 +155,31 @@ def test_label_smoothing_by_hand():
   np.testing.assert_allclose(cross_entropy(x, jnp.array([1]), label_smoothing=eps), want, rtol=1e-6)
   np.testing.assert_allclose(cross_entropy(x, jnp.array([[0.0, 1.0]]), label_smoothing=eps), want, rtol=1e-6)
   # label_smoothing = 1: the target is uniform whatever the label.
-  np.testing.assert_allclose(cross_entropy(x, jnp.array([0]), label_smoothing=1.0),
-                             cross_entropy(x, jnp.array([1]), label_smoothing=1.0), rtol=1e-6)
+  np.testing.assert_allclose(
+    cross_entropy(x, jnp.array([0]), label_smoothing=1.0),
+    cross_entropy(x, jnp.array([1]), label_smoothing=1.0),
+    rtol=1e-6,
+  )
 
 
 def test_entropy_and_kl_values():
   np.testing.assert_allclose(entropy(jnp.array([0.5, 0.5, 0.0])), np.log(2), rtol=1e-6)
   np.testing.assert_allclose(entropy(jnp.array([1.0, 0.0])), 0.0)
   np.testing.assert_allclose(entropy(jnp.full(4, 0.25)), np.log(4), rtol=1e-6)
-  np.testing.assert_allclose(kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])),
-                             0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1), rtol=1e-6)
-  np.testing.assert_allclose(kl_divergence(jnp.array([0.0, 1.0]), jnp.array([0.5, 0.5])), np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(
+    kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])),
+    0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1),
+    rtol=1e-6,
+  )
+  np.testing.assert_allclose(
+    kl_divergence(jnp.array([0.0, 1.0]), jnp.array([0.5, 0.5])), np.log(2), rtol=1e-6
+  )
   assert kl_divergence(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0])) == np.inf
   np.testing.assert_allclose(kl_divergence(jnp.array([0.3, 0.7]), jnp.array([0.3, 0.7])), 0.0, atol=1e-7)
 
 
 # --- options against the PyTorch-semantics reference -------------------------
+
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
@@ -177,10 +195,13 @@ def test_integer_labels_match_reference(weighted, ignore_index, label_smoothing,
     w = rng.random(4) + 0.1 if weighted else None
     kw = dict(weight=w, ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction)
     want = np_cross_entropy(x, y, **kw)
-    np.testing.assert_allclose(cross_entropy(jnp.asarray(x), jnp.asarray(y), **kw), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+      cross_entropy(jnp.asarray(x), jnp.asarray(y), **kw), want, rtol=1e-12, atol=1e-14
+    )
     lp = np_log_softmax(x)
-    np.testing.assert_allclose(nll_loss(jnp.asarray(lp), jnp.asarray(y), **kw), np_nll_loss(lp, y, **kw),
-                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+      nll_loss(jnp.asarray(lp), jnp.asarray(y), **kw), np_nll_loss(lp, y, **kw), rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -194,16 +215,23 @@ def test_probability_labels_match_reference(weighted, label_smoothing, reduction
     q[0] = [0, 0, 1, 0, 0]
     w = rng.random(5) + 0.1 if weighted else None
     kw = dict(weight=w, label_smoothing=label_smoothing, reduction=reduction)
-    np.testing.assert_allclose(cross_entropy(jnp.asarray(x), jnp.asarray(q), **kw),
-                               np_cross_entropy(x, q, **kw), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+      cross_entropy(jnp.asarray(x), jnp.asarray(q), **kw),
+      np_cross_entropy(x, q, **kw),
+      rtol=1e-12,
+      atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("probs", [False, True])
 def test_class_axis_not_last(probs):
   # PyTorch layout (N, C, d): classes on axis 1.
   x = rand((3, 4, 5), seed=22)
-  y = rand_probs((3, 5, 4), seed=23).transpose(0, 2, 1) if probs else \
-      np.random.default_rng(24).integers(0, 4, size=(3, 5))
+  y = (
+    rand_probs((3, 5, 4), seed=23).transpose(0, 2, 1)
+    if probs
+    else np.random.default_rng(24).integers(0, 4, size=(3, 5))
+  )
   w = np.array([0.5, 1.0, 2.0, 1.5], np.float32)
   for reduction in ("mean", "none"):
     kw = dict(weight=w, label_smoothing=0.1, reduction=reduction)
@@ -227,6 +255,7 @@ def test_where_matches_reference(probs):
 
 
 # --- ignored / masked examples and empty means -------------------------------
+
 
 def _junk_logits():
   x = rand((4, 3), seed=29)
@@ -310,6 +339,7 @@ def test_mean_over_zero_examples_is_zero(case):
 
 # --- out-of-range labels ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("fn", [cross_entropy, nll_loss])
 @pytest.mark.parametrize("bad", [3, -1, 100])
 def test_out_of_range_labels_raise_when_concrete(fn, bad):
@@ -317,8 +347,9 @@ def test_out_of_range_labels_raise_when_concrete(fn, bad):
   with pytest.raises(ValueError, match="labels"):
     fn(x, jnp.array([0, bad]))
   # ignore_index itself may be out of range.
-  np.testing.assert_allclose(fn(x, jnp.array([0, bad]), ignore_index=bad),
-                             np.log(3) if fn is cross_entropy else 0.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    fn(x, jnp.array([0, bad]), ignore_index=bad), np.log(3) if fn is cross_entropy else 0.0, rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("fn", [cross_entropy, nll_loss])
@@ -340,7 +371,9 @@ def test_out_of_range_labels_under_jit_give_nan():
   f = jax.jit(cross_entropy, static_argnames=("reduction", "ignore_index"))
   per = f(x, jnp.array([0, 4, 2]), reduction="none")
   assert np.isnan(per[1])
-  assert_close(np.asarray(per)[[0, 2]], np_cross_entropy(np.asarray(x)[[0, 2]], np.array([0, 2]), reduction="none"))
+  assert_close(
+    np.asarray(per)[[0, 2]], np_cross_entropy(np.asarray(x)[[0, 2]], np.array([0, 2]), reduction="none")
+  )
   assert np.isnan(f(x, jnp.array([0, -3, 2])))
   # The ignore_index value stays allowed under jit.
   assert not np.isnan(f(x, jnp.array([0, -100, 2]), ignore_index=-100))
@@ -350,6 +383,7 @@ def test_out_of_range_labels_under_jit_give_nan():
 
 
 # --- entropy and KL -------------------------------------------------------------
+
 
 def test_entropy_kl_match_reference_and_axes():
   p = rand_probs((3, 4, 5), seed=34)
@@ -363,8 +397,10 @@ def test_entropy_kl_match_reference_and_axes():
     want = special.rel_entr(pp.astype(np.float64), qq).sum(axis)
     assert_close(kl_divergence(pp, qq, axis=axis), want)
   # Cross-entropy decomposes: H(p, q) = H(p) + KL(p || q).
-  assert_close(cross_entropy(np.log(q), p, reduction="none"),
-               np.asarray(entropy(p), np.float64) + np.asarray(kl_divergence(p, q), np.float64))
+  assert_close(
+    cross_entropy(np.log(q), p, reduction="none"),
+    np.asarray(entropy(p), np.float64) + np.asarray(kl_divergence(p, q), np.float64),
+  )
 
 
 def test_entropy_kl_dtypes_and_grads():
@@ -374,8 +410,9 @@ def test_entropy_kl_dtypes_and_grads():
     p = np.random.default_rng(37).dirichlet(np.ones(4), size=2)
     q = np.random.default_rng(38).dirichlet(np.ones(4), size=2)
     assert entropy(jnp.asarray(p)).dtype == jnp.float64
-    np.testing.assert_allclose(kl_divergence(jnp.asarray(p), jnp.asarray(q)),
-                               np.sum(p * np.log(p / q), -1), rtol=1e-13)
+    np.testing.assert_allclose(
+      kl_divergence(jnp.asarray(p), jnp.asarray(q)), np.sum(p * np.log(p / q), -1), rtol=1e-13
+    )
   # d KL / d q = -p / q: zero where p is 0.
   g = jax.grad(lambda q: kl_divergence(jnp.array([0.0, 1.0]), q))(jnp.array([0.5, 0.5]))
   np.testing.assert_allclose(g, [0.0, -2.0])
@@ -389,11 +426,17 @@ def test_entropy_kl_check_grads():
   with jax.enable_x64(True):
     p = np.random.default_rng(37).dirichlet(np.ones(4), size=2)
     q = np.random.default_rng(38).dirichlet(np.ones(4), size=2)
-    check_grads(lambda p, q: kl_divergence(p, q) + entropy(p), (jnp.asarray(p), jnp.asarray(q)),
-                order=2, modes=("fwd", "rev"), eps=1e-6)
+    check_grads(
+      lambda p, q: kl_divergence(p, q) + entropy(p),
+      (jnp.asarray(p), jnp.asarray(q)),
+      order=2,
+      modes=("fwd", "rev"),
+      eps=1e-6,
+    )
 
 
 # --- dtypes -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("probs", [False, True])
 def test_bfloat16_in_bfloat16_out(probs):
@@ -404,8 +447,12 @@ def test_bfloat16_in_bfloat16_out(probs):
   for reduction in ("mean", "none"):
     out = cross_entropy(x, yb, reduction=reduction, label_smoothing=0.1)
     assert out.dtype == jnp.bfloat16
-    want = np_cross_entropy(np.asarray(x.astype(jnp.float32)), np.asarray(jnp.asarray(yb).astype(jnp.float32))
-                            if probs else y, reduction=reduction, label_smoothing=0.1)
+    want = np_cross_entropy(
+      np.asarray(x.astype(jnp.float32)),
+      np.asarray(jnp.asarray(yb).astype(jnp.float32)) if probs else y,
+      reduction=reduction,
+      label_smoothing=0.1,
+    )
     np.testing.assert_allclose(np.asarray(out.astype(jnp.float32)), want, rtol=2**-7)
   out = nll_loss(jax.nn.log_softmax(x), yb)
   assert out.dtype == jnp.bfloat16
@@ -423,6 +470,7 @@ def test_float64_under_x64():
 
 
 # --- gradients and transforms --------------------------------------------------
+
 
 def test_gradient_closed_form():
   # d mean CE / d logits = (softmax - onehot(y)) / N.
@@ -442,8 +490,9 @@ def test_check_grads(probs):
   y = jnp.asarray(rand_probs((3, 4), seed=48)) if probs else jnp.array([0, 3, 1])
   w = jnp.array([0.5, 1.0, 2.0, 1.5])
   # One check for both functions: each check_grads(order=2) costs seconds.
-  f = lambda x: (cross_entropy(x, y, weight=w, label_smoothing=0.2)
-                 + nll_loss(x, y, weight=w, reduction="none"))
+  f = lambda x: (
+    cross_entropy(x, y, weight=w, label_smoothing=0.2) + nll_loss(x, y, weight=w, reduction="none")
+  )
   check_grads(f, (x,), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
 
 
@@ -488,11 +537,16 @@ def test_property_one_hot_equals_integer_label(x, y, w, eps):
   onehot = np.eye(5, dtype=np.float32)[y]
   for reduction in ("none", "sum"):
     kw = dict(weight=w, label_smoothing=eps, reduction=reduction)
-    assert_close(cross_entropy(x, onehot, **kw), np.asarray(cross_entropy(x, y, **kw), np.float64),
-                 rtol=1e-5, atol=1e-5)
+    assert_close(
+      cross_entropy(x, onehot, **kw), np.asarray(cross_entropy(x, y, **kw), np.float64), rtol=1e-5, atol=1e-5
+    )
   # Unweighted, the means agree too (both divide by N).
-  assert_close(cross_entropy(x, onehot, label_smoothing=eps),
-               float(cross_entropy(x, y, label_smoothing=eps)), rtol=1e-5, atol=1e-5)
+  assert_close(
+    cross_entropy(x, onehot, label_smoothing=eps),
+    float(cross_entropy(x, y, label_smoothing=eps)),
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 @given(logits_st, labels_st, weights_st, st.sampled_from(["mean", "sum", "none"]))
@@ -503,6 +557,7 @@ def test_property_cross_entropy_is_nll_of_log_softmax(x, y, w, reduction):
 
 
 # --- errors -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fn,name", [(cross_entropy, "logits"), (nll_loss, "log_probs")])
 def test_errors(fn, name):

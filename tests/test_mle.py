@@ -24,6 +24,7 @@ def normal_lp(p, x):
 
 # -- closed forms ---------------------------------------------------------------
 
+
 def test_lecture_heights_float32_from_a_poor_start():
   x = jnp.asarray(HEIGHTS, jnp.float32)
   r = mle.fit(normal_lp, {"loc": jnp.float32(160.0), "scale": jnp.float32(5.0)}, x, constraints=NORMAL_C)
@@ -49,10 +50,19 @@ def test_lecture_heights_fit_distribution():
 
 def test_float64_fit_is_precise():
   with jax.enable_x64(True):
-    r = mle.fit(normal_lp, {"loc": 160.0, "scale": 5.0}, jnp.asarray(HEIGHTS), constraints=NORMAL_C,
-                rtol=1e-12, atol=1e-14, gtol=1e-10)
+    r = mle.fit(
+      normal_lp,
+      {"loc": 160.0, "scale": 5.0},
+      jnp.asarray(HEIGHTS),
+      constraints=NORMAL_C,
+      rtol=1e-12,
+      atol=1e-14,
+      gtol=1e-10,
+    )
     assert r.params["loc"].dtype == jnp.float64
-  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-10)
+  np.testing.assert_allclose(
+    [r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-10
+  )
 
 
 RNG = np.random.default_rng(0)
@@ -92,7 +102,9 @@ def test_categorical_closed_form_and_multinomial_covariance():
   assert bool(r.converged) and int(r.n_params) == 3
   np.testing.assert_allclose(r.params["probs"], freq, rtol=1e-5)
   # Multinomial: Cov = (diag(p) - p p^T) / n, rank K-1.
-  np.testing.assert_allclose(r.covariance, (np.diag(freq) - np.outer(freq, freq)) / len(CATS), rtol=2e-3, atol=1e-7)
+  np.testing.assert_allclose(
+    r.covariance, (np.diag(freq) - np.outer(freq, freq)) / len(CATS), rtol=2e-3, atol=1e-7
+  )
 
 
 def test_categorical_with_an_empty_class_converges_to_the_boundary():
@@ -129,9 +141,12 @@ def test_student_t_against_scipy_fit_all_free():
   r = mle.fit_distribution("student_t", jnp.asarray(x, jnp.float32))
   ref = ss.t.fit(x)
   # A float64 optimum independent of both, to check SciPy itself converged here.
-  best = scipy.optimize.minimize(lambda q: _scipy_nll(ss.t, x, (np.exp(q[0]), q[1], np.exp(q[2]))),
-                                 [np.log(ref[0]), ref[1], np.log(ref[2])], method="Nelder-Mead",
-                                 options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000}).x
+  best = scipy.optimize.minimize(
+    lambda q: _scipy_nll(ss.t, x, (np.exp(q[0]), q[1], np.exp(q[2]))),
+    [np.log(ref[0]), ref[1], np.log(ref[2])],
+    method="Nelder-Mead",
+    options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 5000},
+  ).x
   assert bool(r.converged)
   ours = tuple(float(r.params[k]) for k in ("df", "loc", "scale"))
   assert -_scipy_nll(ss.t, x, ours) >= -_scipy_nll(ss.t, x, ref) * (1 + 1e-6)
@@ -142,10 +157,13 @@ def test_student_t_against_scipy_fit_all_free():
 def test_lognormal_closed_form():
   x = np.random.default_rng(4).lognormal(0.5, 0.8, size=100)
   r = mle.fit_distribution("lognormal", jnp.asarray(x, jnp.float32))
-  np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [np.log(x).mean(), np.log(x).std()], rtol=1e-4)
+  np.testing.assert_allclose(
+    [r.params["loc"], r.params["scale"]], [np.log(x).mean(), np.log(x).std()], rtol=1e-4
+  )
 
 
 # -- standard errors, intervals, criteria ------------------------------------
+
 
 def test_coverage_of_95_percent_intervals_for_the_normal_mean():
   n_sets, n = 600, 50
@@ -162,7 +180,12 @@ def test_delta_method_matches_an_unconstrained_fit():
   # through exp() and mapping back by the delta method.
   x = jnp.asarray(HEIGHTS - 168.0, jnp.float32)
   a = mle.fit(normal_lp, {"loc": jnp.float32(0.0), "scale": jnp.float32(2.0)}, x, constraints=NORMAL_C)
-  b = mle.fit(normal_lp, {"loc": jnp.float32(0.0), "scale": jnp.float32(2.0)}, x, constraints={"loc": "real", "scale": "real"})
+  b = mle.fit(
+    normal_lp,
+    {"loc": jnp.float32(0.0), "scale": jnp.float32(2.0)},
+    x,
+    constraints={"loc": "real", "scale": "real"},
+  )
   np.testing.assert_allclose(a.stderr["scale"], b.stderr["scale"], rtol=1e-4)
   np.testing.assert_allclose(a.stderr["loc"], b.stderr["loc"], rtol=1e-4)
 
@@ -183,8 +206,9 @@ def test_aic_bic_and_intervals_formulas():
   np.testing.assert_allclose(mle.bic(r, 10), 2 * np.log(10) + 2 * nll, rtol=1e-6)
   ci = mle.confidence_intervals(r, level=0.9)
   se = HEIGHTS.std() / np.sqrt(10)
-  np.testing.assert_allclose([ci.lower["loc"], ci.upper["loc"]],
-                             HEIGHTS.mean() + np.array([-1, 1]) * ss.norm.ppf(0.95) * se, rtol=1e-5)
+  np.testing.assert_allclose(
+    [ci.lower["loc"], ci.upper["loc"]], HEIGHTS.mean() + np.array([-1, 1]) * ss.norm.ppf(0.95) * se, rtol=1e-5
+  )
 
 
 def test_docstring_numbers():
@@ -204,22 +228,31 @@ def test_docstring_numbers():
 
 # -- convergence reporting ------------------------------------------------------
 
+
 def test_not_converged_when_max_steps_too_small():
   x = jnp.asarray(HEIGHTS, jnp.float32)
-  r = mle.fit(normal_lp, {"loc": jnp.float32(150.0), "scale": jnp.float32(20.0)}, x, constraints=NORMAL_C,
-              max_steps=2)
+  r = mle.fit(
+    normal_lp, {"loc": jnp.float32(150.0), "scale": jnp.float32(20.0)}, x, constraints=NORMAL_C, max_steps=2
+  )
   assert not bool(r.converged) and int(r.steps) == 2 and int(r.criterion) == 0
 
 
 def test_any_optax_optimizer_works():
   x = jnp.asarray(HEIGHTS, jnp.float32)
-  r = mle.fit(normal_lp, {"loc": jnp.float32(165.0), "scale": jnp.float32(3.0)}, x, constraints=NORMAL_C,
-              optimizer=optax.adam(0.05), max_steps=3000)
+  r = mle.fit(
+    normal_lp,
+    {"loc": jnp.float32(165.0), "scale": jnp.float32(3.0)},
+    x,
+    constraints=NORMAL_C,
+    optimizer=optax.adam(0.05),
+    max_steps=3000,
+  )
   assert bool(r.converged)
   np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-3)
 
 
 # -- user-written likelihoods -----------------------------------------------------
+
 
 def test_user_linear_regression_with_pytree_data():
   rng = np.random.default_rng(6)
@@ -230,9 +263,12 @@ def test_user_linear_regression_with_pytree_data():
     xi, yi = obs
     return norm.logpdf(yi, xi @ p["w"] + p["b"], p["sigma"])
 
-  r = mle.fit(lp, {"w": jnp.zeros(3), "b": jnp.float32(0.0), "sigma": jnp.float32(1.0)},
-              (jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)),
-              constraints={"w": "real", "b": None, "sigma": "positive"})
+  r = mle.fit(
+    lp,
+    {"w": jnp.zeros(3), "b": jnp.float32(0.0), "sigma": jnp.float32(1.0)},
+    (jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)),
+    constraints={"w": "real", "b": None, "sigma": "positive"},
+  )
   A = np.column_stack([X, np.ones(80)])
   coef, *_ = np.linalg.lstsq(A, y, rcond=None)
   resid = y - A @ coef
@@ -252,7 +288,9 @@ def test_user_mixture_with_simplex_weights():
     return jax.scipy.special.logsumexp(jnp.log(p["w"]) + norm.logpdf(xi, p["mu"], p["sigma"]))
 
   p0 = {"w": jnp.array([0.5, 0.5]), "mu": jnp.array([-1.0, 1.0]), "sigma": jnp.array([1.0, 1.0])}
-  r = mle.fit(lp, p0, jnp.asarray(x, jnp.float32), constraints={"w": "simplex", "mu": "real", "sigma": "positive"})
+  r = mle.fit(
+    lp, p0, jnp.asarray(x, jnp.float32), constraints={"w": "simplex", "mu": "real", "sigma": "positive"}
+  )
 
   def nll(q):
     w = np.array([1 / (1 + np.exp(-q[0])), 1 - 1 / (1 + np.exp(-q[0]))])
@@ -277,6 +315,7 @@ def test_weights_equal_repeated_observations():
 
 
 # -- transforms -------------------------------------------------------------------
+
 
 def test_jit_with_a_closure_and_vmap_over_data_and_starts():
   fit = jax.jit(lambda p, d: mle.fit(normal_lp, p, d, constraints=NORMAL_C))
@@ -336,21 +375,28 @@ def test_simplex_round_trip(u):
 P0 = {"loc": jnp.float32(0.0), "scale": jnp.float32(1.0)}
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-  (dict(data=jnp.zeros((0,), jnp.float32)), ValueError, "data.*at least one observation"),
-  (dict(data=jnp.asarray([1.0, np.nan], jnp.float32)), ValueError, "data.*NaN"),
-  (dict(params={"loc": jnp.float32(0.0), "scale": jnp.float32(-1.0)}), ValueError, "params.*constraints.*scale"),
-  (dict(constraints={"loc": "real"}), ValueError, "constraints.*match"),
-  (dict(constraints={"loc": "real", "scale": "postive"}), ValueError, "constraints.*'postive'"),
-  (dict(constraints={"loc": "real", "scale": "interval:3,1"}), ValueError, "constraints"),
-  (dict(constraints={"loc": "real", "scale": 3}), TypeError, "constraints"),
-  (dict(weights=jnp.ones(3)), ValueError, "weights.*shape"),
-  (dict(weights=-jnp.ones(2)), ValueError, "weights"),
-  (dict(params={"loc": 0, "scale": 1}), TypeError, "params.*floating"),
-  (dict(max_steps=1.5), TypeError, "max_steps"),
-  (dict(gtol=-1.0), ValueError, "gtol"),
-  (dict(data=jnp.float32(1.0)), ValueError, "data.*rank"),
-])
+@pytest.mark.parametrize(
+  "kwargs,exc,match",
+  [
+    (dict(data=jnp.zeros((0,), jnp.float32)), ValueError, "data.*at least one observation"),
+    (dict(data=jnp.asarray([1.0, np.nan], jnp.float32)), ValueError, "data.*NaN"),
+    (
+      dict(params={"loc": jnp.float32(0.0), "scale": jnp.float32(-1.0)}),
+      ValueError,
+      "params.*constraints.*scale",
+    ),
+    (dict(constraints={"loc": "real"}), ValueError, "constraints.*match"),
+    (dict(constraints={"loc": "real", "scale": "postive"}), ValueError, "constraints.*'postive'"),
+    (dict(constraints={"loc": "real", "scale": "interval:3,1"}), ValueError, "constraints"),
+    (dict(constraints={"loc": "real", "scale": 3}), TypeError, "constraints"),
+    (dict(weights=jnp.ones(3)), ValueError, "weights.*shape"),
+    (dict(weights=-jnp.ones(2)), ValueError, "weights"),
+    (dict(params={"loc": 0, "scale": 1}), TypeError, "params.*floating"),
+    (dict(max_steps=1.5), TypeError, "max_steps"),
+    (dict(gtol=-1.0), ValueError, "gtol"),
+    (dict(data=jnp.float32(1.0)), ValueError, "data.*rank"),
+  ],
+)
 def test_bad_input_raises(kwargs, exc, match):
   args = dict(params=P0, data=jnp.asarray([1.0, 2.0], jnp.float32), constraints=NORMAL_C)
   args.update(kwargs)

@@ -14,8 +14,16 @@ from hypothesis import strategies as st
 from jax.scipy.stats import norm
 from scipy import special
 
-from jaxsoft.montecarlo import (ISResult, MCResult, ToleranceResult, confidence_interval, expectation,
-                                importance_sampling, integrate, integrate_to_tolerance)
+from jaxsoft.montecarlo import (
+  ISResult,
+  MCResult,
+  ToleranceResult,
+  confidence_interval,
+  expectation,
+  importance_sampling,
+  integrate,
+  integrate_to_tolerance,
+)
 
 METHODS = ["mc", "antithetic", "stratified", "sobol", "halton"]
 
@@ -29,32 +37,34 @@ W = np.array([0.3, 0.6, 0.45])
 def genz(x):
   c, w = jnp.asarray(C, x.dtype), jnp.asarray(W, x.dtype)
   return {
-      "oscillatory": jnp.cos(2 * jnp.pi * w[0] + jnp.sum(c * x)),
-      "product_peak": jnp.prod(1.0 / (c ** -2 + (x - w) ** 2)),
-      "gaussian": jnp.exp(-jnp.sum(c ** 2 * (x - w) ** 2)),
-      "continuous": jnp.exp(-jnp.sum(c * jnp.abs(x - w))),
+    "oscillatory": jnp.cos(2 * jnp.pi * w[0] + jnp.sum(c * x)),
+    "product_peak": jnp.prod(1.0 / (c**-2 + (x - w) ** 2)),
+    "gaussian": jnp.exp(-jnp.sum(c**2 * (x - w) ** 2)),
+    "continuous": jnp.exp(-jnp.sum(c * jnp.abs(x - w))),
   }
 
 
 GENZ_EXACT = {
-    "oscillatory": float(np.real(np.exp(2j * np.pi * W[0]) * np.prod((np.exp(1j * C) - 1) / (1j * C)))),
-    "product_peak": float(np.prod(C * (np.arctan(C * (1 - W)) + np.arctan(C * W)))),
-    "gaussian": float(np.prod(np.sqrt(np.pi) / (2 * C) * (special.erf(C * (1 - W)) + special.erf(C * W)))),
-    "continuous": float(np.prod((2 - np.exp(-C * W) - np.exp(-C * (1 - W))) / C)),
+  "oscillatory": float(np.real(np.exp(2j * np.pi * W[0]) * np.prod((np.exp(1j * C) - 1) / (1j * C)))),
+  "product_peak": float(np.prod(C * (np.arctan(C * (1 - W)) + np.arctan(C * W)))),
+  "gaussian": float(np.prod(np.sqrt(np.pi) / (2 * C) * (special.erf(C * (1 - W)) + special.erf(C * W)))),
+  "continuous": float(np.prod((2 - np.exp(-C * W) - np.exp(-C * (1 - W))) / C)),
 }
 
-gauss8 = lambda x: jnp.exp(-jnp.sum(x ** 2))
+gauss8 = lambda x: jnp.exp(-jnp.sum(x**2))
 GAUSS_EXACT = lambda d: (np.sqrt(np.pi) / 2 * special.erf(1.0)) ** d
 ZEROS3, ONES3 = jnp.zeros(3), jnp.ones(3)
 
 
 # ---------------------------------------------------------------- values
 
+
 @pytest.mark.parametrize("method", METHODS)
 def test_genz_families(method):
-  r = jax.jit(lambda k: integrate(genz, k, lower=ZEROS3, upper=ONES3, n=2 ** 14, method=method))(
-      jax.random.key(0))
-  assert isinstance(r, MCResult) and int(r.n) <= 2 ** 14 and int(r.n) > 2 ** 13
+  r = jax.jit(lambda k: integrate(genz, k, lower=ZEROS3, upper=ONES3, n=2**14, method=method))(
+    jax.random.key(0)
+  )
+  assert isinstance(r, MCResult) and int(r.n) <= 2**14 and int(r.n) > 2**13
   for name, exact in GENZ_EXACT.items():
     est, se = float(r.estimate[name]), float(r.stderr[name])
     assert np.isfinite(se) and se > 0, (name, se)
@@ -62,29 +72,37 @@ def test_genz_families(method):
     assert abs(est - exact) <= 4.5 * se + 2e-6 * abs(exact), (name, est, exact, se)
   if method in ("sobol", "halton", "stratified"):
     # A smooth integrand: much smaller error bars than plain Monte Carlo.
-    plain = integrate(genz, jax.random.key(0), lower=ZEROS3, upper=ONES3, n=2 ** 14)
+    plain = integrate(genz, jax.random.key(0), lower=ZEROS3, upper=ONES3, n=2**14)
     assert float(r.stderr["gaussian"]) < 0.2 * float(plain.stderr["gaussian"])
 
 
 def test_ball_volume_and_pi():
-  ball = lambda x: (jnp.sum(x ** 2) <= 1.0).astype(jnp.float32)
-  r = integrate(ball, jax.random.key(1), lower=-jnp.ones(3), upper=jnp.ones(3), n=2 ** 16)
+  ball = lambda x: (jnp.sum(x**2) <= 1.0).astype(jnp.float32)
+  r = integrate(ball, jax.random.key(1), lower=-jnp.ones(3), upper=jnp.ones(3), n=2**16)
   assert abs(float(r.estimate) - 4 / 3 * np.pi) < 4.5 * float(r.stderr)
   # Bernoulli standard error: 8 sqrt(p (1 - p) / n) with p = pi / 6.
   p = np.pi / 6
-  np.testing.assert_allclose(float(r.stderr), 8 * np.sqrt(p * (1 - p) / 2 ** 16), rtol=0.02)
-  r = integrate(lambda x: 4.0 * ball(x), jax.random.key(2), lower=jnp.zeros(2), upper=jnp.ones(2),
-                n=2 ** 16, method="stratified")
+  np.testing.assert_allclose(float(r.stderr), 8 * np.sqrt(p * (1 - p) / 2**16), rtol=0.02)
+  r = integrate(
+    lambda x: 4.0 * ball(x),
+    jax.random.key(2),
+    lower=jnp.zeros(2),
+    upper=jnp.ones(2),
+    n=2**16,
+    method="stratified",
+  )
   assert abs(float(r.estimate) - np.pi) < 4.5 * float(r.stderr)
 
 
 def test_non_unit_box_and_pytree_leaves():
   f = lambda x: {"scalar": x[0] * x[1], "vector": jnp.stack([x[0], x[1] ** 2])}
   lo, hi = jnp.array([1.0, -2.0]), jnp.array([3.0, 1.0])
-  r = integrate(f, jax.random.key(3), lower=lo, upper=hi, n=2 ** 12, method="sobol")
+  r = integrate(f, jax.random.key(3), lower=lo, upper=hi, n=2**12, method="sobol")
   # int x y = (9-1)/2 * (1-4)/2 = -6;  int x = 4 * 3 = 12;  int y^2 = 2 * 3 = 6.
-  for got, se, want in [(r.estimate["scalar"], r.stderr["scalar"], -6.0),
-                        (r.estimate["vector"], r.stderr["vector"], np.array([12.0, 6.0]))]:
+  for got, se, want in [
+    (r.estimate["scalar"], r.stderr["scalar"], -6.0),
+    (r.estimate["vector"], r.stderr["vector"], np.array([12.0, 6.0])),
+  ]:
     assert np.all(np.abs(np.asarray(got) - want) < 4.5 * np.asarray(se) + 1e-5), (got, se)
   assert r.stderr["vector"].shape == (2,)
 
@@ -97,23 +115,28 @@ def test_output_dtype_follows_input(dtype):
 
 def test_float64():
   with jax.enable_x64(True):
-    r = integrate(gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), n=2 ** 16,
-                  method="sobol")
+    r = integrate(gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), n=2**16, method="sobol")
     assert r.estimate.dtype == jnp.float64 and float(r.stderr) < 1e-6
     assert abs(float(r.estimate) - GAUSS_EXACT(2)) < 4.5 * float(r.stderr)
 
 
 def test_docstring_examples():
-  r = integrate(gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), n=2 ** 16, method="sobol")
+  r = integrate(gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), n=2**16, method="sobol")
   assert f"{r.estimate:.6f}" == "0.557746"
-  r = expectation(jnp.exp, jax.random.normal, jax.random.key(0), n=2 ** 16, control_variate=(lambda x: x, 0.0))
+  r = expectation(jnp.exp, jax.random.normal, jax.random.key(0), n=2**16, control_variate=(lambda x: x, 0.0))
   assert f"{r.estimate:.3f} +- {r.stderr:.3f}" == "1.651 +- 0.005"
-  r = importance_sampling(lambda x: (x > 3.0).astype(jnp.float32), norm.logpdf,
-                          lambda k: 3.0 + jax.random.normal(k), lambda x: norm.logpdf(x, 3.0),
-                          jax.random.key(0), n=2 ** 14)
+  r = importance_sampling(
+    lambda x: (x > 3.0).astype(jnp.float32),
+    norm.logpdf,
+    lambda k: 3.0 + jax.random.normal(k),
+    lambda x: norm.logpdf(x, 3.0),
+    jax.random.key(0),
+    n=2**14,
+  )
   assert f"{r.estimate:.2e} +- {r.stderr:.0e}" == "1.35e-03 +- 2e-05"
-  r = integrate_to_tolerance(lambda x: 4.0 * (jnp.sum(x ** 2) < 1), jax.random.key(0), lower=jnp.zeros(2),
-                             upper=jnp.ones(2), rtol=1e-3)
+  r = integrate_to_tolerance(
+    lambda x: 4.0 * (jnp.sum(x**2) < 1), jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), rtol=1e-3
+  )
   assert f"{r.estimate:.4f} +- {r.stderr:.4f}, n={r.n}, {r.converged}" == "3.1364 +- 0.0023, n=524288, True"
   lo, hi = confidence_interval(MCResult(jnp.float32(1.0), jnp.float32(0.1), 100))
   assert f"{lo:.4f} {hi:.4f}" == "0.8040 1.1960"
@@ -121,8 +144,10 @@ def test_docstring_examples():
 
 # ---------------------------------------------------------------- error bars
 
-@pytest.mark.parametrize("method,n,kw", [("mc", 256, {}), ("antithetic", 256, {}),
-                                         ("sobol", 32 * 16, {"replicates": 32})])
+
+@pytest.mark.parametrize(
+  "method,n,kw", [("mc", 256, {}), ("antithetic", 256, {}), ("sobol", 32 * 16, {"replicates": 32})]
+)
 def test_stderr_calibration_by_simulation(method, n, kw):
   exact = GENZ_EXACT["continuous"]
   f = lambda x: genz(x)["continuous"]
@@ -139,8 +164,11 @@ def test_qmc_error_decays_faster_than_sqrt_n():
   f = lambda x: genz(x)["gaussian"]
   if True:
     for n in ns:
-      run = jax.vmap(lambda k, n=int(n): integrate(f, k, lower=jnp.zeros(3), upper=jnp.ones(3), n=n,
-                                                   method="sobol", replicates=2))
+      run = jax.vmap(
+        lambda k, n=int(n): integrate(
+          f, k, lower=jnp.zeros(3), upper=jnp.ones(3), n=n, method="sobol", replicates=2
+        )
+      )
       est = np.asarray(run(jax.random.split(jax.random.key(0), 16)).estimate)
       errs.append(np.sqrt(np.mean((est - GENZ_EXACT["gaussian"]) ** 2)))
   slope = np.polyfit(np.log(ns), np.log(errs), 1)[0]
@@ -149,19 +177,30 @@ def test_qmc_error_decays_faster_than_sqrt_n():
 
 # ---------------------------------------------------------------- batching, keys
 
+
 @pytest.mark.parametrize("method", ["mc", "antithetic"])
 def test_batch_size_does_not_change_result(method):
-  n = 2 ** 15 * 5 + 6
-  results = {(float(r.estimate), float(r.stderr), int(r.n)) for r in (
-      integrate(gauss8, jax.random.key(5), lower=jnp.zeros(8), upper=jnp.ones(8), n=n, method=method,
-                batch_size=bs) for bs in (None, 100, 2 ** 17))}
+  n = 2**15 * 5 + 6
+  results = {
+    (float(r.estimate), float(r.stderr), int(r.n))
+    for r in (
+      integrate(
+        gauss8, jax.random.key(5), lower=jnp.zeros(8), upper=jnp.ones(8), n=n, method=method, batch_size=bs
+      )
+      for bs in (None, 100, 2**17)
+    )
+  }
   assert len(results) == 1, results
 
 
 @pytest.mark.parametrize("method", ["stratified", "sobol", "halton"])
 def test_batch_size_changes_result_only_by_rounding(method):
-  rs = [integrate(gauss8, jax.random.key(5), lower=jnp.zeros(3), upper=jnp.ones(3), n=2 ** 15, method=method,
-                  batch_size=bs) for bs in (None, 2 ** 11)]
+  rs = [
+    integrate(
+      gauss8, jax.random.key(5), lower=jnp.zeros(3), upper=jnp.ones(3), n=2**15, method=method, batch_size=bs
+    )
+    for bs in (None, 2**11)
+  ]
   for r in rs[1:]:
     np.testing.assert_allclose(r.estimate, rs[0].estimate, rtol=1e-6)
     np.testing.assert_allclose(r.stderr, rs[0].stderr, rtol=1e-3, atol=1e-9)
@@ -183,20 +222,24 @@ def test_same_key_same_result_and_key_kinds():
 
 def test_qmc_replicate_is_the_public_point_set():
   from jaxsoft.qmc import sobol
+
   key = jax.random.key(9)
   r = integrate(gauss8, key, lower=jnp.zeros(2), upper=jnp.ones(2), n=2 * 256, method="sobol", replicates=2)
-  means = [np.mean(np.asarray(jax.vmap(gauss8)(sobol(256, 2, key=jax.random.fold_in(key, i))), np.float64))
-           for i in range(2)]
+  means = [
+    np.mean(np.asarray(jax.vmap(gauss8)(sobol(256, 2, key=jax.random.fold_in(key, i))), np.float64))
+    for i in range(2)
+  ]
   np.testing.assert_allclose(float(r.estimate), np.mean(means), rtol=1e-6)
   np.testing.assert_allclose(float(r.stderr), abs(means[0] - means[1]) / 2, rtol=1e-3)
 
 
 # ---------------------------------------------------------------- transforms
 
+
 def test_jit_vmap_grad():
   def estimate(theta, key):
-    f = lambda x: jnp.exp(-theta * jnp.sum(x ** 2))
-    return integrate(f, key, lower=jnp.zeros(2), upper=jnp.ones(2), n=2 ** 12, method="sobol").estimate
+    f = lambda x: jnp.exp(-theta * jnp.sum(x**2))
+    return integrate(f, key, lower=jnp.zeros(2), upper=jnp.ones(2), n=2**12, method="sobol").estimate
 
   theta = 1.3
   g = jax.jit(jax.grad(estimate))(theta, jax.random.key(0))
@@ -205,35 +248,48 @@ def test_jit_vmap_grad():
   d_one = (np.exp(-theta) - one) / (2 * theta)
   np.testing.assert_allclose(float(g), 2 * one * d_one, rtol=1e-3)
   # The pathwise gradient is the same-points estimate of the derivative's integral.
-  dr = integrate(lambda x: -jnp.sum(x ** 2) * jnp.exp(-theta * jnp.sum(x ** 2)), jax.random.key(0),
-                 lower=jnp.zeros(2), upper=jnp.ones(2), n=2 ** 12, method="sobol")
+  dr = integrate(
+    lambda x: -jnp.sum(x**2) * jnp.exp(-theta * jnp.sum(x**2)),
+    jax.random.key(0),
+    lower=jnp.zeros(2),
+    upper=jnp.ones(2),
+    n=2**12,
+    method="sobol",
+  )
   np.testing.assert_allclose(float(g), float(dr.estimate), rtol=1e-5)
   batched = jax.vmap(lambda k: estimate(theta, k))(jax.random.split(jax.random.key(1), 3))
-  assert batched.shape == (3,) and np.all(np.abs(np.asarray(batched) - one ** 2) < 1e-4)
+  assert batched.shape == (3,) and np.all(np.abs(np.asarray(batched) - one**2) < 1e-4)
 
 
 def test_grad_wrt_box():
   # d/db int_0^b x dx = b.
-  g = jax.grad(lambda b: integrate(lambda x: x[0], jax.random.key(0), lower=jnp.zeros(1), upper=b,
-                                   n=1024, method="sobol").estimate)(jnp.array([2.0]))
+  g = jax.grad(
+    lambda b: (
+      integrate(
+        lambda x: x[0], jax.random.key(0), lower=jnp.zeros(1), upper=b, n=1024, method="sobol"
+      ).estimate
+    )
+  )(jnp.array([2.0]))
   np.testing.assert_allclose(g, [2.0], rtol=1e-3)
 
 
 # ---------------------------------------------------------------- expectation, IS
 
+
 def test_expectation_and_control_variate():
   key = jax.random.key(0)
-  plain = expectation(jnp.exp, jax.random.normal, key, n=2 ** 14)
-  cv = expectation(jnp.exp, jax.random.normal, key, n=2 ** 14, control_variate=(lambda x: x, 0.0))
+  plain = expectation(jnp.exp, jax.random.normal, key, n=2**14)
+  cv = expectation(jnp.exp, jax.random.normal, key, n=2**14, control_variate=(lambda x: x, 0.0))
   exact = np.exp(0.5)
   for r in (plain, cv):
     assert abs(float(r.estimate) - exact) < 4.5 * float(r.stderr)
   # Optimal coefficient: Var(e^X - c X) / Var(e^X) = 1 - Corr^2 = 1 - e / (e^2 - e).
   ratio = (float(cv.stderr) / float(plain.stderr)) ** 2
-  np.testing.assert_allclose(ratio, 1 - np.e / (np.e ** 2 - np.e), rtol=0.1)
+  np.testing.assert_allclose(ratio, 1 - np.e / (np.e**2 - np.e), rtol=0.1)
   # Batching does not change the result.
-  again = expectation(jnp.exp, jax.random.normal, key, n=2 ** 14, batch_size=100,
-                      control_variate=(lambda x: x, 0.0))
+  again = expectation(
+    jnp.exp, jax.random.normal, key, n=2**14, batch_size=100, control_variate=(lambda x: x, 0.0)
+  )
   assert float(again.estimate) == float(cv.estimate)
 
 
@@ -247,17 +303,26 @@ def test_expectation_pytree_samples():
 def test_expectation_and_importance_sampling_jit_grad():
   # Reparameterized: d/dmu E[(mu + Z)^2] = 2 mu, exactly the same-sample mean of 2 (mu + Z).
   def est(mu, key):
-    return expectation(lambda x: x ** 2, lambda k: mu + jax.random.normal(k), key, n=4096).estimate
+    return expectation(lambda x: x**2, lambda k: mu + jax.random.normal(k), key, n=4096).estimate
 
   key = jax.random.key(3)
   g = jax.jit(jax.grad(est))(0.7, key)
   zs = jax.vmap(jax.random.normal)(jax.random.split(jax.random.fold_in(key, 0), 4096))
   np.testing.assert_allclose(float(g), float(jnp.mean(2 * (0.7 + zs))), rtol=1e-5)
   np.testing.assert_allclose(float(est(0.7, key)), float(jax.jit(est)(0.7, key)), rtol=1e-6)
+
   # Importance sampling: d/dm E_{N(m,1)}[X] = 1 through the weights.
   def is_est(m):
-    return importance_sampling(lambda x: x, lambda x: norm.logpdf(x, m), jax.random.normal, norm.logpdf,
-                               jax.random.key(0), n=2 ** 14, self_normalized=True).estimate
+    return importance_sampling(
+      lambda x: x,
+      lambda x: norm.logpdf(x, m),
+      jax.random.normal,
+      norm.logpdf,
+      jax.random.key(0),
+      n=2**14,
+      self_normalized=True,
+    ).estimate
+
   np.testing.assert_allclose(float(jax.jit(jax.grad(is_est))(0.2)), 1.0, rtol=0.1)
 
 
@@ -266,29 +331,32 @@ def test_importance_sampling_tail_probability():
   sample_q = lambda k: 4.0 + jax.random.normal(k)
   log_q = lambda x: norm.logpdf(x, 4.0)
   exact = float(special.ndtr(-4.0))
-  r = importance_sampling(f, norm.logpdf, sample_q, log_q, jax.random.key(0), n=2 ** 14)
+  r = importance_sampling(f, norm.logpdf, sample_q, log_q, jax.random.key(0), n=2**14)
   assert isinstance(r, ISResult)
   assert abs(float(r.estimate) - exact) < 4.5 * float(r.stderr) and float(r.stderr) < 0.05 * exact
-  assert 0 < float(r.ess) <= 2 ** 14
+  assert 0 < float(r.ess) <= 2**14
   # Self-normalized: log_p known only up to a constant.
-  rs = importance_sampling(f, lambda x: norm.logpdf(x) + 7.0, sample_q, log_q, jax.random.key(0), n=2 ** 14,
-                           self_normalized=True)
+  rs = importance_sampling(
+    f, lambda x: norm.logpdf(x) + 7.0, sample_q, log_q, jax.random.key(0), n=2**14, self_normalized=True
+  )
   assert abs(float(rs.estimate) - exact) < 4.5 * float(rs.stderr)
   # ESS against a float64 NumPy reference from the same weights.
-  xs = np.asarray(jax.vmap(sample_q)(jax.random.split(jax.random.key(0), 2 ** 14)), np.float64)
-  w = np.exp(-0.5 * xs ** 2 + 0.5 * (xs - 4) ** 2)
-  np.testing.assert_allclose(float(r.ess), w.sum() ** 2 / (w ** 2).sum(), rtol=1e-3)
+  xs = np.asarray(jax.vmap(sample_q)(jax.random.split(jax.random.key(0), 2**14)), np.float64)
+  w = np.exp(-0.5 * xs**2 + 0.5 * (xs - 4) ** 2)
+  np.testing.assert_allclose(float(r.ess), w.sum() ** 2 / (w**2).sum(), rtol=1e-3)
   np.testing.assert_allclose(float(r.estimate), np.mean(w * (xs > 4)), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- adaptive
+
 
 @pytest.mark.parametrize("method", ["mc", "sobol"])
 def test_integrate_to_tolerance(method):
   f = lambda x: genz(x)["gaussian"]
   exact = GENZ_EXACT["gaussian"]
   r = jax.jit(lambda k: integrate_to_tolerance(f, k, lower=ZEROS3, upper=ONES3, rtol=1e-3, method=method))(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   assert isinstance(r, ToleranceResult) and bool(r.converged)
   assert float(r.stderr) <= 1e-3 * abs(float(r.estimate))
   assert abs(float(r.estimate) - exact) < 4.5 * float(r.stderr) + 1e-6
@@ -298,16 +366,18 @@ def test_integrate_to_tolerance(method):
     same = integrate(f, jax.random.key(0), lower=ZEROS3, upper=ONES3, n=int(r.n))
     np.testing.assert_allclose(float(same.estimate), float(r.estimate), rtol=1e-6)
     half = integrate(f, jax.random.key(0), lower=ZEROS3, upper=ONES3, n=int(r.n) // 2)
-    assert int(r.n) == 2 ** 16 or float(half.stderr) > 1e-3 * abs(float(half.estimate))
+    assert int(r.n) == 2**16 or float(half.stderr) > 1e-3 * abs(float(half.estimate))
 
 
 def test_integrate_to_tolerance_hits_max_n():
-  r = integrate_to_tolerance(gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), rtol=1e-9,
-                             max_n=2 ** 12)
-  assert not bool(r.converged) and int(r.n) <= 2 ** 12
+  r = integrate_to_tolerance(
+    gauss8, jax.random.key(0), lower=jnp.zeros(2), upper=jnp.ones(2), rtol=1e-9, max_n=2**12
+  )
+  assert not bool(r.converged) and int(r.n) <= 2**12
 
 
 # ---------------------------------------------------------------- misc
+
 
 def test_confidence_interval_levels():
   r = MCResult({"a": jnp.float32(2.0)}, {"a": jnp.float32(0.5)}, jnp.int32(10))
@@ -386,8 +456,13 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_multi_device_shard_map():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True, text=True, env=env,
-                        timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True, text=True, env=env, timeout=300
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]

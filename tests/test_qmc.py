@@ -25,6 +25,7 @@ def scipy_halton(n, d, skip=0):
 
 # ---------------------------------------------------------------- values
 
+
 @pytest.mark.parametrize("d", [1, 2, 8, 100, 1000, 21201])
 def test_sobol_equals_scipy(d):
   n = 64 if d < 21201 else 4
@@ -45,7 +46,7 @@ def test_sobol_skip_equals_scipy(n, skip):
 def test_sobol_float32_is_scipy_truncated_to_24_bits():
   got = np.asarray(sobol(1024, 6))
   assert got.dtype == np.float32
-  want = np.floor(scipy_sobol(1024, 6) * 2 ** 24) / 2 ** 24
+  want = np.floor(scipy_sobol(1024, 6) * 2**24) / 2**24
   np.testing.assert_array_equal(got.astype(np.float64), want)
 
 
@@ -58,9 +59,9 @@ def test_halton_equals_scipy(d, skip):
 
 
 def test_halton_float32_close_to_scipy_and_below_one():
-  got = np.asarray(halton(2 ** 12, 4))
+  got = np.asarray(halton(2**12, 4))
   assert got.dtype == np.float32
-  np.testing.assert_allclose(got, scipy_halton(2 ** 12, 4), atol=1e-6)
+  np.testing.assert_allclose(got, scipy_halton(2**12, 4), atol=1e-6)
   assert got.max() < 1.0
 
 
@@ -71,6 +72,7 @@ def test_docstring_examples():
 
 
 # ---------------------------------------------------------------- errors
+
 
 @pytest.mark.parametrize("fn,max_dim", [(sobol, SOBOL_MAX_DIM), (halton, HALTON_MAX_DIM)])
 def test_errors(fn, max_dim):
@@ -90,10 +92,11 @@ def test_sobol_warns_for_non_power_of_two_and_checks_capacity():
   with pytest.warns(UserWarning, match="power of 2"):
     sobol(10, 2)
   with pytest.raises(ValueError, match="skip \\+ n"):
-    sobol(2, 2, skip=2 ** 30)
+    sobol(2, 2, skip=2**30)
 
 
 # ---------------------------------------------------------------- randomized
+
 
 @pytest.mark.parametrize("fn", [sobol, halton])
 def test_randomized_points_uniform_and_key_determined(fn):
@@ -105,6 +108,7 @@ def test_randomized_points_uniform_and_key_determined(fn):
   first = pts[:, 0, :].ravel()
   assert abs(first.mean() - 0.5) < 0.03 and abs(first.var() - 1 / 12) < 0.01
   from scipy.stats import kstest
+
   assert kstest(first, "uniform").pvalue > 1e-3
   # jit + vmap may fuse the Halton digit sum differently: equal to rounding.
   np.testing.assert_allclose(fn(64, 3, key=keys[0]), pts[0].astype(np.float32), rtol=1e-6)
@@ -113,7 +117,7 @@ def test_randomized_points_uniform_and_key_determined(fn):
 
 def test_scrambled_sobol_keeps_net_property():
   # A (0, m, 1)-net in every coordinate: one point per interval of width 1/n.
-  n = 2 ** 10
+  n = 2**10
   pts = np.asarray(sobol(n, 16, key=jax.random.key(3)))
   cells = np.floor(pts * n).astype(int)
   for d in range(16):
@@ -125,8 +129,9 @@ def test_scrambled_discrepancy_below_random(fn):
   n, d = 256, 4
   rng = np.random.default_rng(0)
   random_disc = np.median([sqmc.discrepancy(rng.random((n, d))) for _ in range(10)])
-  qmc_disc = np.median([sqmc.discrepancy(np.asarray(fn(n, d, key=jax.random.key(i)), np.float64))
-                        for i in range(10)])
+  qmc_disc = np.median(
+    [sqmc.discrepancy(np.asarray(fn(n, d, key=jax.random.key(i)), np.float64)) for i in range(10)]
+  )
   assert qmc_disc < 0.2 * random_disc
 
 

@@ -7,7 +7,6 @@ errors, docstring examples.
 
 from __future__ import annotations
 
-
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ F32_MAX = float(np.finfo(np.float32).max)
 
 
 # --- float64 NumPy references ------------------------------------------------
+
 
 def _axes(axis, ndim):
   axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -132,8 +132,9 @@ def test_where_ignores_values_of_excluded_entries():
 def test_temperature(temperature):
   x = rand((4, 6), seed=3)
   assert_close(softmax(x, temperature=temperature), np_softmax(x / np.float64(temperature)))
-  assert_close(log_softmax(x, temperature=temperature), np_log_softmax(x / np.float64(temperature)),
-               rtol=1e-5, atol=1e-4)
+  assert_close(
+    log_softmax(x, temperature=temperature), np_log_softmax(x / np.float64(temperature)), rtol=1e-5, atol=1e-4
+  )
 
 
 def test_temperature_with_mask_and_huge_logits():
@@ -160,6 +161,7 @@ def test_temperature_as_array_and_its_gradient():
 
 
 # --- extreme inputs ----------------------------------------------------------
+
 
 def _no_nan(*arrays):
   for a in arrays:
@@ -193,9 +195,11 @@ def test_minus_inf_entries_get_zero_probability():
   assert p[1] == 0
   assert log_softmax(x)[1] == -np.inf
   np.testing.assert_allclose(logsumexp(x), 1.8641, atol=5e-5)
-  for f in (lambda x: jnp.sum(softmax(x) * jnp.arange(4.0)),
-            lambda x: jnp.sum(jnp.where(jnp.isfinite(log_softmax(x)), log_softmax(x), 0)),
-            lambda x: logsumexp(x)):
+  for f in (
+    lambda x: jnp.sum(softmax(x) * jnp.arange(4.0)),
+    lambda x: jnp.sum(jnp.where(jnp.isfinite(log_softmax(x)), log_softmax(x), 0)),
+    lambda x: logsumexp(x),
+  ):
     g = jax.grad(f)(x)
     _no_nan(g)
     assert g[1] == 0
@@ -228,9 +232,11 @@ def test_all_excluded_slice(x, where, temperature):
   _no_nan(p, lp, lse)
   c = jnp.array([1.0, -2.0, 3.0])
   fns = [
-      lambda x: jnp.sum(softmax(x, where=where, temperature=temperature) * c),
-      lambda x: jnp.sum(jnp.where(jnp.isfinite(lp), log_softmax(x, where=where, temperature=temperature), 0) * c),
-      lambda x: jnp.sum(jnp.where(jnp.isfinite(lse), logsumexp(x, where=where), 0)),
+    lambda x: jnp.sum(softmax(x, where=where, temperature=temperature) * c),
+    lambda x: jnp.sum(
+      jnp.where(jnp.isfinite(lp), log_softmax(x, where=where, temperature=temperature), 0) * c
+    ),
+    lambda x: jnp.sum(jnp.where(jnp.isfinite(lse), logsumexp(x, where=where), 0)),
   ]
   for f in fns:
     g = jax.jit(jax.grad(f))(x)
@@ -254,8 +260,10 @@ def test_all_excluded_jvp_is_zero():
 
 # --- dtypes ------------------------------------------------------------------
 
-@pytest.mark.parametrize("fn,ref", [(softmax, np_softmax), (log_softmax, np_log_softmax),
-                                    (logsumexp, np_logsumexp)])
+
+@pytest.mark.parametrize(
+  "fn,ref", [(softmax, np_softmax), (log_softmax, np_log_softmax), (logsumexp, np_logsumexp)]
+)
 def test_bfloat16_in_bfloat16_out(fn, ref):
   x = jnp.asarray(rand((4, 64), seed=6), jnp.bfloat16)
   y = fn(x)
@@ -263,7 +271,9 @@ def test_bfloat16_in_bfloat16_out(fn, ref):
   want = ref(np.asarray(x.astype(jnp.float32), np.float64))
   # Computed in float32: within one bfloat16 rounding of the exact value.
   np.testing.assert_allclose(np.asarray(y.astype(jnp.float32)), want, rtol=2**-8, atol=1e-30)
-  np.testing.assert_array_equal(np.asarray(y), np.asarray(jnp.asarray(want.astype(np.float32)).astype(jnp.bfloat16)))
+  np.testing.assert_array_equal(
+    np.asarray(y), np.asarray(jnp.asarray(want.astype(np.float32)).astype(jnp.bfloat16))
+  )
 
 
 def test_bfloat16_many_classes_accumulates_in_float32():
@@ -279,8 +289,9 @@ def test_float16_computed_in_float32():
   x = jnp.asarray(rand((3, 7), seed=7), jnp.float16)
   y = softmax(x)
   assert y.dtype == jnp.float16
-  np.testing.assert_allclose(np.asarray(y, np.float64), np_softmax(np.asarray(x, np.float64)),
-                             rtol=2**-10, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(y, np.float64), np_softmax(np.asarray(x, np.float64)), rtol=2**-10, atol=1e-6
+  )
 
 
 def test_float64_under_x64():
@@ -303,13 +314,19 @@ _WHERE = jnp.array([[True, True, False, True]] * 2)
 _C = jnp.asarray(rand((2, 4), seed=11, scale=1.0))
 
 
-@pytest.mark.parametrize("f", [
+@pytest.mark.parametrize(
+  "f",
+  [
     # Several functions per check: each check_grads(order=2) costs seconds.
     lambda x: softmax(x, (0, 1), temperature=0.7) * _C + log_softmax(x) + logsumexp(x, 0, keepdims=True),
-    lambda x: (softmax(x, where=_WHERE) * _C
-               + jnp.where(_WHERE, log_softmax(x, where=_WHERE, temperature=2.0), 0)
-               + logsumexp(x, where=_WHERE, keepdims=True)),
-], ids=["unmasked", "masked"])
+    lambda x: (
+      softmax(x, where=_WHERE) * _C
+      + jnp.where(_WHERE, log_softmax(x, where=_WHERE, temperature=2.0), 0)
+      + logsumexp(x, where=_WHERE, keepdims=True)
+    ),
+  ],
+  ids=["unmasked", "masked"],
+)
 def test_check_grads(f):
   x = jnp.asarray(rand((2, 4), seed=10, scale=1.0))
   check_grads(f, (x,), order=2, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2)
@@ -345,8 +362,9 @@ def test_jit_matches_eager_and_reference():
   where = np.random.default_rng(15).random((3, 4, 5)) < 0.5
   assert_close(_jit_softmax(x, (1, 2), where=where), np_softmax(x, (1, 2), where))
   assert_close(_jit_log_softmax(x, 0, where=where), np_log_softmax(x, 0, where), atol=1e-5)
-  assert_close(_jit_logsumexp(x, -1, where=where, keepdims=True),
-               np_logsumexp(x, -1, where, keepdims=True), atol=1e-5)
+  assert_close(
+    _jit_logsumexp(x, -1, where=where, keepdims=True), np_logsumexp(x, -1, where, keepdims=True), atol=1e-5
+  )
   assert_close(_jit_softmax(x, -1, temperature=0.5), np_softmax(x / 0.5))
   # Traced temperature and mask.
   f = jax.jit(lambda x, t, w: softmax(x, where=w, temperature=t))
@@ -381,8 +399,9 @@ def test_jvp():
 
 # --- properties ----------------------------------------------------------------
 
-finite_logits = hnp.arrays(np.float32, st.sampled_from([(5,), (3, 4)]),
-                           elements=st.floats(-1e4, 1e4, width=32))
+finite_logits = hnp.arrays(
+  np.float32, st.sampled_from([(5,), (3, 4)]), elements=st.floats(-1e4, 1e4, width=32)
+)
 
 
 @given(finite_logits, st.floats(0.1, 10.0))
@@ -415,6 +434,7 @@ def test_property_log_softmax_consistent(x, mask):
 
 
 # --- errors ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fn", [softmax, log_softmax, logsumexp])
 def test_errors(fn):

@@ -16,8 +16,8 @@ from jax.test_util import check_grads
 from jaxsoft._vocab import _draw_candidates, linear_cross_entropy, sampled_softmax_cross_entropy
 from jaxsoft.losses import cross_entropy
 
-
 # ---------------------------------------------------------------- references
+
 
 def ref_dense(h, w, b, y, *, eps=0.0, keep=None, reduction="mean"):
   """Loss and (dh, dw, db) of the summed/averaged loss, float64, materialized."""
@@ -77,21 +77,29 @@ def assert_close(got, want, tol):
 
 # ------------------------------------------------- linear_cross_entropy values
 
-_lce_vg = jax.jit(jax.value_and_grad(
+_lce_vg = jax.jit(
+  jax.value_and_grad(
     lambda h, w, b, y, keep, eps, cs: linear_cross_entropy(
-        h, w, y, bias=b, chunk_size=cs, label_smoothing=eps, where=keep),
-    argnums=(0, 1, 2)), static_argnums=(6,))
+      h, w, y, bias=b, chunk_size=cs, label_smoothing=eps, where=keep
+    ),
+    argnums=(0, 1, 2),
+  ),
+  static_argnums=(6,),
+)
 
 
-@pytest.mark.parametrize("n,vocab,chunk", [
-    (12, 30, (4, 6)),     # chunks divide N and V
-    (13, 29, (4, 7)),     # neither divides: moved-back last chunks
-    (13, 29, (13, 29)),   # one block
-    (13, 29, (1, 1)),     # one logit at a time
-    (13, 29, 5),          # int: vocabulary chunk only
-    (13, 29, None),       # defaults, capped at the sizes
+@pytest.mark.parametrize(
+  "n,vocab,chunk",
+  [
+    (12, 30, (4, 6)),  # chunks divide N and V
+    (13, 29, (4, 7)),  # neither divides: moved-back last chunks
+    (13, 29, (13, 29)),  # one block
+    (13, 29, (1, 1)),  # one logit at a time
+    (13, 29, 5),  # int: vocabulary chunk only
+    (13, 29, None),  # defaults, capped at the sizes
     (7, 40, (100, 100)),  # chunks larger than the sizes
-])
+  ],
+)
 @pytest.mark.parametrize("eps", [0.0, 0.3])
 def test_lce_matches_float64_reference(n, vocab, chunk, eps):
   h, w, b, y = data(n, 5, vocab)
@@ -123,8 +131,8 @@ def test_lce_float64_exact():
   with jax.enable_x64(True):
     args = [jnp.asarray(a, jnp.float64) for a in (h, w, b)]
     loss, grads = jax.value_and_grad(
-        lambda h, w, b: linear_cross_entropy(h, w, y, bias=b, chunk_size=(4, 5), label_smoothing=0.2),
-        (0, 1, 2))(*args)
+      lambda h, w, b: linear_cross_entropy(h, w, y, bias=b, chunk_size=(4, 5), label_smoothing=0.2), (0, 1, 2)
+    )(*args)
     assert loss.dtype == jnp.float64
   want, want_grads = ref_dense(h, w, b, y, eps=0.2)
   assert_close(loss, want, 1e-12)
@@ -141,6 +149,7 @@ def test_lce_no_bias_and_batch_dims():
 
 
 # ------------------------------------------------------- edge cases (contract)
+
 
 def test_lce_all_ignored_is_zero_with_zero_grads():
   h, w, b, y = data(5, 3, 8)
@@ -191,6 +200,7 @@ def test_lce_bfloat16_dtype():
 
 # ------------------------------------------------------------------ transforms
 
+
 def test_lce_jit_vmap_grad():
   h, w, b, y = data(10, 4, 15)
   hs = np.stack([h, 2 * h])
@@ -208,8 +218,13 @@ def test_lce_check_grads():
 
 
 @settings(max_examples=12)
-@given(n=st.integers(1, 9), vocab=st.integers(1, 12), tn=st.integers(1, 10), tv=st.integers(1, 13),
-       seed=st.integers(0, 100))
+@given(
+  n=st.integers(1, 9),
+  vocab=st.integers(1, 12),
+  tn=st.integers(1, 10),
+  tv=st.integers(1, 13),
+  seed=st.integers(0, 100),
+)
 def test_lce_property_any_chunks(n, vocab, tn, tv, seed):
   h, w, b, y = data(n, 3, vocab, seed)
   loss, grads = _lce_vg(h, w, b, y, np.ones(n, bool), 0.0, (tn, tv))
@@ -221,7 +236,10 @@ def test_lce_property_any_chunks(n, vocab, tn, tv, seed):
 
 # -------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("kwargs,exc,match", [
+
+@pytest.mark.parametrize(
+  "kwargs,exc,match",
+  [
     (dict(weight=np.zeros((4, 9), np.float32)), ValueError, "weight"),
     (dict(labels=np.zeros(5, np.int32)), ValueError, "labels"),
     (dict(labels=np.zeros(6, np.float32)), TypeError, "labels"),
@@ -233,47 +251,60 @@ def test_lce_property_any_chunks(n, vocab, tn, tv, seed):
     (dict(reduction="avg"), ValueError, "reduction"),
     (dict(label_smoothing=1.5), ValueError, "label_smoothing"),
     (dict(where=np.ones(4, bool)), ValueError, "where"),
-])
+  ],
+)
 def test_lce_errors(kwargs, exc, match):
-  args = dict(hidden=np.zeros((6, 3), np.float32), weight=np.zeros((3, 9), np.float32),
-              labels=np.zeros(6, np.int32))
+  args = dict(
+    hidden=np.zeros((6, 3), np.float32), weight=np.zeros((3, 9), np.float32), labels=np.zeros(6, np.int32)
+  )
   args.update(kwargs)
   with pytest.raises(exc, match=match):
     linear_cross_entropy(args.pop("hidden"), args.pop("weight"), args.pop("labels"), **args)
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
+@pytest.mark.parametrize(
+  "kwargs,exc,match",
+  [
     (dict(num_samples=10), ValueError, "num_samples"),
     (dict(num_samples=0), ValueError, "num_samples"),
     (dict(sampler="zipf"), ValueError, "sampler"),
     (dict(weight=np.zeros((4, 9), np.float32)), ValueError, "weight"),
     (dict(labels=np.zeros((6, 1), np.int32)), ValueError, "labels"),
     (dict(remove_accidental_hits=1), TypeError, "remove_accidental_hits"),
-])
+  ],
+)
 def test_sampled_errors(kwargs, exc, match):
-  args = dict(hidden=np.zeros((6, 3), np.float32), weight=np.zeros((3, 9), np.float32),
-              labels=np.zeros(6, np.int32), num_samples=4)
+  args = dict(
+    hidden=np.zeros((6, 3), np.float32),
+    weight=np.zeros((3, 9), np.float32),
+    labels=np.zeros(6, np.int32),
+    num_samples=4,
+  )
   args.update(kwargs)
   with pytest.raises(exc, match=match):
-    sampled_softmax_cross_entropy(args.pop("hidden"), args.pop("weight"), args.pop("labels"),
-                                  jax.random.key(0), **args)
+    sampled_softmax_cross_entropy(
+      args.pop("hidden"), args.pop("weight"), args.pop("labels"), jax.random.key(0), **args
+    )
 
 
 # ------------------------------------------------------------ sampled softmax
+
 
 @pytest.mark.parametrize("sampler", ["uniform", "log_uniform"])
 @pytest.mark.parametrize("remove_hits", [True, False])
 def test_sampled_matches_reference_for_its_draws(sampler, remove_hits):
   h, w, b, y = data(16, 4, 12)
   key = jax.random.key(3)
-  got = sampled_softmax_cross_entropy(h, w, y, key, num_samples=7, bias=b, sampler=sampler,
-                                      remove_accidental_hits=remove_hits, reduction="none")
+  got = sampled_softmax_cross_entropy(
+    h, w, y, key, num_samples=7, bias=b, sampler=sampler, remove_accidental_hits=remove_hits, reduction="none"
+  )
   ids, _ = _draw_candidates(key, sampler, 7, 12)
   ids = np.asarray(ids)
   log_q = np.full(7, -np.log(12)) if sampler == "uniform" else np.log(log_uniform_q(12)[ids])
   assert_close(got, ref_sampled(h, w, b, y, ids, log_q, remove_hits=remove_hits), 2e-6)
-  mean = sampled_softmax_cross_entropy(h, w, y, key, num_samples=7, bias=b, sampler=sampler,
-                                       remove_accidental_hits=remove_hits)
+  mean = sampled_softmax_cross_entropy(
+    h, w, y, key, num_samples=7, bias=b, sampler=sampler, remove_accidental_hits=remove_hits
+  )
   assert_close(mean, float(np.mean(got)), 1e-6)
 
 
@@ -297,8 +328,13 @@ def test_sampled_normalizer_unbiased(sampler):
   vocab = 20
   h, w, b, y = data(4, 3, vocab, seed=5)
   keys = jax.random.split(jax.random.key(7), 4000)
-  per = jax.jit(jax.vmap(lambda k: sampled_softmax_cross_entropy(
-      h, w, y, k, num_samples=vocab - 1, bias=b, sampler=sampler, reduction="none")))(keys)
+  per = jax.jit(
+    jax.vmap(
+      lambda k: sampled_softmax_cross_entropy(
+        h, w, y, k, num_samples=vocab - 1, bias=b, sampler=sampler, reduction="none"
+      )
+    )
+  )(keys)
   ratio = np.exp(np.asarray(per, np.float64))
   full = np.exp(ref_dense(h, w, b, y, reduction="none")[0])
   se = ratio.std(0) / np.sqrt(len(keys))
@@ -316,8 +352,11 @@ def test_sampled_uniform_equal_logits_counts_hits_exactly():
   w = np.zeros((2, vocab), np.float32)
   y = np.array([0, 1, 2])
   keys = jax.random.split(jax.random.key(0), 200)
-  per = jax.vmap(lambda k: sampled_softmax_cross_entropy(
-      h, w, y, k, num_samples=vocab - 1, sampler="uniform", reduction="none"))(keys)
+  per = jax.vmap(
+    lambda k: sampled_softmax_cross_entropy(
+      h, w, y, k, num_samples=vocab - 1, sampler="uniform", reduction="none"
+    )
+  )(keys)
   ids = jax.vmap(lambda k: _draw_candidates(k, "uniform", vocab - 1, vocab)[0])(keys)
   hits = np.asarray(ids[:, None, :] == y[None, :, None]).sum(-1)
   want = np.log(1 + vocab / (vocab - 1) * (vocab - 1 - hits))
@@ -336,8 +375,16 @@ def test_sampled_gradient_points_along_full_gradient(sampler, bounds):
   keys = jax.random.split(jax.random.key(4), 300)
   cosines = []
   for num_samples, bound in zip((20, vocab - 1), bounds):
-    g = jax.jit(jax.vmap(jax.grad(lambda w, k: sampled_softmax_cross_entropy(
-        h, w, y, k, num_samples=num_samples, bias=b, sampler=sampler)), (None, 0)))(w, keys)
+    g = jax.jit(
+      jax.vmap(
+        jax.grad(
+          lambda w, k: sampled_softmax_cross_entropy(
+            h, w, y, k, num_samples=num_samples, bias=b, sampler=sampler
+          )
+        ),
+        (None, 0),
+      )
+    )(w, keys)
     avg = np.asarray(g, np.float64).mean(0).ravel()
     cosines.append(avg @ ref / np.linalg.norm(avg) / np.linalg.norm(ref))
     assert cosines[-1] > bound, (num_samples, cosines)
