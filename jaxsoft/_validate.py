@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -89,7 +90,7 @@ def check_option(fn: str, arg: str, value, allowed: Iterable) -> None:
     fail(fn, arg, f"be one of {allowed}", repr(value))
 
 
-def _as_python_number(fn: str, arg: str, value) -> float | None:
+def as_number(fn: str, arg: str, value) -> float | None:
   """Concrete Python/NumPy scalars become floats; traced values return None."""
   if isinstance(value, (bool, np.bool_)):
     fail(fn, arg, "be a number", repr(value), exc=TypeError)
@@ -101,14 +102,20 @@ def _as_python_number(fn: str, arg: str, value) -> float | None:
     return None
 
 
+def check_nonnegative(fn: str, arg: str, value) -> None:
+  v = as_number(fn, arg, value)
+  if v is not None and not v >= 0:
+    fail(fn, arg, "be >= 0", v)
+
+
 def check_positive(fn: str, arg: str, value) -> None:
-  v = _as_python_number(fn, arg, value)
+  v = as_number(fn, arg, value)
   if v is not None and not v > 0:
     fail(fn, arg, "be > 0", v)
 
 
 def check_range(fn: str, arg: str, value, lo: float, hi: float, *, lo_open=False, hi_open=False) -> None:
-  v = _as_python_number(fn, arg, value)
+  v = as_number(fn, arg, value)
   if v is None:
     return
   ok_lo = v > lo if lo_open else v >= lo
@@ -144,7 +151,27 @@ def normalize_axes(fn: str, arg: str, axis, ndim: int) -> tuple[int, ...]:
 
 def concrete(x):
   """``x`` as a NumPy array when it is concrete, None when it is a tracer."""
+  if isinstance(x, jax.core.Tracer):
+    return None
   try:
     return np.asarray(x)
   except Exception:  # jax.errors.TracerArrayConversionError and friends
     return None
+
+
+def check_key(fn: str, arg: str, key):
+  """A single ``jax.random`` key, returned typed.
+
+  Typed keys pass through; legacy ``uint32[2]`` keys (``jax.random.PRNGKey``)
+  are wrapped as threefry keys. Anything else (an int seed, a batch of keys)
+  is an error that names the argument.
+  """
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if np.shape(key) != ():
+      fail(fn, arg, "be a single key (shape ())", f"shape {np.shape(key)}")
+    return key
+  if dtype == jnp.uint32 and np.shape(key) == (2,):
+    return jax.random.wrap_key_data(key)
+  got = f"{type(key).__name__} {getattr(key, 'dtype', '')}".strip()
+  fail(fn, arg, "be a jax.random key (jax.random.key(seed))", got, exc=TypeError)

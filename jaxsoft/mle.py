@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxsoft import _validate
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft._interval import Interval
 
 __all__ = [
   "Bijection",
@@ -239,13 +240,6 @@ class MLEResult(NamedTuple):
   n_params: jax.Array
 
 
-class Interval(NamedTuple):
-  """Lower and upper bounds, each with the structure of the parameters."""
-
-  lower: Any
-  upper: Any
-
-
 # --------------------------------------------------------------------------
 # Fitting
 # --------------------------------------------------------------------------
@@ -413,7 +407,7 @@ def fit(
     _validate.fail(fn, "log_prob", "be callable", type(log_prob).__name__, exc=TypeError)
   max_steps = _validate.check_int(fn, "max_steps", max_steps, minimum=0)
   for name, tol in (("rtol", rtol), ("atol", atol), ("gtol", gtol)):
-    v = _validate._as_python_number(fn, name, tol)
+    v = _validate.as_number(fn, name, tol)
     if v is not None and not v >= 0:
       _validate.fail(fn, name, "be >= 0", v)
   p_leaves, p_def = jax.tree_util.tree_flatten(params)
