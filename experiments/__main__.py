@@ -16,9 +16,11 @@ from experiments import REGISTRY, _runs, load  # noqa: E402
 USAGE = """usage: python -m experiments COMMAND ...
 
 commands:
-  list                          the experiments and whether they can run
-  run NAME [--field value ...]  one run with its config (see run NAME --help)
-  all [--runs-dir DIR]          every experiment on its defaults, then one table
+  list                          the experiments, one line each
+  run NAME [--field value ...]  one run with its config (see run NAME --help;
+                                --smoke starts from a tiny config)
+  all [--runs-dir DIR] [--smoke]  every experiment on its defaults (or tiny
+                                configs), then one table
   rerun RUN_DIR [--resume]      rerun a saved config and compare summaries
                                 (--resume: finish an interrupted run in place)
 """
@@ -64,6 +66,7 @@ def cmd_run(argv) -> int:
 def cmd_all(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments all")
   p.add_argument("--runs-dir", default=_runs.DEFAULT_RUNS_ROOT)
+  p.add_argument("--smoke", action="store_true", help="every experiment on its tiny SMOKE config")
   args = p.parse_args(argv)
   rows, failed = [], False
   for name in REGISTRY:
@@ -71,7 +74,7 @@ def cmd_all(argv) -> int:
     run_dir = _runs.new_run_dir(args.runs_dir, module.NAME)
     print(f"== {name}: {run_dir}", flush=True)
     try:
-      summary = _runs.execute(module, module.Config(), run_dir)
+      summary = _runs.execute(module, module.SMOKE if args.smoke else module.Config(), run_dir)
     except Exception as e:  # noqa: BLE001 - one broken experiment must not hide the others
       failed = True
       print(f"== {name}: FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

@@ -7,6 +7,8 @@ An experiment is a module with:
   defaults; every config has a ``seed``;
 * ``run(config, ctx) -> dict``: trains or computes, logs through ``ctx`` and
   returns the summary (flat dotted keys or nested dicts of numbers/strings);
+* ``SMOKE``: a tiny ``Config`` that runs the same code paths in seconds
+  (``run NAME --smoke``, ``all --smoke`` and the smoke tests use it);
 * optionally ``HEADLINE``: the summary keys that ``all`` shows in its table.
 
 ``summary.json`` holds only deterministic figures, so that ``rerun`` can
@@ -190,6 +192,11 @@ def build_parser(module) -> argparse.ArgumentParser:
     help="load fields from a JSON file (command-line options override it)",
   )
   p.add_argument("--runs-dir", default=DEFAULT_RUNS_ROOT, help="root of the run directories")
+  p.add_argument(
+    "--smoke",
+    action="store_true",
+    help="start from the experiment's tiny SMOKE config instead of the defaults",
+  )
   types = _field_types(cls)
   for f in dataclasses.fields(cls):
     typ = types[f.name]
@@ -218,10 +225,12 @@ def parse_config(module, argv):
   """Parses ``argv`` into (config, runs_dir); bad options raise ConfigError.
 
   Precedence: command-line options, then ``--config FILE.json``, then the
-  dataclass defaults.
+  ``SMOKE`` config with ``--smoke``, then the dataclass defaults.
   """
   p = build_parser(module)
   pre, _ = p.parse_known_args(argv)
+  if pre.smoke:
+    p.set_defaults(**config_to_dict(module.SMOKE))
   if pre.config:
     p.set_defaults(**load_config_file(module.Config, pre.config, experiment=module.NAME))
   ns, unknown = p.parse_known_args(argv)

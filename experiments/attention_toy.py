@@ -58,6 +58,21 @@ class Config:
   )
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(
+  n_pairs=3,
+  layers=1,
+  steps=20,
+  log_every=10,
+  checkpoint_every=10,
+  d_model=16,
+  num_heads=2,
+  test_size=64,
+  batch_size=32,
+  warmup_steps=5,
+  compare_implementations=True,
+)
+
 # -- data ---------------------------------------------------------------------
 
 

@@ -48,6 +48,9 @@ class Config:
   )
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(steps=60, log_every=20, checkpoint_every=40, hidden=16, batch_size=64)
+
 # -- data ---------------------------------------------------------------------
 
 

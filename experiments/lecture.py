@@ -32,6 +32,10 @@ class Config:
   )
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(mc_samples=2**16)
+
+
 def _decimals(text: str) -> int:
   return len(text.split(".")[1]) if "." in text else 0
 

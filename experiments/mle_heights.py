@@ -42,6 +42,10 @@ class Config:
   start_scale: float = 5.0
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(n_datasets=50, path_steps=20)
+
+
 def _nll(loc, log_scale, x):
   # The Normal negative log-likelihood, written out for the contour plot and path.
   scale = jnp.exp(log_scale)

@@ -67,6 +67,12 @@ class Config:
   log2_coverage_n: int = 10
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(
+  log2_n_min=6, log2_n_max=8, keys=4, coverage_trials=40, log2_coverage_n=8, integrands="gaussian"
+)
+
+
 def _estimates(f, dim, method, n, keys, replicates):
   """Estimates and stderrs for a batch of keys (one compile per (method, n))."""
   one = lambda k: jaxsoft.integrate(

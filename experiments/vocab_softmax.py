@@ -67,6 +67,9 @@ class Config:
   eval_tokens: int = 20_000
 
 
+# A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
+SMOKE = Config(steps=20, batch_size=64, eval_tokens=2000, num_samples=64)
+
 # -- corpus ---------------------------------------------------------------------
 
 

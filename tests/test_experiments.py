@@ -20,18 +20,6 @@ from experiments.__main__ import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FILES = {"config.json", "metrics.jsonl", "summary.json", "environment.json", "timing.json"}
-TINY_CLASSIFIER = [
-  "--steps",
-  "60",
-  "--log_every",
-  "20",
-  "--checkpoint_every",
-  "40",
-  "--hidden",
-  "16",
-  "--batch_size",
-  "64",
-]
 
 
 def _only_run_dir(root, name):
@@ -41,6 +29,7 @@ def _only_run_dir(root, name):
 
 
 def _run(tmp_path, name, *args):
+  """Runs ``name`` through the CLI (``args`` such as ``--smoke``) and checks the run directory."""
   assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 0
   run_dir = _only_run_dir(tmp_path, name)
   files = {p.name for p in run_dir.iterdir()}
@@ -74,7 +63,7 @@ def test_list_names_every_experiment(capsys):
 
 
 def test_lecture(tmp_path):
-  _, s = _run(tmp_path, "lecture")
+  _, s = _run(tmp_path, "lecture", "--smoke")
   assert s["cross_entropy"] == pytest.approx(0.6641, abs=5e-5)
   assert s["sum_exp"] == pytest.approx(6.4500, abs=1e-3)
   assert [round(s[f"exp.{i}"], 2) for i in range(3)] == [2.46, 3.32, 0.67]
@@ -83,7 +72,7 @@ def test_lecture(tmp_path):
 
 
 def test_classifier(tmp_path):
-  _, s = _run(tmp_path, "classifier", *TINY_CLASSIFIER)
+  _, s = _run(tmp_path, "classifier", "--smoke")
   for m in ("mlp", "softmax_regression"):
     assert 0.5 < s[f"{m}.test_accuracy"] <= 1.0
     assert s[f"{m}.test_nll"] > 0
@@ -96,71 +85,27 @@ def test_classifier(tmp_path):
 
 
 def test_attention_toy_dense_equals_chunked(tmp_path):
-  _, s = _run(
-    tmp_path,
-    "attention_toy",
-    "--steps",
-    "40",
-    "--log_every",
-    "20",
-    "--checkpoint_every",
-    "20",
-    "--d_model",
-    "16",
-    "--num_heads",
-    "2",
-    "--test_size",
-    "64",
-    "--batch_size",
-    "32",
-    "--warmup_steps",
-    "10",
-    "--compare_implementations",
-  )
+  _, s = _run(tmp_path, "attention_toy", "--smoke")
   assert 0.0 <= s["test_accuracy"] <= 1.0
   assert s["implementations_max_rel_diff"] < 1e-4
 
 
 def test_monte_carlo(tmp_path):
-  _, s = _run(
-    tmp_path,
-    "monte_carlo",
-    "--log2_n_min",
-    "6",
-    "--log2_n_max",
-    "10",
-    "--keys",
-    "4",
-    "--coverage_trials",
-    "40",
-    "--integrands",
-    "gaussian",
-  )
+  _, s = _run(tmp_path, "monte_carlo", "--smoke")
   for m in ("mc", "antithetic", "sobol", "halton"):
     assert f"gaussian.{m}.slope" in s and 0.0 <= s[f"coverage.{m}"] <= 1.0
   assert -0.9 < s["gaussian.mc.slope"] < -0.2
 
 
 def test_mle_heights(tmp_path):
-  _, s = _run(tmp_path, "mle_heights", "--n_datasets", "50", "--path_steps", "20")
+  _, s = _run(tmp_path, "mle_heights", "--smoke")
   assert s["loc"] == pytest.approx(168.344, abs=1e-3)
   assert s["scale"] == pytest.approx(2.6207, abs=1e-3)
   assert 0.0 <= s["coverage.loc_wald"] <= 1.0
 
 
 def test_vocab_softmax(tmp_path):
-  _, s = _run(
-    tmp_path,
-    "vocab_softmax",
-    "--steps",
-    "20",
-    "--batch_size",
-    "64",
-    "--eval_tokens",
-    "2000",
-    "--num_samples",
-    "64",
-  )
+  _, s = _run(tmp_path, "vocab_softmax", "--smoke")
   assert s["corpus.vocab"] > 1000 and s["corpus.train_tokens"] > 100_000
   # Full and chunked linear cross-entropy train the same model to float32 rounding.
   assert s["full_vs_linear_relative_difference"] < 1e-5
@@ -172,7 +117,7 @@ def test_vocab_softmax(tmp_path):
 
 
 def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
-  run_dir, _ = _run(tmp_path, "classifier", *TINY_CLASSIFIER)
+  run_dir, _ = _run(tmp_path, "classifier", "--smoke")
   original = (run_dir / "summary.json").read_text()
   assert main(["rerun", str(run_dir)]) == 0
   assert "summaries identical" in capsys.readouterr().out
@@ -188,18 +133,8 @@ def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
 
 
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
-  args = [
-    "--steps",
-    "3000",
-    "--log_every",
-    "10",
-    "--checkpoint_every",
-    "50",
-    "--hidden",
-    "16",
-    "--batch_size",
-    "64",
-  ]
+  # Long enough to be killed between checkpoints, short enough to rerun straight.
+  args = ["--smoke", "--steps", "1000", "--log_every", "10", "--checkpoint_every", "50"]
   killed_root = tmp_path / "killed"
   proc = subprocess.Popen(
     [sys.executable, "-m", "experiments", "run", "classifier", "--runs-dir", str(killed_root), *args],
@@ -235,13 +170,12 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
 
 def test_data_parallel_four_devices_matches_one(tmp_path):
   code = (
-    "import json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
+    "import dataclasses, json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
     "import jax; assert jax.device_count() == 4, jax.devices()\n"
     "from experiments import classifier, _runs\n"
     "out = {}\n"
     "for d in (1, 4):\n"
-    "  cfg = classifier.Config(steps=60, log_every=20, checkpoint_every=40, hidden=16,\n"
-    "                          batch_size=64, devices=d)\n"
+    "  cfg = dataclasses.replace(classifier.SMOKE, devices=d)\n"
     "  out[d] = _runs.execute(classifier, cfg, pathlib.Path(tempfile.mkdtemp()), quiet=True)\n"
     "print(json.dumps(out))\n"
   )
