@@ -25,7 +25,7 @@ import jax
 
 
 def block(x):
-  return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
 
 
 def median_time(fn, *args, repeats: int = 5, warmup: int = 1, min_time: float = 0.0) -> float:

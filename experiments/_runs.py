@@ -359,7 +359,7 @@ class RunContext:
     import jax
 
     self.flush_metrics()
-    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    leaves, _ = jax.tree.flatten_with_path(state)
     arrays = {f"leaf_{i:05d}": np.asarray(leaf) for i, (_, leaf) in enumerate(leaves)}
     arrays["__step__"] = np.asarray(step, dtype=np.int64)
     arrays["__paths__"] = np.asarray([jax.tree_util.keystr(p) for p, _ in leaves])
@@ -381,7 +381,7 @@ class RunContext:
     with np.load(self.checkpoint_path, allow_pickle=False) as z:
       step = int(z["__step__"])
       paths = [str(p) for p in z["__paths__"]]
-      leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+      leaves, treedef = jax.tree.flatten_with_path(template)
       want = [jax.tree_util.keystr(p) for p, _ in leaves]
       if paths != want:
         raise ValueError(
@@ -399,7 +399,7 @@ class RunContext:
       with open(mpath) as f:
         logged = [json.loads(line) for line in f if line.strip()]
       self._metrics = [m for m in logged if m.get("step", 0) <= step]
-    return step, jax.tree_util.tree_unflatten(treedef, new)
+    return step, jax.tree.unflatten(treedef, new)
 
 
 # ----------------------------------------------------------------------------
