@@ -39,7 +39,7 @@ def test_lecture_heights_float32_from_a_poor_start():
   nll = -ss.norm.logpdf(HEIGHTS, loc, scale).sum()
   np.testing.assert_allclose(r.nll, nll, rtol=1e-6)
   np.testing.assert_allclose(r.covariance, np.diag([scale**2 / n, scale**2 / (2 * n)]), rtol=1e-3, atol=1e-5)
-  assert int(r.n_params) == 2 and mle.CRITERIA[int(r.criterion)] in ("gtol", "cauchy")
+  assert int(r.n_params) == 2 and mle.Criterion(int(r.criterion)) in (mle.Criterion.GTOL, mle.Criterion.CAUCHY)
 
 
 def test_lecture_heights_fit_distribution():
