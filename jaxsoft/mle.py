@@ -481,6 +481,7 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
   if "constraints" in fit_options:
     V.fail(fn, "constraints", "not be given (the family fixes them)", "constraints=...", exc=TypeError)
   _check_data(fn, data)
+  V.check_ndim(fn, "data", data, 1, " (one observation per entry)")
   c = V.concrete(data)
   if c is not None and not (c.dtype.kind in "fc" and np.isnan(c).any()):
     bad = ~np.asarray(fam.support(c))
