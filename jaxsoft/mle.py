@@ -59,7 +59,7 @@ class Criterion(enum.IntEnum):
 
   Attributes:
     NONE: 0, no stopping rule was met (``converged`` is False).
-    GTOL: 1, the gradient's infinity norm fell to ``gtol``.
+    GTOL: 1, the gradient's infinity norm fell to ``gtol`` or below.
     CAUCHY: 2, the parameters and the objective stopped changing.
 
   Examples:
@@ -67,7 +67,7 @@ class Criterion(enum.IntEnum):
     >>> print(c.name, int(c))
     CAUCHY 2
     >>> print(c.message)
-    the parameters and the objective stopped changing (|du| <= atol + rtol |u| and |df| <= atol + rtol |f|)
+    the parameters and the objective stopped changing (the Cauchy criterion)
   """
 
   def __new__(cls, value: int, message: str):
@@ -77,13 +77,8 @@ class Criterion(enum.IntEnum):
     return member
 
   NONE = 0, "no stopping rule was met (max_steps reached or a non-finite objective)"
-  GTOL = 1, "the gradient's infinity norm fell to gtol"
-  CAUCHY = (
-    2,
-    (
-      "the parameters and the objective stopped changing (|du| <= atol + rtol |u| and |df| <= atol + rtol |f|)"
-    ),
-  )
+  GTOL = 1, "the gradient's infinity norm fell to gtol or below"
+  CAUCHY = 2, "the parameters and the objective stopped changing (the Cauchy criterion)"
 
 
 class MLEResult(NamedTuple):
@@ -404,9 +399,8 @@ def _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_st
     cauchy = jnp.all(jnp.abs(du) <= atol + rtol * jnp.abs(u_new)) & (
       jnp.abs(f_new - f) <= atol + rtol * jnp.abs(f_new)
     )
-    crit = jnp.where(
-      gnorm(g_new) <= gtol, Criterion.GTOL, jnp.where(cauchy, Criterion.CAUCHY, Criterion.NONE)
-    )
+    crit = jnp.where(cauchy, Criterion.CAUCHY, Criterion.NONE)
+    crit = jnp.where(gnorm(g_new) <= gtol, Criterion.GTOL, crit)
     crit = jnp.where(jnp.isfinite(f_new), crit, Criterion.NONE).astype(jnp.int32)
     return step + 1, z_new, state, f_new, g_new, crit
 

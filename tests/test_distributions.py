@@ -80,7 +80,7 @@ def test_out_of_support_gives_finite_parameter_gradients(name, p, ref, xs):
   g = jax.grad(lambda q: jnp.sum(jnp.where(jnp.isfinite(fam.log_prob(q, x)), fam.log_prob(q, x), 0.0)))(
     _params(p, jnp.float32)
   )
-  assert all(np.all(np.isfinite(v)) for v in jax.tree_util.tree_leaves(g))
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(g))
 
 
 # scipy.stats log-densities as functions of the parameters, for finite differences.
