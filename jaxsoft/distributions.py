@@ -29,12 +29,11 @@ import dataclasses
 import math
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import betaln, gammaln, xlog1py, xlogy
 
-from jaxsoft import _validate
+from jaxsoft import _validate as V
 
 __all__ = [
   "Family",
@@ -305,14 +304,15 @@ def _categorical_log_prob(params, x):
 
 
 def _categorical_init(x, w=None):
-  if isinstance(x, jax.core.Tracer):
-    _validate.fail(
+  c = V.concrete(x)
+  if c is None:
+    V.fail(
       "fit_distribution",
       "params",
       "be given for categorical when data is traced (the number of classes is a static shape)",
       "params=None",
     )
-  k = int(np.max(np.asarray(x))) + 1
+  k = int(np.max(c)) + 1
   dtype = jnp.result_type(float)
   w = jnp.ones(np.shape(x), dtype) if w is None else jnp.asarray(w, dtype)
   counts = jnp.zeros((k,), dtype).at[jnp.asarray(x, jnp.int32)].add(w)
@@ -398,7 +398,7 @@ def get(family, *, fn: str = "get") -> Family:
     return family
   if isinstance(family, str) and family in FAMILIES:
     return FAMILIES[family]
-  _validate.fail(
+  V.fail(
     fn,
     "family",
     f"be a Family or one of {tuple(FAMILIES)}",

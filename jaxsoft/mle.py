@@ -13,6 +13,7 @@ datasets (and starting points) in one call.
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,13 +24,16 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxsoft import _validate
+from jaxsoft import _validate as V
+from jaxsoft import distributions
+from jaxsoft._constraints import Bijection, bijection, leaf_bijections
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._interval import Interval
 
 __all__ = [
   "Bijection",
   "bijection",
+  "Criterion",
   "MLEResult",
   "Interval",
   "fit",
@@ -38,176 +42,43 @@ __all__ = [
   "bic",
   "confidence_intervals",
   "default_optimizer",
-  "CRITERIA",
 ]
-
-#: Meaning of ``MLEResult.criterion``: index 0 = not converged, 1 = gradient
-#: norm below ``gtol``, 2 = Cauchy criterion on parameters and objective.
-CRITERIA = ("none", "gtol", "cauchy")
-
-
-# --------------------------------------------------------------------------
-# Constraint bijections
-# --------------------------------------------------------------------------
-
-
-class Bijection(NamedTuple):
-  """A smooth bijection from an unconstrained space onto a constrained set.
-
-  Attributes:
-    name: the constraint's name, e.g. ``"positive"``.
-    forward: unconstrained array -> constrained array.
-    inverse: constrained array -> unconstrained array (NaN or inf outside the set).
-    contains: constrained array -> boolean array, True inside the set; used
-      to check concrete starting points.
-  """
-
-  name: str
-  forward: Callable
-  inverse: Callable
-  contains: Callable
-
-
-def _simplex_forward(u):
-  # Additive log-ratio: the last category is the reference with logit 0.
-  zeros = jnp.zeros(u.shape[:-1] + (1,), u.dtype)
-  return jax.nn.softmax(jnp.concatenate([u, zeros], axis=-1), axis=-1)
-
-
-def _simplex_inverse(p):
-  logp = jnp.log(p)
-  return logp[..., :-1] - logp[..., -1:]
-
-
-def _simplex_contains(p):
-  p = np.asarray(p, dtype=np.float64)
-  tol = 16 * p.shape[-1] * np.finfo(np.float32).eps
-  return np.all(p > 0, axis=-1) & (np.abs(p.sum(-1) - 1) <= tol)
-
-
-def _lower(a: float) -> Bijection:
-  return Bijection(
-    f"lower_bounded:{a:g}", lambda u: a + jnp.exp(u), lambda x: jnp.log(x - a), lambda x: np.asarray(x) > a
-  )
-
-
-def _upper(b: float) -> Bijection:
-  return Bijection(
-    f"upper_bounded:{b:g}", lambda u: b - jnp.exp(u), lambda x: jnp.log(b - x), lambda x: np.asarray(x) < b
-  )
-
-
-def _interval(a: float, b: float) -> Bijection:
-  return Bijection(
-    f"interval:{a:g},{b:g}",
-    lambda u: a + (b - a) * jax.nn.sigmoid(u),
-    lambda x: jnp.log(x - a) - jnp.log(b - x),
-    lambda x: (np.asarray(x) > a) & (np.asarray(x) < b),
-  )
-
-
-_NAMED = {
-  "real": Bijection("real", lambda u: u, lambda x: x, lambda x: np.isfinite(np.asarray(x))),
-  # exp rather than softplus: scale-like parameters span orders of magnitude,
-  # and standard errors of log-scales are the usual ones.
-  "positive": Bijection("positive", jnp.exp, jnp.log, lambda x: np.asarray(x) > 0),
-  "unit_interval": Bijection(
-    "unit_interval",
-    jax.nn.sigmoid,
-    lambda x: jnp.log(x) - jnp.log1p(-x),
-    lambda x: (np.asarray(x) > 0) & (np.asarray(x) < 1),
-  ),
-  "simplex": Bijection("simplex", _simplex_forward, _simplex_inverse, _simplex_contains),
-}
-_SPEC_HELP = (
-  "'real', 'positive', 'unit_interval', 'simplex', 'lower_bounded:<a>', "
-  "'upper_bounded:<b>', 'interval:<a>,<b>', None (real) or a Bijection"
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _parse(spec: str) -> Bijection | None:
-  head, _, tail = spec.partition(":")
-  try:
-    if head == "lower_bounded" and tail:
-      return _lower(float(tail))
-    if head == "upper_bounded" and tail:
-      return _upper(float(tail))
-    if head == "interval" and tail:
-      a, b = (float(t) for t in tail.split(","))
-      if a < b:
-        return _interval(a, b)
-  except ValueError:
-    pass
-  return None
-
-
-def bijection(spec, *, fn: str = "bijection") -> Bijection:
-  """The bijection for a constraint name.
-
-  ============================  ==========================================
-  ``"real"``                    identity
-  ``"positive"``                :math:`x = e^u`
-  ``"unit_interval"``           :math:`x = \\sigma(u)` (open interval)
-  ``"simplex"``                 :math:`x = \\mathrm{softmax}([u, 0])` on the
-                                last axis (additive log-ratio, K-1 coordinates)
-  ``"lower_bounded:<a>"``       :math:`x = a + e^u`
-  ``"upper_bounded:<b>"``       :math:`x = b - e^u`
-  ``"interval:<a>,<b>"``        :math:`x = a + (b - a)\\sigma(u)`
-  ============================  ==========================================
-
-  Args:
-    spec: a name from the table, ``None`` (same as ``"real"``) or a
-      :class:`Bijection` (returned as is).
-
-  Returns:
-    A :class:`Bijection`.
-
-  Examples:
-    >>> b = bijection("lower_bounded:2")
-    >>> print(float(b.forward(0.0)), float(b.inverse(3.0)))
-    3.0 0.0
-  """
-  if spec is None:
-    return _NAMED["real"]
-  if isinstance(spec, Bijection):
-    return spec
-  if not isinstance(spec, str):
-    _validate.fail(fn, "constraints", f"contain only {_SPEC_HELP}", repr(spec), exc=TypeError)
-  if spec in _NAMED:
-    return _NAMED[spec]
-  # Parsed once per name: the same object keeps jit's cache keys stable.
-  out = _parse(spec)
-  if out is not None:
-    return out
-  _validate.fail(fn, "constraints", f"contain only {_SPEC_HELP}", repr(spec))
-
-
-def _leaf_bijections(fn: str, constraints, params) -> list[Bijection]:
-  """One bijection per leaf of ``params``; ``constraints`` may be a prefix tree."""
-  n_leaves = len(jax.tree_util.tree_leaves(params))
-  if constraints is None:
-    return [_NAMED["real"]] * n_leaves
-  is_leaf = lambda c: c is None or isinstance(c, (str, Bijection))
-  c_leaves, c_def = jax.tree_util.tree_flatten(constraints, is_leaf=is_leaf)
-  try:
-    subtrees = c_def.flatten_up_to(params)
-  except (ValueError, TypeError) as e:
-    _validate.fail(
-      fn,
-      "constraints",
-      f"be a tree matching params (or a prefix of it), structure {jax.tree_util.tree_structure(params)}",
-      f"{c_def} ({str(e).splitlines()[0][:120]})",
-    )
-  out = []
-  for c, sub in zip(c_leaves, subtrees):
-    out += [bijection(c, fn=fn)] * len(jax.tree_util.tree_leaves(sub))
-  return out
 
 
 # --------------------------------------------------------------------------
 # Results
 # --------------------------------------------------------------------------
+
+
+class Criterion(enum.IntEnum):
+  """Why a fit stopped: the value held by ``MLEResult.criterion``.
+
+  ``MLEResult.criterion`` is an int32 array (so it passes through ``jit`` and
+  ``vmap``); ``Criterion(int(result.criterion))`` turns a single fit's value
+  back into the enum member, whose ``message`` says what happened.
+
+  Attributes:
+    NONE: 0, no stopping rule was met (``converged`` is False).
+    GTOL: 1, the gradient's infinity norm fell to ``gtol`` or below.
+    CAUCHY: 2, the parameters and the objective stopped changing.
+
+  Examples:
+    >>> c = Criterion(2)
+    >>> print(c.name, int(c))
+    CAUCHY 2
+    >>> print(c.message)
+    the parameters and the objective stopped changing (the Cauchy criterion)
+  """
+
+  def __new__(cls, value: int, message: str):
+    member = int.__new__(cls, value)
+    member._value_ = value
+    member.message = message
+    return member
+
+  NONE = 0, "no stopping rule was met (max_steps reached or a non-finite objective)"
+  GTOL = 1, "the gradient's infinity norm fell to gtol or below"
+  CAUCHY = 2, "the parameters and the objective stopped changing (the Cauchy criterion)"
 
 
 class MLEResult(NamedTuple):
@@ -224,7 +95,9 @@ class MLEResult(NamedTuple):
       log-likelihood in the optimizer's (scaled, unconstrained) coordinates.
     steps: number of optimizer steps taken, int32.
     converged: True exactly when a stopping criterion was met.
-    criterion: int32 index into :data:`CRITERIA` (0 none, 1 gtol, 2 cauchy).
+    criterion: int32, the :class:`Criterion` that stopped the fit (0 none,
+      1 gtol, 2 cauchy); ``Criterion(int(result.criterion)).message`` says it
+      in words.
     n_params: number of free parameters (unconstrained coordinates), int32;
       used by :func:`aic` and :func:`bic`.
   """
@@ -244,9 +117,8 @@ class MLEResult(NamedTuple):
 # Fitting
 # --------------------------------------------------------------------------
 
-_DEFAULT_OPTIMIZER = None
 
-
+@functools.cache
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
   """The optimizer :func:`fit` uses when none is given.
 
@@ -259,50 +131,92 @@ def default_optimizer() -> optax.GradientTransformationExtraArgs:
   The same object is returned on every call, so ``jit`` caches keyed on it
   stay valid.
   """
-  global _DEFAULT_OPTIMIZER
-  if _DEFAULT_OPTIMIZER is None:
-    _DEFAULT_OPTIMIZER = optax.lbfgs(
-      memory_size=10,
-      linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
-    )
-  return _DEFAULT_OPTIMIZER
+  return optax.lbfgs(
+    memory_size=10,
+    linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
+  )
 
 
-def _concrete(x):
-  """A NumPy copy of ``x``, or None when ``x`` is traced (under jit/vmap)."""
-  if isinstance(x, jax.core.Tracer):
-    return None
-  try:
-    return np.asarray(x)
-  except Exception:  # noqa: BLE001 - anything not convertible is checked elsewhere
-    return None
+def _check_options(fn: str, log_prob, max_steps, rtol, atol, gtol) -> int:
+  if not callable(log_prob):
+    V.fail(fn, "log_prob", "be callable", type(log_prob).__name__, exc=TypeError)
+  max_steps = V.check_int(fn, "max_steps", max_steps, minimum=0)
+  for name, tol in (("rtol", rtol), ("atol", atol), ("gtol", gtol)):
+    V.check_nonnegative(fn, name, tol)
+  return max_steps
+
+
+def _check_params(fn: str, params):
+  leaves, treedef = jax.tree.flatten(params)
+  if not leaves:
+    V.fail(fn, "params", "contain at least one array", repr(params))
+  for leaf in leaves:
+    V.check_array(fn, "params", leaf)
+    V.check_floating(fn, "params", leaf)
+  return leaves, treedef
 
 
 def _check_data(fn: str, data) -> int:
-  leaves = jax.tree_util.tree_leaves(data)
+  """The number of observations, after checking that ``data`` holds them on its leading axis."""
+  leaves = jax.tree.leaves(data)
   if not leaves:
-    _validate.fail(fn, "data", "be a non-empty array or pytree of arrays", repr(data))
+    V.fail(fn, "data", "be a non-empty array or pytree of arrays", repr(data))
   lead = set()
   for leaf in leaves:
-    _validate.check_array(fn, "data", leaf)
-    _validate.check_min_ndim(fn, "data", leaf, 1, " (observations on the leading axis)")
+    V.check_array(fn, "data", leaf)
+    V.check_min_ndim(fn, "data", leaf, 1, " (observations on the leading axis)")
     lead.add(np.shape(leaf)[0])
   if len(lead) != 1:
-    _validate.fail(
+    V.fail(
       fn, "data", "have the same leading (observation) axis in every leaf", f"leading sizes {sorted(lead)}"
     )
   n = lead.pop()
   if n == 0:
-    _validate.fail(fn, "data", "have at least one observation", "0 observations (empty data)")
+    V.fail(fn, "data", "have at least one observation", "0 observations (empty data)")
   for leaf in leaves:
-    c = _concrete(leaf)
+    c = V.concrete(leaf)
     if c is not None and c.dtype.kind in "fc" and np.isnan(c).any():
-      _validate.fail(fn, "data", "not contain NaN", f"{int(np.isnan(c).sum())} NaN value(s)")
+      V.fail(fn, "data", "not contain NaN", f"{int(np.isnan(c).sum())} NaN value(s)")
   return n
 
 
-def _path_names(tree) -> list[str]:
-  return [jax.tree_util.keystr(p) or "params" for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def _check_start(fn: str, params, bijections) -> None:
+  """A concrete starting point must lie inside its constraints (a traced one cannot be checked)."""
+  for b, (path, leaf) in zip(bijections, jax.tree.leaves_with_path(params)):
+    where = jax.tree_util.keystr(path) or "params"
+    if b.name == "simplex" and np.ndim(leaf) < 1:
+      V.fail(
+        fn, "params", f"have rank >= 1 where the constraint is 'simplex' ({where})", f"shape {np.shape(leaf)}"
+      )
+    c = V.concrete(leaf)
+    if c is not None and not np.all(b.contains(c.astype(np.float64))):
+      V.fail(
+        fn,
+        "params",
+        f"satisfy their constraints ({where} is '{b.name}')",
+        np.array2string(c, precision=6, threshold=8),
+      )
+
+
+def _check_weights(fn: str, weights, n: int) -> None:
+  if weights is None:
+    return
+  V.check_array(fn, "weights", weights)
+  V.check_shape(fn, "weights", weights, (n,), " (one per observation)")
+  c = V.concrete(weights)
+  if c is not None and not (np.all(np.isfinite(c)) and np.all(c >= 0) and c.sum() > 0):
+    V.fail(fn, "weights", "be finite, >= 0 and not all 0", np.array2string(c, threshold=8))
+
+
+def _check_log_prob(fn: str, log_prob, params, data) -> None:
+  """``log_prob(params, x)`` must be a scalar for one observation ``x``; traced on shapes only."""
+  struct = lambda a, shape: jax.ShapeDtypeStruct(shape, jnp.result_type(a))
+  one_obs = jax.tree.map(lambda a: struct(a, np.shape(a)[1:]), data)
+  out = jax.eval_shape(log_prob, jax.tree.map(lambda a: struct(a, np.shape(a)), params), one_obs)
+  if not isinstance(out, jax.ShapeDtypeStruct):
+    V.fail(fn, "log_prob", "return a scalar", type(out).__name__, exc=TypeError)
+  if out.shape != ():
+    V.fail(fn, "log_prob", "return a scalar", f"shape {out.shape}")
 
 
 def fit(
@@ -335,6 +249,8 @@ def fit(
   * (Cauchy) :math:`|\\Delta u_j| \\le` ``atol`` + ``rtol`` :math:`|u_j|` for
     every :math:`j` and :math:`|\\Delta \\bar\\ell| \\le` ``atol`` + ``rtol``
     :math:`|\\bar\\ell|` between consecutive steps.
+
+  ``result.criterion`` holds the :class:`Criterion` that stopped the loop.
 
   The mean (not the sum) makes the defaults reachable in float32: a float32
   location near 168 moves in steps of 1.5e-5, which leaves a summed NLL with a
@@ -375,10 +291,11 @@ def fit(
   Raises:
     ValueError / TypeError when concrete inputs are invalid: empty data, NaN
     in data, params outside their constraints, a constraints tree that does
-    not match params, unknown constraint names, bad weights. Under ``jit`` or
-    ``vmap`` only static facts (structure, shapes, dtypes, names) can be
-    checked: NaN data or infeasible starting params then give a NaN ``nll``
-    with ``converged=False`` and ``steps=0``, rather than an error.
+    not match params, unknown constraint names, bad weights, a ``log_prob``
+    that does not return a scalar per observation (found from shapes alone).
+    Under ``jit`` or ``vmap`` only static facts (structure, shapes, dtypes,
+    names) can be checked: NaN data or infeasible starting params then give a
+    NaN ``nll`` with ``converged=False`` and ``steps=0``, rather than an error.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -403,52 +320,23 @@ def fit(
     observed information).
   """
   fn = "fit"
-  if not callable(log_prob):
-    _validate.fail(fn, "log_prob", "be callable", type(log_prob).__name__, exc=TypeError)
-  max_steps = _validate.check_int(fn, "max_steps", max_steps, minimum=0)
-  for name, tol in (("rtol", rtol), ("atol", atol), ("gtol", gtol)):
-    v = _validate.as_number(fn, name, tol)
-    if v is not None and not v >= 0:
-      _validate.fail(fn, name, "be >= 0", v)
-  p_leaves, p_def = jax.tree_util.tree_flatten(params)
-  if not p_leaves:
-    _validate.fail(fn, "params", "contain at least one array", repr(params))
-  for leaf in p_leaves:
-    _validate.check_array(fn, "params", leaf)
-    _validate.check_floating(fn, "params", leaf)
-  bijections = _leaf_bijections(fn, constraints, params)
+  max_steps = _check_options(fn, log_prob, max_steps, rtol, atol, gtol)
+  p_leaves, p_def = _check_params(fn, params)
+  bijections = leaf_bijections(fn, constraints, params)
   n = _check_data(fn, data)
-  for b, leaf, path in zip(bijections, p_leaves, _path_names(params)):
-    if b.name == "simplex" and np.ndim(leaf) < 1:
-      _validate.fail(
-        fn, "params", f"have rank >= 1 where the constraint is 'simplex' ({path})", f"shape {np.shape(leaf)}"
-      )
-    c = _concrete(leaf)
-    if c is not None and not np.all(b.contains(c.astype(np.float64))):
-      _validate.fail(
-        fn,
-        "params",
-        f"satisfy their constraints ({path} is '{b.name}')",
-        np.array2string(c, precision=6, threshold=8),
-      )
-  if weights is not None:
-    _validate.check_array(fn, "weights", weights)
-    _validate.check_shape(fn, "weights", weights, (n,), " (one per observation)")
-    c = _concrete(weights)
-    if c is not None and not (np.all(np.isfinite(c)) and np.all(c >= 0) and c.sum() > 0):
-      _validate.fail(fn, "weights", "be finite, >= 0 and not all 0", np.array2string(c, threshold=8))
-
-  return _fit(
-    log_prob, tuple(bijections), p_def, optimizer, max_steps, n, p_leaves, data, weights, rtol, atol, gtol
-  )
+  _check_start(fn, params, bijections)
+  _check_weights(fn, weights, n)
+  _check_log_prob(fn, log_prob, params, data)
+  return _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_steps, rtol, atol, gtol)
 
 
 # Compiled as one program even when ``fit`` is called eagerly: op-by-op
 # dispatch of the Hessians and the loop setup costs more than compiling them.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, weights, rtol, atol, gtol):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_steps, rtol, atol, gtol):
   dtype = compute_dtype(jnp.result_type(*p_leaves))
   out_dtypes = [jnp.result_type(leaf) for leaf in p_leaves]
+  n = jax.tree.leaves(data)[0].shape[0]
   w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights).astype(dtype)
   w_sum = jnp.sum(w)
 
@@ -486,12 +374,12 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
   def gnorm(g):
     return jnp.max(jnp.abs(g)) if g.size else jnp.zeros((), dtype)
 
-  crit0 = jnp.where(gnorm(g0) <= gtol, 1, 0).astype(jnp.int32)
+  crit0 = jnp.where(gnorm(g0) <= gtol, Criterion.GTOL, Criterion.NONE).astype(jnp.int32)
 
   def cond(carry):
     step, z, state, f, g, crit = carry
     finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
-    return (step < max_steps) & (crit == 0) & finite
+    return (step < max_steps) & (crit == Criterion.NONE) & finite
 
   def body(carry):
     step, z, state, f, g, _ = carry
@@ -511,13 +399,14 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
     cauchy = jnp.all(jnp.abs(du) <= atol + rtol * jnp.abs(u_new)) & (
       jnp.abs(f_new - f) <= atol + rtol * jnp.abs(f_new)
     )
-    crit = jnp.where(gnorm(g_new) <= gtol, 1, jnp.where(cauchy, 2, 0)).astype(jnp.int32)
-    crit = jnp.where(jnp.isfinite(f_new), crit, 0)
+    crit = jnp.where(cauchy, Criterion.CAUCHY, Criterion.NONE)
+    crit = jnp.where(gnorm(g_new) <= gtol, Criterion.GTOL, crit)
+    crit = jnp.where(jnp.isfinite(f_new), crit, Criterion.NONE).astype(jnp.int32)
     return step + 1, z_new, state, f_new, g_new, crit
 
   carry = (jnp.zeros((), jnp.int32), z0, state0, f0, g0, crit0)
   steps, z, _, f, g, crit = jax.lax.while_loop(cond, body, carry)
-  crit = jnp.where(jnp.isfinite(f) & jnp.all(jnp.isfinite(g)), crit, 0)
+  crit = jnp.where(jnp.isfinite(f) & jnp.all(jnp.isfinite(g)), crit, Criterion.NONE).astype(jnp.int32)
 
   u = u0 + scale * z
   theta_leaves = to_params(u)
@@ -544,7 +433,7 @@ def _fit(log_prob, bijections, p_def, optimizer, max_steps, n, p_leaves, data, w
     covariance=cov.astype(out_dtype),
     grad_norm=gnorm(g).astype(out_dtype),
     steps=steps,
-    converged=crit > 0,
+    converged=crit != Criterion.NONE,
     criterion=crit,
     n_params=jnp.asarray(n_free, jnp.int32),
   )
@@ -581,20 +470,17 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
     >>> print(f"{r.params['loc']:.3f} {r.params['scale']:.4f}")
     168.344 2.6207
   """
-  from jaxsoft import distributions  # noqa: PLC0415 - distributions imports this module's names lazily
-
   fn = "fit_distribution"
   fam = distributions.get(family, fn=fn)
   if "constraints" in fit_options:
-    _validate.fail(
-      fn, "constraints", "not be given (the family fixes them)", "constraints=...", exc=TypeError
-    )
+    V.fail(fn, "constraints", "not be given (the family fixes them)", "constraints=...", exc=TypeError)
   _check_data(fn, data)
-  c = _concrete(data)
+  V.check_ndim(fn, "data", data, 1, " (one observation per entry)")
+  c = V.concrete(data)
   if c is not None and not (c.dtype.kind in "fc" and np.isnan(c).any()):
     bad = ~np.asarray(fam.support(c))
     if bad.any():
-      _validate.fail(
+      V.fail(
         fn,
         "data",
         f"lie in the support of {fam.name} ({fam.support_text})",
@@ -634,7 +520,7 @@ def aic(result: MLEResult, n_obs=None, *, corrected: bool = False):
   out = 2 * k + 2 * result.nll
   if corrected:
     if n_obs is None:
-      _validate.fail("aic", "n_obs", "be given when corrected=True", None)
+      V.fail("aic", "n_obs", "be given when corrected=True", None)
     out = out + 2 * k * (k + 1) / (n_obs - k - 1)
   return out
 
@@ -655,7 +541,7 @@ def bic(result: MLEResult, n_obs):
     >>> print(round(float(bic(r, 10)), 4))
     51.6052
   """
-  _validate.check_positive("bic", "n_obs", n_obs)
+  V.check_positive("bic", "n_obs", n_obs)
   k = jnp.asarray(result.n_params, result.nll.dtype)
   return k * jnp.log(jnp.asarray(n_obs, result.nll.dtype)) + 2 * result.nll
 
@@ -682,12 +568,10 @@ def confidence_intervals(result: MLEResult, level: float = 0.95) -> Interval:
     >>> print(f"{ci.lower['loc']:.3f} {ci.upper['loc']:.3f}")
     166.720 169.968
   """
-  _validate.check_range("confidence_intervals", "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
-  z = (
-    float(jax.scipy.special.ndtri(0.5 + level / 2))
-    if not isinstance(level, jax.core.Tracer)
-    else jax.scipy.special.ndtri(0.5 + level / 2)
-  )
-  lower = jax.tree_util.tree_map(lambda p, s: p - z * s, result.params, result.stderr)
-  upper = jax.tree_util.tree_map(lambda p, s: p + z * s, result.params, result.stderr)
+  V.check_range("confidence_intervals", "level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+  z = jax.scipy.special.ndtri(0.5 + level / 2)
+  if V.concrete(level) is not None:
+    z = float(z)  # a Python number keeps the dtypes of params and stderr
+  lower = jax.tree.map(lambda p, s: p - z * s, result.params, result.stderr)
+  upper = jax.tree.map(lambda p, s: p + z * s, result.params, result.stderr)
   return Interval(lower, upper)

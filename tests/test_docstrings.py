@@ -9,7 +9,17 @@ import importlib
 
 import pytest
 
-MODULES = ["softmax", "losses", "_vocab", "attention", "montecarlo", "qmc", "mle", "distributions"]
+MODULES = [
+  "softmax",
+  "losses",
+  "_vocab",
+  "attention",
+  "montecarlo",
+  "qmc",
+  "mle",
+  "_constraints",
+  "distributions",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)
