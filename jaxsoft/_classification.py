@@ -35,13 +35,12 @@ def _check_scores(fn, name, scores, axis, weight, label_smoothing, reduction):
   (axis,) = V.normalize_axes(fn, "axis", axis, scores.ndim)
   V.check_option(fn, "reduction", reduction, REDUCTIONS)
   V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
-  num_classes = scores.shape[axis]
   if weight is not None:
     weight = jnp.asarray(weight)
     V.check_floating(fn, "weight", weight)
-    V.check_shape(fn, "weight", weight, (num_classes,), f" (one per class of axis {axis})")
+    V.check_shape(fn, "weight", weight, (scores.shape[axis],), f" (one per class of axis {axis})")
   # Classes last: every later step indexes the final axis.
-  return jnp.moveaxis(scores, axis, -1), axis, weight, num_classes
+  return jnp.moveaxis(scores, axis, -1), axis, weight
 
 
 def _is_zero(value) -> bool:
@@ -176,7 +175,7 @@ def cross_entropy(
     Szegedy et al., 2016, "Rethinking the Inception Architecture" (label smoothing).
   """
   fn = "cross_entropy"
-  scores, axis, weight, _ = _check_scores(fn, "logits", logits, axis, weight, label_smoothing, reduction)
+  scores, axis, weight = _check_scores(fn, "logits", logits, axis, weight, label_smoothing, reduction)
   z = scores.astype(compute_dtype(scores.dtype))
   # One logsumexp, computed on first use, shared by the label and smoothing terms.
   lse = functools.cache(lambda: logsumexp(z, -1))
@@ -234,9 +233,7 @@ def nll_loss(
     0.2877
   """
   fn = "nll_loss"
-  scores, axis, weight, _ = _check_scores(
-    fn, "log_probs", log_probs, axis, weight, label_smoothing, reduction
-  )
+  scores, axis, weight = _check_scores(fn, "log_probs", log_probs, axis, weight, label_smoothing, reduction)
   lp = scores.astype(compute_dtype(scores.dtype))
   nll_at = lambda y: -jnp.take_along_axis(lp, y[..., None], -1)[..., 0]
   smooth = lambda w: -jnp.sum(jnp.where(w == 0, 0, w * lp), -1)
