@@ -557,7 +557,7 @@ def test_jit_vmap_jvp():
   want = np.array([np_cross_entropy(x[i], y[i], weight=w, label_smoothing=0.1) for i in range(3)])
   assert_close(got, want)
   where = np.random.default_rng(51).random((3, N)) < 0.5
-  got = jax.vmap(lambda x, y, m: cross_entropy(x, y, where=m))(x, y, where)
+  got = jax.jit(jax.vmap(lambda x, y, m: cross_entropy(x, y, where=m)))(x, y, where)
   assert_close(got, [np_cross_entropy(x[i], y[i], where=where[i]) for i in range(3)])
   got = jax.jit(jax.vmap(jax.grad(lambda x, y: nll_loss(x, y, reduction="sum"))))(x, y)
   np.testing.assert_array_equal(got, -np.eye(C, dtype=np.float32)[y])
