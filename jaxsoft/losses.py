@@ -1,9 +1,9 @@
 """Losses: classification (cross-entropy, NLL, entropy, KL) and large-vocabulary softmax losses.
 
-* :func:`cross_entropy`, :func:`nll_loss`, :func:`entropy` and
-  :func:`kl_divergence` take the scores or probabilities themselves, with
-  PyTorch's options (``weight``, ``ignore_index``, ``label_smoothing``,
-  ``reduction``).
+* :func:`cross_entropy` and :func:`nll_loss` take the logits or
+  log-probabilities themselves, with PyTorch's options (``weight``,
+  ``ignore_index``, ``label_smoothing``, ``reduction``); :func:`entropy` and
+  :func:`kl_divergence` take probabilities.
 * :func:`linear_cross_entropy` is ``cross_entropy(hidden @ weight + bias,
   labels)`` without materializing the ``[tokens, vocab]`` logits, and
   :func:`sampled_softmax_cross_entropy` estimates the normalizer from a few
