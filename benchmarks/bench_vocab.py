@@ -54,19 +54,19 @@ def _loss_fn(method, y, num_samples):
   import jax
   import optax
 
-  import jaxsoft._vocab as vocab_losses
+  import jaxsoft
 
   if method == "optax":
     return lambda h, w: optax.softmax_cross_entropy_with_integer_labels(h @ w, y).mean()
   if method == "jaxsoft":
-    return lambda h, w: vocab_losses.linear_cross_entropy(h, w, y)
+    return lambda h, w: jaxsoft.linear_cross_entropy(h, w, y)
   if method == "jax_cce":
     import jax_cce
 
     return lambda h, w: jax_cce.linear_cross_entropy(h, w, y)
   if method == "sampled":
     key = jax.random.key(1)
-    return lambda h, w: vocab_losses.sampled_softmax_cross_entropy(h, w, y, key, num_samples=num_samples)
+    return lambda h, w: jaxsoft.sampled_softmax_cross_entropy(h, w, y, key, num_samples=num_samples)
   raise ValueError(method)
 
 

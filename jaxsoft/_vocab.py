@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxsoft import _validate as v
+from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft._labels import class_labels
 from jaxsoft._reduction import REDUCTIONS, reduce_loss
 from jaxsoft.softmax import logsumexp
 
@@ -182,47 +183,49 @@ def _chunk_sizes(fn, chunk_size, n, vocab):
     tn, tv = _TOKEN_CHUNK, _VOCAB_CHUNK
   elif isinstance(chunk_size, (tuple, list)):
     if len(chunk_size) != 2:
-      v.fail(
+      V.fail(
         fn,
         "chunk_size",
         "be None, an int or a (token_chunk, vocab_chunk) pair",
         repr(chunk_size),
         exc=TypeError,
       )
-    tn = v.check_int(fn, "chunk_size[0]", chunk_size[0], minimum=1)
-    tv = v.check_int(fn, "chunk_size[1]", chunk_size[1], minimum=1)
+    tn = V.check_int(fn, "chunk_size[0]", chunk_size[0], minimum=1)
+    tv = V.check_int(fn, "chunk_size[1]", chunk_size[1], minimum=1)
   else:
-    tn, tv = _TOKEN_CHUNK, v.check_int(fn, "chunk_size", chunk_size, minimum=1)
+    tn, tv = _TOKEN_CHUNK, V.check_int(fn, "chunk_size", chunk_size, minimum=1)
   # Evenly sized chunks waste at most one row/column per chunk in the last one.
   return _balanced(max(n, 1), min(tn, max(n, 1))), _balanced(vocab, min(tv, vocab))
 
 
-def _check_hidden_weight(fn, hidden, weight, bias, labels):
+def _check_hidden_weight(fn, hidden, weight, bias, labels, reduction):
+  """The checks shared by both vocabulary losses; fills in a zero bias."""
   for name, x in (("hidden", hidden), ("weight", weight)):
-    v.check_array(fn, name, x)
+    V.check_array(fn, name, x)
   hidden, weight = jnp.asarray(hidden), jnp.asarray(weight)
-  v.check_floating(fn, "hidden", hidden)
-  v.check_floating(fn, "weight", weight)
-  v.check_min_ndim(fn, "hidden", hidden, 1, " ([..., d])")
-  v.check_ndim(fn, "weight", weight, 2, " ([d, V])")
+  V.check_floating(fn, "hidden", hidden)
+  V.check_floating(fn, "weight", weight)
+  V.check_min_ndim(fn, "hidden", hidden, 1, " ([..., d])")
+  V.check_ndim(fn, "weight", weight, 2, " ([d, V])")
   d = hidden.shape[-1]
   if weight.shape[0] != d:
-    v.fail(fn, "weight", f"have shape ({d}, V) (d = hidden.shape[-1])", tuple(weight.shape))
+    V.fail(fn, "weight", f"have shape ({d}, V) (d = hidden.shape[-1])", tuple(weight.shape))
   vocab = weight.shape[1]
   if vocab < 1:
-    v.fail(fn, "weight", "have at least one class (V >= 1)", tuple(weight.shape))
+    V.fail(fn, "weight", "have at least one class (V >= 1)", tuple(weight.shape))
   if bias is None:
     bias = jnp.zeros((vocab,), weight.dtype)
   else:
-    v.check_array(fn, "bias", bias)
+    V.check_array(fn, "bias", bias)
     bias = jnp.asarray(bias)
-    v.check_floating(fn, "bias", bias)
-    v.check_shape(fn, "bias", bias, (vocab,), " (one per class, weight.shape[1])")
-  v.check_array(fn, "labels", labels)
+    V.check_floating(fn, "bias", bias)
+    V.check_shape(fn, "bias", bias, (vocab,), " (one per class, weight.shape[1])")
+  V.check_array(fn, "labels", labels)
   labels = jnp.asarray(labels)
-  v.check_integer(fn, "labels", labels)
-  v.check_shape(fn, "labels", labels, hidden.shape[:-1], " (hidden.shape[:-1])")
-  return hidden, weight, bias, labels, vocab
+  V.check_integer(fn, "labels", labels)
+  V.check_shape(fn, "labels", labels, hidden.shape[:-1], " (hidden.shape[:-1])")
+  V.check_option(fn, "reduction", reduction, REDUCTIONS)
+  return hidden, weight, bias, labels
 
 
 def linear_cross_entropy(
@@ -271,7 +274,7 @@ def linear_cross_entropy(
     ignore_index: optional label value whose tokens are skipped.
     label_smoothing: in ``[0, 1]``, mixes the target with the uniform one.
     where: optional boolean broadcastable to ``labels.shape``; False skips a
-      token like ``ignore_index``.
+      token like ``ignore_index``, whatever its label.
     reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
   Returns:
@@ -280,8 +283,8 @@ def linear_cross_entropy(
     computed in float32).
 
   Raises:
-    ValueError: shape mismatches, bad options, or (when concrete) labels out
-      of range; under ``jit`` such a token's loss is NaN, as in
+    ValueError: shape mismatches, bad options, or (when concrete) counted
+      labels out of range; under ``jit`` such a token's loss is NaN, as in
       :func:`jaxsoft.cross_entropy`.
 
   Examples:
@@ -302,43 +305,19 @@ def linear_cross_entropy(
     calculation for softmax".
   """
   fn = "linear_cross_entropy"
-  hidden, weight, bias, labels, vocab = _check_hidden_weight(fn, hidden, weight, bias, labels)
-  v.check_option(fn, "reduction", reduction, REDUCTIONS)
-  v.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
-  batch_shape = labels.shape
-  n = math.prod(batch_shape)
+  hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
+  V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+  n, vocab = labels.size, weight.shape[1]
   tn, tv = _chunk_sizes(fn, chunk_size, n, vocab)
-  out_dtype = hidden.dtype
-
-  keep = jnp.ones(batch_shape, bool)
-  if ignore_index is not None:
-    v.check_int(fn, "ignore_index", ignore_index)
-    keep = labels != ignore_index
-  if where is not None:
-    where = jnp.asarray(where)
-    v.check_bool(fn, "where", where)
-    v.check_broadcastable(fn, "where", where.shape, batch_shape, " (labels.shape)")
-    keep = keep & where
-  concrete = v.concrete(labels)
-  if concrete is not None:
-    counted = concrete if ignore_index is None else concrete[concrete != ignore_index]
-    bad = counted[(counted < 0) | (counted >= vocab)]
-    if bad.size:
-      v.fail(
-        fn, "labels", f"be in [0, {vocab}) or ignore_index={ignore_index}", f"{bad.ravel()[:5].tolist()}"
-      )
-  in_range = (labels >= 0) & (labels < vocab)
-  # Skipped tokens may hold any label (PyTorch's -100): compute them on class 0.
-  safe = jnp.where(keep & in_range, labels, 0).astype(jnp.int32)
-
+  y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
+  dtype = compute_dtype(hidden.dtype)
   if n == 0:
-    per = jnp.zeros(batch_shape, compute_dtype(out_dtype))
+    per = jnp.zeros(labels.shape, dtype)
   else:
-    eps = jnp.asarray(label_smoothing, compute_dtype(out_dtype))
-    per = _fused_nll(hidden.reshape(n, -1), weight, bias, safe.reshape(n), eps, tn, tv)
-    per = per.reshape(batch_shape)
-  per = jnp.where(keep, jnp.where(in_range, per, jnp.nan), 0)
-  return reduce_loss(per, keep.astype(per.dtype), reduction).astype(out_dtype)
+    eps = jnp.asarray(label_smoothing, dtype)
+    per = _fused_nll(hidden.reshape(n, -1), weight, bias, y.index.reshape(n), eps, tn, tv)
+    per = per.reshape(labels.shape)
+  return reduce_loss(y.loss(per), y.keep.astype(per.dtype), reduction).astype(hidden.dtype)
 
 
 def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
@@ -358,6 +337,17 @@ def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
   ids = jnp.clip(jnp.floor(jnp.exp(u * log_v1)).astype(jnp.int32) - 1, 0, vocab - 1)
   log_q = jnp.log(jnp.log1p(1.0 / (ids + 1.0))) - math.log(log_v1)
   return ids, log_q
+
+
+def _check_sampling(fn, key, num_samples, sampler, remove_accidental_hits, vocab):
+  """The sampled softmax's own options; returns the key, typed."""
+  num_samples = V.check_int(fn, "num_samples", num_samples, minimum=1)
+  if num_samples > vocab:
+    V.fail(fn, "num_samples", f"be <= the vocabulary size {vocab} (weight.shape[1])", num_samples)
+  V.check_option(fn, "sampler", sampler, _SAMPLERS)
+  if not isinstance(remove_accidental_hits, bool):
+    V.fail(fn, "remove_accidental_hits", "be a bool", repr(remove_accidental_hits), exc=TypeError)
+  return V.check_key(fn, "key", key)
 
 
 def sampled_softmax_cross_entropy(
@@ -402,7 +392,8 @@ def sampled_softmax_cross_entropy(
     hidden: floating ``[..., d]``.
     weight: floating ``[d, V]``.
     labels: integer ``hidden.shape[:-1]`` in ``[0, V)``.
-    key: a ``jax.random`` key; the same key draws the same classes.
+    key: a ``jax.random`` key (``jax.random.key``, or a legacy ``uint32[2]``
+      ``jax.random.PRNGKey``); the same key draws the same classes.
     num_samples: number of draws ``S``, a Python int in ``[1, V]``.
     bias: optional ``[V]``.
     sampler: ``"log_uniform"`` or ``"uniform"``.
@@ -430,38 +421,24 @@ def sampled_softmax_cross_entropy(
     model"; TensorFlow, ``tf.nn.sampled_softmax_loss``.
   """
   fn = "sampled_softmax_cross_entropy"
-  hidden, weight, bias, labels, vocab = _check_hidden_weight(fn, hidden, weight, bias, labels)
-  num_samples = v.check_int(fn, "num_samples", num_samples, minimum=1)
-  if num_samples > vocab:
-    v.fail(fn, "num_samples", f"be <= the vocabulary size {vocab} (weight.shape[1])", num_samples)
-  v.check_option(fn, "sampler", sampler, _SAMPLERS)
-  v.check_option(fn, "reduction", reduction, REDUCTIONS)
-  if not isinstance(remove_accidental_hits, bool):
-    v.fail(fn, "remove_accidental_hits", "be a bool", repr(remove_accidental_hits), exc=TypeError)
-  v.check_array(fn, "key", key)
-  concrete = v.concrete(labels)
-  if concrete is not None and concrete.size:
-    bad = concrete[(concrete < 0) | (concrete >= vocab)]
-    if bad.size:
-      v.fail(fn, "labels", f"be in [0, {vocab})", f"{bad.ravel()[:5].tolist()}")
-  out_dtype = hidden.dtype
+  hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
+  vocab = weight.shape[1]
+  key = _check_sampling(fn, key, num_samples, sampler, remove_accidental_hits, vocab)
+  y = class_labels(fn, labels, vocab)
   dtype = compute_dtype(jnp.result_type(hidden, weight))
 
   ids, log_q = _draw_candidates(key, sampler, num_samples, vocab)
   h = hidden.astype(dtype)
-  safe = jnp.clip(labels, 0, vocab - 1)
   # One gather of the label and sampled columns: its gradient is then a single
   # scatter into one [d, V] buffer, the only vocabulary-sized array of the pass.
-  cols = jnp.concatenate([safe.reshape(-1), ids])
+  cols = jnp.concatenate([y.index.reshape(-1), ids])
   w_cols = jnp.take(weight, cols, axis=1).astype(dtype)
   b_cols = bias[cols].astype(dtype)
-  n = safe.size
-  z_y = jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(safe.shape)
+  n = labels.size
+  z_y = jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(labels.shape)
   z_s = jnp.dot(h, w_cols[:, n:]) + b_cols[n:]
   z_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
   if remove_accidental_hits:
-    z_s = jnp.where(ids == labels[..., None], -jnp.inf, z_s)
+    z_s = jnp.where(ids == y.index[..., None], -jnp.inf, z_s)
   per = logsumexp(jnp.concatenate([z_y[..., None], z_s], axis=-1), -1) - z_y
-  in_range = (labels >= 0) & (labels < vocab)
-  per = jnp.where(in_range, per, jnp.nan)
-  return reduce_loss(per, jnp.ones_like(per), reduction).astype(out_dtype)
+  return reduce_loss(y.loss(per), y.keep.astype(per.dtype), reduction).astype(hidden.dtype)
