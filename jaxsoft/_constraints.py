@@ -1,7 +1,7 @@
-"""Parameter constraints as smooth bijections from an unconstrained space.
+r"""Parameter constraints as smooth bijections from an unconstrained space.
 
 :func:`jaxsoft.mle.fit` optimizes in unconstrained coordinates :math:`u` and
-maps them onto the constrained parameters :math:`\\theta = T(u)`; this module
+maps them onto the constrained parameters :math:`\theta = T(u)`; this module
 holds the bijections :math:`T`, the names that select them and the matching of
 a ``constraints`` tree to the leaves of ``params``. Public through
 :mod:`jaxsoft.mle` (``jaxsoft.mle.bijection``, ``jaxsoft.mle.Bijection``).
@@ -113,17 +113,17 @@ def _parse(spec: str) -> Bijection | None:
 
 
 def bijection(spec, *, fn: str = "bijection") -> Bijection:
-  """The bijection for a constraint name.
+  r"""The bijection for a constraint name.
 
   ============================  ==========================================
   ``"real"``                    identity
   ``"positive"``                :math:`x = e^u`
-  ``"unit_interval"``           :math:`x = \\sigma(u)` (open interval)
-  ``"simplex"``                 :math:`x = \\mathrm{softmax}([u, 0])` on the
+  ``"unit_interval"``           :math:`x = \sigma(u)` (open interval)
+  ``"simplex"``                 :math:`x = \mathrm{softmax}([u, 0])` on the
                                 last axis (additive log-ratio, K-1 coordinates)
   ``"lower_bounded:<a>"``       :math:`x = a + e^u`
   ``"upper_bounded:<b>"``       :math:`x = b - e^u`
-  ``"interval:<a>,<b>"``        :math:`x = a + (b - a)\\sigma(u)`
+  ``"interval:<a>,<b>"``        :math:`x = a + (b - a)\sigma(u)`
   ============================  ==========================================
 
   Args:

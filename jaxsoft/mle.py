@@ -1,7 +1,7 @@
-"""Maximum likelihood by gradient descent, with standard errors.
+r"""Maximum likelihood by gradient descent, with standard errors.
 
-``fit(log_prob, params, data)`` maximizes :math:`\\sum_i w_i \\log p(x_i \\mid
-\\theta)` over any pytree of parameters :math:`\\theta`, in an unconstrained space
+``fit(log_prob, params, data)`` maximizes :math:`\sum_i w_i \log p(x_i \mid
+\theta)` over any pytree of parameters :math:`\theta`, in an unconstrained space
 reached through smooth bijections (``constraints``), and reports standard
 errors from the observed Fisher information mapped back by the delta method.
 It is one pure function: ``jax.jit`` compiles it and ``jax.vmap`` fits many
@@ -232,23 +232,23 @@ def fit(
   atol: float = 1e-8,
   gtol: float = 1e-5,
 ) -> MLEResult:
-  """Maximum-likelihood estimate of ``params`` by gradient descent.
+  r"""Maximum-likelihood estimate of ``params`` by gradient descent.
 
   Minimizes the mean negative log-likelihood in unconstrained coordinates
-  :math:`u` (with :math:`\\theta = T(u)` the constraint bijections):
+  :math:`u` (with :math:`\theta = T(u)` the constraint bijections):
 
   .. math::
-    \\bar\\ell(u) = -\\frac{\\sum_i w_i \\log p(x_i \\mid T(u))}{\\sum_i w_i}.
+    \bar\ell(u) = -\frac{\sum_i w_i \log p(x_i \mid T(u))}{\sum_i w_i}.
 
-  The optimizer sees :math:`z` with :math:`u = u_0 + s \\odot z`, where
-  :math:`s_j = 1/\\sqrt{\\partial^2_{u_j} \\bar\\ell(u_0)}` (1 where that is not
+  The optimizer sees :math:`z` with :math:`u = u_0 + s \odot z`, where
+  :math:`s_j = 1/\sqrt{\partial^2_{u_j} \bar\ell(u_0)}` (1 where that is not
   positive): the problem is then unit-free, so one ``gtol`` suits data in
   millimetres or kilometres. The loop stops after ``max_steps`` steps or when
 
-  * (``gtol``) :math:`\\|\\nabla_z \\bar\\ell\\|_\\infty \\le` ``gtol``, or
-  * (Cauchy) :math:`|\\Delta u_j| \\le` ``atol`` + ``rtol`` :math:`|u_j|` for
-    every :math:`j` and :math:`|\\Delta \\bar\\ell| \\le` ``atol`` + ``rtol``
-    :math:`|\\bar\\ell|` between consecutive steps.
+  * (``gtol``) :math:`\|\nabla_z \bar\ell\|_\infty \le` ``gtol``, or
+  * (Cauchy) :math:`|\Delta u_j| \le` ``atol`` + ``rtol`` :math:`|u_j|` for
+    every :math:`j` and :math:`|\Delta \bar\ell| \le` ``atol`` + ``rtol``
+    :math:`|\bar\ell|` between consecutive steps.
 
   ``result.criterion`` holds the :class:`Criterion` that stopped the loop.
 
@@ -258,10 +258,10 @@ def fit(
   and the Cauchy criterion needs no gradient at all.
 
   Standard errors come from the inverse observed information
-  :math:`H^{-1}`, :math:`H = \\nabla^2_u \\sum_i -w_i \\log p(x_i \\mid T(u))`,
-  mapped by the delta method :math:`\\Sigma_\\theta = J H^{-1} J^\\top`,
-  :math:`J = \\partial T / \\partial u`. When :math:`H` is singular or not
-  positive definite (an eigenvalue below :math:`10 P \\epsilon \\max|\\lambda|`)
+  :math:`H^{-1}`, :math:`H = \nabla^2_u \sum_i -w_i \log p(x_i \mid T(u))`,
+  mapped by the delta method :math:`\Sigma_\theta = J H^{-1} J^\top`,
+  :math:`J = \partial T / \partial u`. When :math:`H` is singular or not
+  positive definite (an eigenvalue below :math:`10 P \epsilon \max|\lambda|`)
   the covariance and stderr are NaN.
 
   Args:
@@ -274,7 +274,7 @@ def fit(
       from :func:`bijection` (names such as ``"positive"``) or ``None`` (real).
       ``None`` (the default) leaves every parameter unconstrained.
     weights: optional [n] non-negative per-observation weights (frequency
-      weights: the NLL is :math:`-\\sum_i w_i \\log p(x_i)`).
+      weights: the NLL is :math:`-\sum_i w_i \log p(x_i)`).
     optimizer: any ``optax.GradientTransformation``; it receives a flat vector
       of the scaled unconstrained coordinates and, as extra arguments,
       ``value``, ``grad`` and ``value_fn`` (for line searches). Default:
@@ -497,7 +497,7 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
 
 
 def aic(result: MLEResult, n_obs=None, *, corrected: bool = False):
-  """Akaike information criterion :math:`2k + 2\\,\\mathrm{NLL}`.
+  r"""Akaike information criterion :math:`2k + 2\,\mathrm{NLL}`.
 
   With ``corrected=True``, AICc adds :math:`2k(k+1)/(n - k - 1)`; plain AIC
   does not depend on ``n_obs``.
@@ -526,7 +526,7 @@ def aic(result: MLEResult, n_obs=None, *, corrected: bool = False):
 
 
 def bic(result: MLEResult, n_obs):
-  """Bayesian information criterion :math:`k \\log n + 2\\,\\mathrm{NLL}`.
+  r"""Bayesian information criterion :math:`k \log n + 2\,\mathrm{NLL}`.
 
   Args:
     result: an :class:`MLEResult` (``k`` is ``result.n_params``).
@@ -547,7 +547,7 @@ def bic(result: MLEResult, n_obs):
 
 
 def confidence_intervals(result: MLEResult, level: float = 0.95) -> Interval:
-  """Wald intervals :math:`\\hat\\theta \\pm z_{(1+\\text{level})/2}\\,\\mathrm{se}`.
+  r"""Wald intervals :math:`\hat\theta \pm z_{(1+\text{level})/2}\,\mathrm{se}`.
 
   The standard errors are already mapped through the constraints by the delta
   method, so the intervals are symmetric in the constrained parameters (and
