@@ -75,7 +75,7 @@ def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
   # all) gets zero weights, and zero gradients through its custom JVP.
   weights = softmax(logits, where=mask)
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+    keep = chunked.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   return chunked.pv(weights, v), weights
 
@@ -411,7 +411,10 @@ def init_multi_head_attention(
   kq, kk, kv, ko = jax.random.split(key, 4)
 
   def dense(k, shape, fan_in, bias_shape):
-    p = {"kernel": (jax.random.normal(k, shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)}
+    # Drawn flat and reshaped: the same numbers, and XLA's CPU compiler is
+    # several times faster on a flat threefry draw (see chunked.bernoulli).
+    w = jax.random.normal(k, (math.prod(shape),), jnp.float32).reshape(shape)
+    p = {"kernel": (w / math.sqrt(fan_in)).astype(dtype)}
     if use_bias:
       p["bias"] = jnp.zeros(bias_shape, dtype)
     return p
