@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _grad_check import check_grads
 from hypothesis import given, settings
 from jax import lax
 
@@ -350,42 +351,6 @@ def test_dropout_dense_weights():
   assert abs((~kept).mean() - rate) < 0.08
 
 
-def _numerical_jvp(f, args, direction, eps):
-  """The central difference of f along ``direction``: an autodiff-free directional derivative."""
-  plus = f(*(a + eps * d for a, d in zip(args, direction)))
-  minus = f(*(a - eps * d for a, d in zip(args, direction)))
-  return (plus - minus) / (2 * eps)
-
-
-def _check_grads(f, args, seed, modes=("rev",), eps=1e-5, rtol=1e-6):
-  """``jax.test_util.check_grads(f, args, order=1, modes)`` in float64, with one compile.
-
-  In one random direction ``d`` and for one random cotangent ``c``: rev
-  compares ``<vjp(c), d>`` with ``<c, (f(x + eps d) - f(x - eps d)) / 2 eps>``,
-  fwd compares ``jvp(d)`` with that central difference.
-  """
-  rng = np.random.default_rng(seed)
-  direction = tuple(rng.normal(size=np.shape(a)) for a in args)
-  cot = rng.normal(size=jax.eval_shape(f, *args).shape)
-
-  @jax.jit
-  def run(args, direction, cot):
-    numeric = _numerical_jvp(f, args, direction, eps)
-    out = {"numeric": numeric, "rev numeric": jnp.vdot(cot, numeric)}
-    if "rev" in modes:
-      _, vjp = jax.vjp(f, *args)
-      out["rev"] = sum(jnp.vdot(g, d) for g, d in zip(vjp(cot), direction))
-    if "fwd" in modes:
-      out["fwd"] = jax.jvp(f, args, direction)[1]
-    return out
-
-  res = run(tuple(args), direction, cot)
-  if "rev" in modes:
-    np.testing.assert_allclose(res["rev"], res["rev numeric"], rtol=rtol, err_msg="VJP")
-  if "fwd" in modes:
-    np.testing.assert_allclose(res["fwd"], res["numeric"], rtol=rtol, atol=rtol, err_msg="JVP")
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_dropout_is_deterministic_unbiased_and_differentiable(impl):
   with jax.enable_x64(True):
@@ -403,7 +368,7 @@ def test_dropout_is_deterministic_unbiased_and_differentiable(impl):
     stderr = draws.std(0) / np.sqrt(len(draws))
     assert np.all(np.abs(draws.mean(0) - ref_forward(q, k, v, causal=True)[0]) <= 4.5 * stderr + 1e-9)
     # Differentiable: with the key fixed, the gradient matches finite differences.
-    _check_grads(lambda q, k, v: f(q, k, v, key), (q, k, v), seed=13)
+    check_grads(lambda q, k, v: f(q, k, v, key), (q, k, v), 1, ["rev"], eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------
@@ -446,7 +411,8 @@ def test_check_grads(impl):
       q, k, v, bias=b, mask=mask, is_causal=True, implementation=impl, block_size=(4, 4)
     )
     # The chunked path has a custom VJP only: no forward mode.
-    _check_grads(f, (q, k, v, bias), seed=16, modes=("rev", "fwd") if impl == "dense" else ("rev",))
+    modes = ["rev", "fwd"] if impl == "dense" else ["rev"]
+    check_grads(f, (q, k, v, bias), 1, modes, eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
 @settings(max_examples=8)
