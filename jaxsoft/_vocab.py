@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._labels import class_labels
@@ -70,29 +71,23 @@ def _block_logits(h_i, w, b, v0, tv, dtype):
 
 
 def _chunked_lse(h, w, b, tn, tv, dtype):
-  """Per-token logsumexp of ``h @ w + b`` by an online max/sum over vocabulary chunks."""
+  """Per-token logsumexp of ``h @ w + b`` by the online logsumexp over vocabulary chunks."""
   n, vocab = h.shape[0], w.shape[1]
   cols = jnp.arange(tv)
 
   def token_chunk(_, i):
     h_i = lax.dynamic_slice_in_dim(h, _start(i, tn, n), tn, axis=0)
 
-    def vocab_chunk(carry, j):
-      m, s = carry
+    def vocab_chunk(state, j):
       v0 = _start(j, tv, vocab)
       z, _ = _block_logits(h_i, w, b, v0, tv, dtype)
       # Columns of a moved-back last chunk were counted by the chunk before.
       z = jnp.where(v0 + cols >= j * tv, z, -jnp.inf)
-      m_new = jnp.maximum(m, jnp.max(z, axis=1))
-      # A shift of 0 while everything so far is -inf keeps exp() at 0, not NaN.
-      shift = jnp.where(jnp.isfinite(m_new), m_new, 0)
-      s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(z - shift[:, None]), axis=1)
-      return (m_new, s), None
+      state, _, _ = online.merge(state, online.reduce(z, 1)[0])
+      return state, None
 
-    init = (jnp.full((tn,), -jnp.inf, dtype), jnp.zeros((tn,), dtype))
-    (m, s), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
-    shift = jnp.where(jnp.isfinite(m), m, 0)
-    return None, shift + jnp.log(s)
+    state, _ = lax.scan(vocab_chunk, online.empty((tn, 1), dtype), jnp.arange(-(-vocab // tv)))
+    return None, online.logsumexp(state)[:, 0]
 
   _, parts = lax.scan(token_chunk, None, jnp.arange(-(-n // tn)))
   return _assemble(parts, n, tn)

@@ -15,23 +15,23 @@ Two implementations compute the same function:
   Rabe & Staats (2021). Its custom VJP keeps only the output and the per-row
   log-normalizer and recomputes each block in the backward pass, so memory is
   linear in ``T + S``. Under ``is_causal`` blocks above the diagonal are
-  skipped, forward and backward.
+  skipped, forward and backward. The kernel lives in
+  :mod:`jaxsoft._chunked_attention`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
+from jaxsoft import _chunked_attention as chunked
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft.softmax import softmax
 
 __all__ = [
   "AttentionResult",
@@ -42,7 +42,7 @@ __all__ = [
 
 # Default (query block, key block) of the chunked path and the T * S above which
 # `implementation=None` picks it; both chosen from measurements on a 2-core
-# AVX-512 CPU (see benchmarks/bench_attention.py and the module's report).
+# AVX-512 CPU (see benchmarks/bench_attention.py).
 _DEFAULT_BLOCKS = (256, 512)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
@@ -60,302 +60,24 @@ class AttentionResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Both paths work head-major: q [B,K,G,T,H], k [B,K,S,H], v [B,K,S,Hv]; bias and
-# mask are [b,k,g,t,s] with each axis either full or 1. Folding the G query
-# heads of a key head into the rows makes every product a plain batched matmul
-# over (B, K): XLA's CPU dots are several times slower on other layouts.
-
-
-def _fold(x):
-  return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], x.shape[4])
-
-
-def _qk(q, k):
-  """[B,K,G,T,H] x [B,K,S,H] -> [B,K,G,T,S]: rows times keys."""
-  out = jnp.einsum("bkth,bksh->bkts", _fold(q), k)
-  return out.reshape(q.shape[:4] + (k.shape[2],))
-
-
-def _pv(p, v):
-  """[B,K,G,T,S] x [B,K,S,Hv] -> [B,K,G,T,Hv]: weights times values."""
-  out = jnp.einsum("bkts,bksh->bkth", _fold(p), v)
-  return out.reshape(p.shape[:4] + (v.shape[3],))
-
-
-def _tp(p, x):
-  """[B,K,G,T,S] x [B,K,G,T,D] -> [B,K,S,D]: transposed weights times rows, summed over G."""
-  return jnp.einsum("bkts,bkth->bksh", _fold(p), _fold(x))
-
-
-# ----------------------------------------------------------------------------
-# Dense path
-
-
-@jax.custom_jvp
-def _masked_softmax(logits):
-  """Softmax over the last axis where -inf entries get 0 and all -inf rows give 0."""
-  # The stabilizing shift is a constant for the gradient (softmax is shift
-  # invariant); an all -inf row shifts by 0 so it yields exp(-inf) = 0, not NaN.
-  m = jnp.max(logits, axis=-1, keepdims=True)
-  m = jnp.where(m == -jnp.inf, 0.0, m)
-  e = jnp.exp(logits - m)
-  total = jnp.sum(e, axis=-1, keepdims=True)
-  return e / jnp.where(total > 0, total, 1.0)
-
-
-@_masked_softmax.defjvp
-def _masked_softmax_jvp(primals, tangents):
-  # The closed form w * (t - <w, t>) is zero wherever w is, so masked entries
-  # and fully masked rows get exactly zero derivatives (autodiff of the
-  # formula above would also pass through the shift and the division guard).
-  w = _masked_softmax(primals[0])
-  wt = w * tangents[0]
-  return w, wt - w * jnp.sum(wt, axis=-1, keepdims=True)
-
-
-def _causal_allowed(t0, s0, tq, sk):
-  """Top-left aligned causal mask of a [tq, sk] block starting at (t0, s0)."""
-  rows = t0 + lax.broadcasted_iota(jnp.int32, (tq, sk), 0)
-  cols = s0 + lax.broadcasted_iota(jnp.int32, (tq, sk), 1)
-  return rows >= cols
+# Dense path (head-major, as the kernel: see jaxsoft._chunked_attention)
 
 
 def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
-  """Head-major q, k, v (see above) -> out [B,K,G,T,Hv], weights [B,K,G,T,S]."""
-  T, S = q.shape[3], k.shape[2]
-  logits = _qk(q, k)
+  """Head-major q, k, v -> out [B,K,G,T,Hv], weights [B,K,G,T,S]."""
+  logits = chunked.qk(q, k)
   if bias is not None:
     logits = logits + bias
-  allowed = mask
   if is_causal:
-    causal = _causal_allowed(0, 0, T, S)
-    allowed = causal if allowed is None else allowed & causal
-  if allowed is not None:
-    logits = jnp.where(allowed, logits, -jnp.inf)
-  weights = _masked_softmax(logits)
+    causal = chunked.causal_allowed(0, 0, q.shape[3], k.shape[2])
+    mask = causal if mask is None else mask & causal
+  # The softmax's empty-slice rule: a row with no allowed key (or no key at
+  # all) gets zero weights, and zero gradients through its custom JVP.
+  weights = softmax(logits, where=mask)
   if dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
+    keep = chunked.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  return _pv(weights, v), weights
-
-
-# ----------------------------------------------------------------------------
-# Chunked path
-
-
-class _Blocks(NamedTuple):
-  bq: int  # query block
-  bk: int  # key block
-  t: int  # true query length (before padding)
-  s: int  # true key length
-  causal: bool
-  dropout_rate: float
-
-
-def _slice_pair(x, i, j, c: _Blocks):
-  """The [.., bq, bk] block (i, j) of a [.., t|1, s|1] mask or bias (size-1 axes kept)."""
-  if x is None:
-    return None
-  if x.shape[-2] != 1:
-    x = lax.dynamic_slice_in_dim(x, i * c.bq, c.bq, axis=x.ndim - 2)
-  if x.shape[-1] != 1:
-    x = lax.dynamic_slice_in_dim(x, j * c.bk, c.bk, axis=x.ndim - 1)
-  return x
-
-
-def _block_logits(qi, kj, bias, mask, i, j, c: _Blocks):
-  """Masked logits [B,K,G,bq,bk] of query block i against key block j."""
-  s = _qk(qi, kj)
-  b = _slice_pair(bias, i, j, c)
-  if b is not None:
-    s = s + b
-  allowed = _slice_pair(mask, i, j, c)
-  if c.causal:
-    causal = _causal_allowed(i * c.bq, j * c.bk, c.bq, c.bk)
-    allowed = causal if allowed is None else allowed & causal
-  if c.s % c.bk:  # padded keys at the end of the last block
-    cols = j * c.bk + lax.broadcasted_iota(jnp.int32, (1, c.bk), 1)
-    valid = cols < c.s
-    allowed = valid if allowed is None else allowed & valid
-  if allowed is not None:
-    s = jnp.where(allowed, s, -jnp.inf)
-  return s
-
-
-def _dropout_scale(key, i, j, shape, c: _Blocks):
-  """Dropout multiplier of block (i, j): 0 or 1 / (1 - rate); the same bits in both passes."""
-  bits_key = jax.random.fold_in(jax.random.fold_in(key, i), j)
-  keep = jax.random.bernoulli(bits_key, 1.0 - c.dropout_rate, shape)
-  return jnp.where(keep, 1.0 / (1.0 - c.dropout_rate), 0.0)
-
-
-def _num_key_blocks(i, nk, c: _Blocks):
-  """Key blocks that query block i must visit (all, or those left of the diagonal)."""
-  if not c.causal:
-    return nk
-  return jnp.minimum(nk, ((i + 1) * c.bq + c.bk - 1) // c.bk)
-
-
-def _chunked_forward(q, k, v, bias, mask, dropout_key, c: _Blocks):
-  B, K, G, Tp, H = q.shape
-  Hv = v.shape[-1]
-  nq, nk = Tp // c.bq, k.shape[2] // c.bk
-  dtype = q.dtype
-
-  def query_block(i, carry):
-    out, lse = carry
-    qi = lax.dynamic_slice_in_dim(q, i * c.bq, c.bq, axis=3)
-
-    def key_block(j, state):
-      m, l, acc = state
-      kj = lax.dynamic_slice_in_dim(k, j * c.bk, c.bk, axis=2)
-      vj = lax.dynamic_slice_in_dim(v, j * c.bk, c.bk, axis=2)
-      s = _block_logits(qi, kj, bias, mask, i, j, c)
-      m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-      # Rows with nothing allowed so far keep m = -inf; shifting them by 0
-      # keeps exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN.
-      shift = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-      p = jnp.exp(s - shift[..., None])
-      alpha = jnp.exp(m - shift)
-      l = l * alpha + jnp.sum(p, axis=-1)
-      if c.dropout_rate > 0.0:
-        p = p * _dropout_scale(dropout_key, i, j, p.shape, c)
-      acc = acc * alpha[..., None] + _pv(p, vj)
-      return m_new, l, acc
-
-    init = (
-      jnp.full((B, K, G, c.bq), -jnp.inf, dtype),
-      jnp.zeros((B, K, G, c.bq), dtype),
-      jnp.zeros((B, K, G, c.bq, Hv), dtype),
-    )
-    m, l, acc = lax.fori_loop(0, _num_key_blocks(i, nk, c), key_block, init)
-    has_key = l > 0
-    oi = acc / jnp.where(has_key, l, 1.0)[..., None]
-    lse_i = jnp.where(has_key, m + jnp.log(jnp.where(has_key, l, 1.0)), -jnp.inf)
-    out = lax.dynamic_update_slice_in_dim(out, oi, i * c.bq, axis=3)
-    lse = lax.dynamic_update_slice_in_dim(lse, lse_i, i * c.bq, axis=3)
-    return out, lse
-
-  init = (jnp.zeros((B, K, G, Tp, Hv), dtype), jnp.zeros((B, K, G, Tp), dtype))
-  return lax.fori_loop(0, nq, query_block, init)
-
-
-def _reduce_to(x, shape):
-  """Sums ``x`` over the axes where ``shape`` has size 1 (undoing broadcasting)."""
-  axes = tuple(a for a, (n, m) in enumerate(zip(x.shape, shape)) if m == 1 and n != 1)
-  return jnp.sum(x, axis=axes, keepdims=True) if axes else x
-
-
-def _chunked_backward(q, k, v, bias, mask, dropout_key, out, lse, g, need_dbias, c: _Blocks):
-  B, K, G, Tp, H = q.shape
-  nq, nk = Tp // c.bq, k.shape[2] // c.bk
-  # delta_i = <dO_i, O_i> = sum_j P_ij dP_ij: the softmax-Jacobian term per row.
-  delta = jnp.sum(g * out, axis=-1)
-  # A fully masked row has lse = -inf; +inf instead makes every exp(s - lse) 0.
-  lse = jnp.where(lse == -jnp.inf, jnp.inf, lse)
-
-  def key_block(j, carry):
-    dq, dk, dv, dbias = carry
-    kj = lax.dynamic_slice_in_dim(k, j * c.bk, c.bk, axis=2)
-    vj = lax.dynamic_slice_in_dim(v, j * c.bk, c.bk, axis=2)
-
-    def query_block(i, state):
-      dq, dkj, dvj, dbias = state
-      qi = lax.dynamic_slice_in_dim(q, i * c.bq, c.bq, axis=3)
-      gi = lax.dynamic_slice_in_dim(g, i * c.bq, c.bq, axis=3)
-      lse_i = lax.dynamic_slice_in_dim(lse, i * c.bq, c.bq, axis=3)
-      delta_i = lax.dynamic_slice_in_dim(delta, i * c.bq, c.bq, axis=3)
-      s = _block_logits(qi, kj, bias, mask, i, j, c)
-      p = jnp.exp(s - lse_i[..., None])
-      dp = _qk(gi, vj)
-      if c.dropout_rate > 0.0:
-        z = _dropout_scale(dropout_key, i, j, p.shape, c)
-        dvj = dvj + _tp(p * z, gi)
-        dp = dp * z
-      else:
-        dvj = dvj + _tp(p, gi)
-      ds = p * (dp - delta_i[..., None])
-      dqi = lax.dynamic_slice_in_dim(dq, i * c.bq, c.bq, axis=3)
-      dqi = dqi + _pv(ds, kj)
-      dq = lax.dynamic_update_slice_in_dim(dq, dqi, i * c.bq, axis=3)
-      dkj = dkj + _tp(ds, qi)
-      if need_dbias:
-        start = [0, 0, 0, i * c.bq if bias.shape[3] != 1 else 0, j * c.bk if bias.shape[4] != 1 else 0]
-        old = _slice_pair(dbias, i, j, c)
-        dbias = lax.dynamic_update_slice(dbias, old + _reduce_to(ds, old.shape), start)
-      return dq, dkj, dvj, dbias
-
-    # Under causal masking, query blocks that end before this key block starts see none of it.
-    first = (j * c.bk) // c.bq if c.causal else 0
-    init = (dq, jnp.zeros_like(kj), jnp.zeros_like(vj), dbias)
-    dq, dkj, dvj, dbias = lax.fori_loop(first, nq, query_block, init)
-    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * c.bk, axis=2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * c.bk, axis=2)
-    return dq, dk, dv, dbias
-
-  dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
-  init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
-  return lax.fori_loop(0, nk, key_block, init)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _chunked(q, k, v, bias, mask, dropout_key, c: _Blocks):
-  return _chunked_forward(q, k, v, bias, mask, dropout_key, c)[0]
-
-
-def _chunked_fwd(q, k, v, bias, mask, dropout_key, c):
-  # Optional arguments that are None arrive as None, the others wrapped.
-  args = [None if a is None else a.value for a in (q, k, v, bias, mask, dropout_key)]
-  out, lse = _chunked_forward(*args, c)
-  # The pytree structure of the flag ((), or None) tells the backward pass,
-  # statically, whether the bias is differentiated: a constant bias (ALiBi,
-  # padding) then costs no T x S gradient.
-  flag = () if (bias is not None and bias.perturbed) else None
-  return out, (*args, out, lse, flag)
-
-
-def _chunked_bwd(c, res, g):
-  q, k, v, bias, mask, dropout_key, out, lse, flag = res
-  if isinstance(g, SymbolicZero):
-    return (None,) * 6
-  dq, dk, dv, dbias = _chunked_backward(q, k, v, bias, mask, dropout_key, out, lse, g, flag is not None, c)
-  return dq, dk, dv, dbias, None, None
-
-
-_chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
-
-
-def _pad_axis(x, axis, multiple, value=0):
-  n = x.shape[axis]
-  extra = -n % multiple
-  if extra == 0:
-    return x
-  widths = [(0, 0)] * x.ndim
-  widths[axis] = (0, extra)
-  return jnp.pad(x, widths, constant_values=value)
-
-
-def _pad_ts(x, bq, bk):
-  """Pads the full-length T and S axes of a [b,k,g,t,s] mask or bias to whole blocks."""
-  if x is None:
-    return None
-  if x.shape[3] != 1:
-    x = _pad_axis(x, 3, bq)
-  if x.shape[4] != 1:
-    x = _pad_axis(x, 4, bk)
-  return x
-
-
-def _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, blocks):
-  """Head-major q, k, v -> out [B,K,G,T,Hv] via the chunked kernel."""
-  T, S = q.shape[3], k.shape[2]
-  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded much.
-  bq = min(blocks[0], -(-T // 8) * 8)
-  bk = min(blocks[1], -(-S // 8) * 8)
-  c = _Blocks(bq, bk, T, S, bool(is_causal), float(dropout_rate))
-  q, k, v = _pad_axis(q, 3, bq), _pad_axis(k, 2, bk), _pad_axis(v, 2, bk)
-  out = _chunked(q, k, v, _pad_ts(bias, bq, bk), _pad_ts(mask, bq, bk), dropout_key, c)
-  return out[:, :, :, :T]
+  return chunked.pv(weights, v), weights
 
 
 # ----------------------------------------------------------------------------
@@ -388,6 +110,134 @@ def _parse_blocks(fn, block_size):
     )
   b = V.check_int(fn, "block_size", block_size, minimum=1)
   return (b, b)
+
+
+def _check_arguments(
+  fn,
+  query,
+  key,
+  value,
+  bias,
+  mask,
+  is_causal,
+  dropout_rate,
+  dropout_key,
+  return_weights,
+  implementation,
+  block_size,
+):
+  """The argument checks of :func:`scaled_dot_product_attention`, with errors labelled ``fn``.
+
+  Returns ``query``, ``key`` and ``value`` as arrays, the dropout key (None
+  without dropout) and the ``(query_block, key_block)`` sizes.
+  """
+  for name, x in (("query", query), ("key", key), ("value", value)):
+    V.check_array(fn, name, x)
+    V.check_floating(fn, name, x)
+    V.check_min_ndim(fn, name, x, 3, " ([B..., length, heads, head_dim])")
+  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+  if key.dtype != query.dtype:
+    V.fail(fn, "key", f"have the dtype of query ({query.dtype})", key.dtype, exc=TypeError)
+  if value.dtype != query.dtype:
+    V.fail(fn, "value", f"have the dtype of query ({query.dtype})", value.dtype, exc=TypeError)
+  *batch, T, N, H = query.shape
+  batch = tuple(batch)
+  if key.ndim != query.ndim or key.shape[:-3] != batch or key.shape[-1] != H:
+    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)", key.shape)
+  S, K = key.shape[-3:-1]
+  if N % K:
+    V.fail(fn, "key", f"have a number of heads that divides the query's {N}", K)
+  if value.shape[:-1] != key.shape[:-1]:
+    V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)", value.shape)
+  target = batch + (N, T, S)
+  if mask is not None:
+    V.check_array(fn, "mask", mask)
+    V.check_bool(fn, "mask", mask)
+    V.check_broadcastable(fn, "mask", np.shape(mask), target, " ([B..., N, T, S])")
+  if bias is not None:
+    V.check_array(fn, "bias", bias)
+    V.check_floating(fn, "bias", bias)
+    V.check_broadcastable(fn, "bias", np.shape(bias), target, " ([B..., N, T, S])")
+  if not isinstance(is_causal, (bool, np.bool_)):
+    V.fail(fn, "is_causal", "be a Python bool", repr(is_causal), exc=TypeError)
+  V.check_range(fn, "dropout_rate", dropout_rate, 0.0, 1.0, hi_open=True)
+  if not isinstance(dropout_rate, (int, float, np.number)):
+    V.fail(fn, "dropout_rate", "be a Python float", type(dropout_rate).__name__, exc=TypeError)
+  if dropout_rate == 0:
+    dropout_key = None
+  elif dropout_key is None:
+    V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
+  else:
+    dropout_key = V.check_key(fn, "dropout_key", dropout_key)
+  V.check_option(fn, "implementation", implementation, (None, "dense", "chunked"))
+  blocks = _parse_blocks(fn, block_size)
+  if return_weights and implementation == "chunked":
+    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
+  return query, key, value, dropout_key, blocks
+
+
+def _attention(
+  fn,
+  query,
+  key,
+  value,
+  bias,
+  mask,
+  is_causal,
+  scale,
+  dropout_rate,
+  dropout_key,
+  return_weights,
+  implementation,
+  block_size,
+):
+  """:func:`scaled_dot_product_attention`, with errors labelled ``fn`` (the public function called)."""
+  query, key, value, dropout_key, blocks = _check_arguments(
+    fn,
+    query,
+    key,
+    value,
+    bias,
+    mask,
+    is_causal,
+    dropout_rate,
+    dropout_key,
+    return_weights,
+    implementation,
+    block_size,
+  )
+  *batch, T, N, H = query.shape
+  batch = tuple(batch)
+  S, K, Hv = key.shape[-3], key.shape[-2], value.shape[-1]
+  if implementation is None:
+    implementation = "dense" if (return_weights or T * S <= _DENSE_MAX_ELEMENTS) else "chunked"
+
+  cdtype = compute_dtype(query.dtype)
+  B = math.prod(batch)
+  G = N // K
+  if scale is None:
+    scale = 1.0 / math.sqrt(H)
+  # Head-major (see jaxsoft._chunked_attention). Scaling the T x H queries is
+  # cheaper than scaling the T x S logits.
+  q = (query.astype(cdtype) * jnp.asarray(scale, cdtype)).reshape(B, T, K, G, H)
+  q = jnp.transpose(q, (0, 2, 3, 1, 4))
+  k = jnp.transpose(key.astype(cdtype).reshape(B, S, K, H), (0, 2, 1, 3))
+  v = jnp.transpose(value.astype(cdtype).reshape(B, S, K, Hv), (0, 2, 1, 3))
+  if mask is not None:
+    mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K)
+  if bias is not None:
+    bias = _split_heads_mask(jnp.asarray(bias).astype(cdtype), batch, B, N, K)
+
+  if implementation == "dense":
+    out, weights = _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key)
+  else:
+    out = chunked.attention(
+      q, k, v, bias, mask, dropout_key, causal=is_causal, dropout_rate=dropout_rate, blocks=blocks
+    )
+  out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
+  if return_weights:
+    return AttentionResult(out, weights.reshape(batch + (N, T, S)).astype(query.dtype))
+  return out
 
 
 def scaled_dot_product_attention(
@@ -474,75 +324,21 @@ def scaled_dot_product_attention(
     <https://arxiv.org/abs/2112.05682>`_, 2021.
     Dao et al., `FlashAttention <https://arxiv.org/abs/2205.14135>`_, 2022.
   """
-  fn = "scaled_dot_product_attention"
-  for name, x in (("query", query), ("key", key), ("value", value)):
-    V.check_array(fn, name, x)
-    V.check_floating(fn, name, x)
-    V.check_min_ndim(fn, name, x, 3, " ([B..., length, heads, head_dim])")
-  query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
-  if key.dtype != query.dtype:
-    V.fail(fn, "key", f"have the dtype of query ({query.dtype})", key.dtype, exc=TypeError)
-  if value.dtype != query.dtype:
-    V.fail(fn, "value", f"have the dtype of query ({query.dtype})", value.dtype, exc=TypeError)
-  *batch, T, N, H = query.shape
-  batch = tuple(batch)
-  if key.ndim != query.ndim or key.shape[:-3] != batch or key.shape[-1] != H:
-    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)", key.shape)
-  S, K = key.shape[-3:-1]
-  if N % K:
-    V.fail(fn, "key", f"have a number of heads that divides the query's {N}", K)
-  if value.shape[:-1] != key.shape[:-1]:
-    V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)", value.shape)
-  target = batch + (N, T, S)
-  if mask is not None:
-    V.check_array(fn, "mask", mask)
-    V.check_bool(fn, "mask", mask)
-    V.check_broadcastable(fn, "mask", np.shape(mask), target, " ([B..., N, T, S])")
-  if bias is not None:
-    V.check_array(fn, "bias", bias)
-    V.check_floating(fn, "bias", bias)
-    V.check_broadcastable(fn, "bias", np.shape(bias), target, " ([B..., N, T, S])")
-  if not isinstance(is_causal, (bool, np.bool_)):
-    V.fail(fn, "is_causal", "be a Python bool", repr(is_causal), exc=TypeError)
-  V.check_range(fn, "dropout_rate", dropout_rate, 0.0, 1.0, hi_open=True)
-  if not isinstance(dropout_rate, (int, float, np.number)):
-    V.fail(fn, "dropout_rate", "be a Python float", type(dropout_rate).__name__, exc=TypeError)
-  if dropout_rate > 0 and dropout_key is None:
-    V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
-  V.check_option(fn, "implementation", implementation, (None, "dense", "chunked"))
-  blocks = _parse_blocks(fn, block_size)
-  if return_weights and implementation == "chunked":
-    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
-  if implementation is None:
-    implementation = "dense" if (return_weights or T * S <= _DENSE_MAX_ELEMENTS) else "chunked"
-
-  cdtype = compute_dtype(query.dtype)
-  B = math.prod(batch)
-  G = N // K
-  if scale is None:
-    scale = 1.0 / math.sqrt(H)
-  # Scaling the T x H queries is cheaper than scaling the T x S logits.
-  q = (query.astype(cdtype) * jnp.asarray(scale, cdtype)).reshape(B, T, K, G, H)
-  q = jnp.transpose(q, (0, 2, 3, 1, 4))
-  k = jnp.transpose(key.astype(cdtype).reshape(B, S, K, H), (0, 2, 1, 3))
-  v = jnp.transpose(value.astype(cdtype).reshape(B, S, K, value.shape[-1]), (0, 2, 1, 3))
-  if mask is not None:
-    mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K)
-  if bias is not None:
-    bias = _split_heads_mask(jnp.asarray(bias).astype(cdtype), batch, B, N, K)
-  if dropout_rate == 0:
-    dropout_key = None
-
-  if implementation == "dense":
-    out, weights = _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key)
-  else:
-    out = _run_chunked(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key, blocks)
-  out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, value.shape[-1]))
-  out = out.astype(query.dtype)
-  if return_weights:
-    weights = weights.reshape(batch + (N, T, S)).astype(query.dtype)
-    return AttentionResult(out, weights)
-  return out
+  return _attention(
+    "scaled_dot_product_attention",
+    query,
+    key,
+    value,
+    bias,
+    mask,
+    is_causal,
+    scale,
+    dropout_rate,
+    dropout_key,
+    return_weights,
+    implementation,
+    block_size,
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -595,6 +391,7 @@ def init_multi_head_attention(
     {'bias': (2, 4), 'kernel': (16, 2, 4)}
   """
   fn = "init_multi_head_attention"
+  key = V.check_key(fn, "key", key)
   d_model = V.check_int(fn, "d_model", d_model, minimum=1)
   num_heads = V.check_int(fn, "num_heads", num_heads, minimum=1)
   num_kv_heads = (
@@ -614,7 +411,10 @@ def init_multi_head_attention(
   kq, kk, kv, ko = jax.random.split(key, 4)
 
   def dense(k, shape, fan_in, bias_shape):
-    p = {"kernel": (jax.random.normal(k, shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)}
+    # Drawn flat and reshaped: the same numbers, and XLA's CPU compiler is
+    # several times faster on a flat threefry draw (see chunked.bernoulli).
+    w = jax.random.normal(k, (math.prod(shape),), jnp.float32).reshape(shape)
+    p = {"kernel": (w / math.sqrt(fan_in)).astype(dtype)}
     if use_bias:
       p["bias"] = jnp.zeros(bias_shape, dtype)
     return p
@@ -625,6 +425,65 @@ def init_multi_head_attention(
     "value": dense(kv, (d_model, num_kv_heads, head_dim), d_model, (num_kv_heads, head_dim)),
     "out": dense(ko, (num_heads, head_dim, d_out), num_heads * head_dim, (d_out,)),
   }
+
+
+def _check_params(fn, params):
+  """``params`` must be the dict of :func:`init_multi_head_attention`, with consistent shapes."""
+  what = "(the dict from init_multi_head_attention)"
+  if not isinstance(params, dict):
+    V.fail(fn, "params", f"be a dict {what}", type(params).__name__, exc=TypeError)
+  for name in ("query", "key", "value", "out"):
+    if name not in params:
+      V.fail(fn, "params", f'have a "{name}" entry {what}', f"keys {sorted(map(str, params))}", exc=TypeError)
+    p = params[name]
+    if not isinstance(p, dict) or "kernel" not in p:
+      got = f"keys {sorted(map(str, p))}" if isinstance(p, dict) else type(p).__name__
+      V.fail(
+        fn, f'params["{name}"]', 'be a dict with a "kernel" entry (and optionally "bias")', got, exc=TypeError
+      )
+  kernel = {name: params[name]["kernel"] for name in ("query", "key", "value", "out")}
+  V.check_ndim(fn, 'params["query"]["kernel"]', kernel["query"], 3, " ([d_model, N, head_dim])")
+  d_model, N, H = np.shape(kernel["query"])
+  V.check_ndim(fn, 'params["key"]["kernel"]', kernel["key"], 3, " ([d_model, K, head_dim])")
+  K = np.shape(kernel["key"])[1]
+  if np.shape(kernel["key"]) != (d_model, K, H) or K == 0 or N % K:
+    V.fail(
+      fn,
+      'params["key"]["kernel"]',
+      f"have shape ({d_model}, K, {H}) with K dividing the {N} query heads",
+      np.shape(kernel["key"]),
+    )
+  V.check_ndim(fn, 'params["value"]["kernel"]', kernel["value"], 3, " ([d_model, K, head_dim_v])")
+  Hv = np.shape(kernel["value"])[2]
+  V.check_shape(
+    fn, 'params["value"]["kernel"]', kernel["value"], (d_model, K, Hv), " ([d_model, K, head_dim_v])"
+  )
+  V.check_ndim(fn, 'params["out"]["kernel"]', kernel["out"], 3, " ([N, head_dim_v, d_out])")
+  d_out = np.shape(kernel["out"])[2]
+  V.check_shape(fn, 'params["out"]["kernel"]', kernel["out"], (N, Hv, d_out), " ([N, head_dim_v, d_out])")
+  for name, shape in (("query", (N, H)), ("key", (K, H)), ("value", (K, Hv)), ("out", (d_out,))):
+    if "bias" in params[name]:
+      V.check_shape(fn, f'params["{name}"]["bias"]', params[name]["bias"], shape)
+  return d_model
+
+
+def _check_layer_arguments(fn, params, x, context):
+  """The argument checks of :func:`multi_head_attention`; returns ``x`` and ``context`` as arrays."""
+  d_model = _check_params(fn, params)
+  V.check_array(fn, "x", x)
+  V.check_floating(fn, "x", x)
+  x = jnp.asarray(x)
+  V.check_min_ndim(fn, "x", x, 2, " ([B..., T, d_model])")
+  if x.shape[-1] != d_model:
+    V.fail(fn, "x", f"have {d_model} features (d_model) in its last axis", f"shape {x.shape}")
+  if context is None:
+    return x, x
+  V.check_array(fn, "context", context)
+  V.check_floating(fn, "context", context)
+  context = jnp.asarray(context)
+  if context.ndim != x.ndim or context.shape[:-2] != x.shape[:-2] or context.shape[-1] != d_model:
+    V.fail(fn, "context", f"have shape {x.shape[:-2] + ('S', d_model)}", f"shape {context.shape}")
+  return x, context
 
 
 def multi_head_attention(
@@ -672,23 +531,7 @@ def multi_head_attention(
     (3, 5, 8)
   """
   fn = "multi_head_attention"
-  if not isinstance(params, dict) or not {"query", "key", "value", "out"} <= set(params):
-    V.fail(fn, "params", "be the dict from init_multi_head_attention", type(params).__name__, exc=TypeError)
-  V.check_array(fn, "x", x)
-  V.check_floating(fn, "x", x)
-  x = jnp.asarray(x)
-  d_model = params["query"]["kernel"].shape[0]
-  V.check_min_ndim(fn, "x", x, 2, " ([B..., T, d_model])")
-  if x.shape[-1] != d_model:
-    V.fail(fn, "x", f"have {d_model} features (d_model) in its last axis", f"shape {x.shape}")
-  if context is None:
-    context = x
-  else:
-    V.check_array(fn, "context", context)
-    V.check_floating(fn, "context", context)
-    context = jnp.asarray(context)
-    if context.ndim != x.ndim or context.shape[:-2] != x.shape[:-2] or context.shape[-1] != d_model:
-      V.fail(fn, "context", f"have shape {x.shape[:-2] + ('S', d_model)}", f"shape {context.shape}")
+  x, context = _check_layer_arguments(fn, params, x, context)
 
   def project(p, inp):
     y = jnp.einsum("...d,dnh->...nh", inp, p["kernel"].astype(inp.dtype))
@@ -697,16 +540,8 @@ def multi_head_attention(
   q = project(params["query"], x)
   k = project(params["key"], context)
   v = project(params["value"], context)
-  res = scaled_dot_product_attention(
-    q,
-    k,
-    v,
-    mask=mask,
-    is_causal=is_causal,
-    dropout_rate=dropout_rate,
-    dropout_key=dropout_key,
-    return_weights=return_weights,
-    implementation=implementation,
+  res = _attention(
+    fn, q, k, v, None, mask, is_causal, None, dropout_rate, dropout_key, return_weights, implementation, None
   )
   attn = res.output if return_weights else res
   po = params["out"]

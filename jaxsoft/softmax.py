@@ -1,7 +1,7 @@
 """The softmax family: ``softmax``, ``log_softmax`` and ``logsumexp``.
 
-All three share one preparation step (checks, masking, temperature) and are
-exact and NaN-free under the numerical contract of DESIGN.md:
+All three share one preparation step (checks, masking, temperature) and the
+online logsumexp's rule for empty slices, and they are exact and NaN-free:
 
 * shift invariant, exact for logits up to the dtype's maximum;
 * ``-inf`` entries and entries excluded by ``where`` get probability 0;
@@ -18,57 +18,33 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxsoft import _validate as v
+from jaxsoft import _online_logsumexp as online
+from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
 
 __all__ = ["softmax", "log_softmax", "logsumexp"]
 
 
-def _shift(x, axes):
-  """The max over ``axes`` (kept), floored at the dtype's lowest finite value.
-
-  Subtracting it is exact (softmax is shift invariant) and keeps exp <= 1. An
-  empty slice (all ``-inf``) would otherwise give ``-inf - -inf = NaN``; with
-  the floor its entries stay ``-inf``. Written as a reduction with a finite
-  ``initial`` rather than a ``where`` on the result so that XLA's CPU backend
-  still recognizes the whole softmax as one fused kernel (measured: a ``where``
-  here costs 30%). The shift is a constant for differentiation.
-  """
-  lowest = jnp.finfo(x.dtype).min
-  return lax.stop_gradient(jnp.max(x, axes, keepdims=True, initial=lowest))
-
-
-def _safe_sum(e, axes):
-  """Sum of exponentials plus the smallest normal number.
-
-  A non-empty slice holds exp(0) = 1 at its max, so the sum is >= 1 and adding
-  ``tiny`` does not change it; an empty slice sums to ``tiny`` instead of 0,
-  so ``0 / sum`` is 0 and ``log(sum)`` is finite, never NaN.
-  """
-  return jnp.sum(e, axes, keepdims=True) + jnp.finfo(e.dtype).tiny
-
-
 def _prepare(fn, x, axis, where, temperature):
   """Checks arguments; returns shifted/scaled logits in the compute dtype."""
-  v.check_array(fn, "x", x)
+  V.check_array(fn, "x", x)
   x = jnp.asarray(x)
-  v.check_floating(fn, "x", x)
-  axes = v.normalize_axes(fn, "axis", axis, x.ndim)
-  v.check_positive(fn, "temperature", temperature)
+  V.check_floating(fn, "x", x)
+  axes = V.normalize_axes(fn, "axis", axis, x.ndim)
+  V.check_positive(fn, "temperature", temperature)
   out_dtype = x.dtype
   x = x.astype(compute_dtype(x.dtype))
   if where is not None:
     where = jnp.asarray(where)
-    v.check_bool(fn, "where", where)
-    v.check_broadcastable(fn, "where", where.shape, x.shape, " (the shape of x)")
+    V.check_bool(fn, "where", where)
+    V.check_broadcastable(fn, "where", where.shape, x.shape, " (the shape of x)")
     # Excluded entries become -inf: from here on one rule covers both.
     x = jnp.where(where, x, -jnp.inf)
   if not (isinstance(temperature, (int, float)) and temperature == 1):
     # Shift before dividing: x / T can overflow for T < 1, (x - max) / T cannot
     # push the largest entry past 0.
-    x = (x - _shift(x, axes)) / jnp.asarray(temperature, x.dtype)
+    x = (x - online.shift(x, axes)) / jnp.asarray(temperature, x.dtype)
   return x, axes, out_dtype
 
 
@@ -79,8 +55,8 @@ def _prepare(fn, x, axis, where, temperature):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _softmax(x, axes):
-  e = jnp.exp(x - _shift(x, axes))
-  return e / _safe_sum(e, axes)
+  state, e = online.reduce(x, axes)
+  return e / online.safe(state.s)
 
 
 @_softmax.defjvp
@@ -93,9 +69,10 @@ def _softmax_jvp(axes, primals, tangents):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _log_softmax(x, axes):
-  shifted = x - _shift(x, axes)
-  # In an empty slice every shifted entry is -inf, and stays so.
-  return shifted - jnp.log(_safe_sum(jnp.exp(shifted), axes))
+  state, _ = online.reduce(x, axes)
+  # Shift first, then subtract the log-sum: x - (m + log s) would round away
+  # log s next to a huge m. In an empty slice every entry stays -inf.
+  return (x - state.m) - jnp.log(online.safe(state.s))
 
 
 @_log_softmax.defjvp
@@ -110,11 +87,9 @@ def _log_softmax_jvp(axes, primals, tangents):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _logsumexp(x, axes):
-  m = _shift(x, axes)
-  s = jnp.sum(jnp.exp(x - m), axes, keepdims=True)
-  out = jnp.where(s == 0, -jnp.inf, jnp.log(s) + m)
-  # A +inf entry makes the sum +inf (x - m is NaN there): say so exactly.
-  out = jnp.where(m == jnp.inf, jnp.inf, out)
+  state, _ = online.reduce(x, axes)
+  # A +inf entry makes the sum NaN (x - m is inf - inf there): say +inf exactly.
+  out = jnp.where(state.m == jnp.inf, jnp.inf, online.logsumexp(state))
   return jnp.squeeze(out, axes)
 
 
