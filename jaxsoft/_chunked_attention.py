@@ -16,11 +16,12 @@ Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
 forward loop), and per key block ``j`` the range of query blocks that may
 (the backward loop), both computed from the static structure by
-:func:`_key_block_ranges` and its transpose :func:`_query_block_ranges`.
+:func:`key_block_ranges` and its transpose :func:`query_block_ranges`.
 Inside a visited block every pair is still masked element by element
-(:func:`_block_logits`), so a range may be loose but never tight. A new
-structured mask extends those two places: which pairs of a block are allowed,
-and which blocks can hold an allowed pair.
+(:func:`_block_logits`), so a range may hold blocks without an allowed pair
+(wasted work) but must hold every block with one. A new structured mask
+extends those two places: which pairs of a block are allowed, and which
+blocks can hold an allowed pair.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def causal_allowed(t0, s0, tq, sk):
 # The static block plan and the block ranges
 
 
-class _BlockPlan(NamedTuple):
+class BlockPlan(NamedTuple):
   """The static tiling of one call: block sizes, true lengths and the structure."""
 
   bq: int  # query block
@@ -101,7 +102,7 @@ class _BlockPlan(NamedTuple):
     return -(-self.s // self.bk)
 
 
-def _key_block_ranges(plan: _BlockPlan) -> np.ndarray:
+def key_block_ranges(plan: BlockPlan) -> np.ndarray:
   """``[nq, 2]``: per query block, the ``[first, last)`` key blocks that may hold an allowed pair."""
   ranges = np.zeros((plan.nq, 2), np.int32)
   ranges[:, 1] = plan.nk
@@ -112,7 +113,7 @@ def _key_block_ranges(plan: _BlockPlan) -> np.ndarray:
   return ranges
 
 
-def _query_block_ranges(key_ranges: np.ndarray, nk: int) -> np.ndarray:
+def query_block_ranges(key_ranges: np.ndarray, nk: int) -> np.ndarray:
   """``[nk, 2]``: per key block, the ``[first, last)`` hull of the query blocks whose range holds it."""
   j = np.arange(nk)
   needs = (key_ranges[:, :1] <= j) & (j < key_ranges[:, 1:])  # [nq, nk]
@@ -127,7 +128,7 @@ def _query_block_ranges(key_ranges: np.ndarray, nk: int) -> np.ndarray:
 # One block
 
 
-def _slice_pair(x, i, j, plan: _BlockPlan):
+def _slice_pair(x, i, j, plan: BlockPlan):
   """The [.., bq, bk] block (i, j) of a [.., t|1, s|1] mask or bias (size-1 axes kept)."""
   if x is None:
     return None
@@ -138,7 +139,7 @@ def _slice_pair(x, i, j, plan: _BlockPlan):
   return x
 
 
-def _block_logits(qi, kj, bias, mask, i, j, plan: _BlockPlan):
+def _block_logits(qi, kj, bias, mask, i, j, plan: BlockPlan):
   """Logits [B,K,G,bq,bk] of query block i against key block j, -inf where not allowed."""
   s = qk(qi, kj)
   b = _slice_pair(bias, i, j, plan)
@@ -168,7 +169,7 @@ def _dropout_scale(key, i, j, shape, rate):
 # Forward, backward, custom VJP
 
 
-def _forward(q, k, v, bias, mask, dropout_key, key_ranges, plan: _BlockPlan, rate):
+def _forward(q, k, v, bias, mask, dropout_key, key_ranges, plan: BlockPlan, rate):
   """-> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
@@ -312,9 +313,9 @@ def attention(q, k, v, bias, mask, dropout_key, *, causal: bool, dropout_rate: f
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
     return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype)
   # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded much.
-  plan = _BlockPlan(min(blocks[0], -(-T // 8) * 8), min(blocks[1], -(-S // 8) * 8), T, S, bool(causal))
-  key_ranges = _key_block_ranges(plan)
-  query_ranges = _query_block_ranges(key_ranges, plan.nk)
+  plan = BlockPlan(min(blocks[0], -(-T // 8) * 8), min(blocks[1], -(-S // 8) * 8), T, S, bool(causal))
+  key_ranges = key_block_ranges(plan)
+  query_ranges = query_block_ranges(key_ranges, plan.nk)
   # The loop indices come from these ranges: in the default integer type, as
   # the other slice offsets.
   key_ranges, query_ranges = jnp.asarray(key_ranges, dtype=int), jnp.asarray(query_ranges, dtype=int)

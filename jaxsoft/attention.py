@@ -266,10 +266,11 @@ def scaled_dot_product_attention(
   :math:`k(n) = \lfloor n / (N/K) \rfloor` is the key head that query head
   :math:`n` reads.
 
-  A query row with no allowed key (every ``a`` is 0, or every bias entry is
-  ``-inf``) outputs zeros and receives zero gradients; nothing is NaN.
-  ``jax.nn.dot_product_attention`` returns the mean of the values there and
-  PyTorch returns NaN.
+  A query row with no allowed key (every ``a`` is 0, every bias entry is
+  ``-inf``, or ``S = 0``) outputs zeros and receives zero gradients; nothing
+  is NaN. ``jax.nn.dot_product_attention`` returns the mean of the values
+  there; PyTorch's ``scaled_dot_product_attention`` returns zeros too since
+  version 2.5 (NaN before).
 
   ``is_causal`` lets query ``t`` attend to keys ``s <= t`` (top-left aligned,
   as in PyTorch and ``jax.nn``). When ``T > S`` the queries ``t >= S`` see every
@@ -296,8 +297,8 @@ def scaled_dot_product_attention(
       by ``1 / (1 - dropout_rate)``.
     dropout_key: a ``jax.random`` key, required when ``dropout_rate > 0``.
     return_weights: also return the weights (dense implementation only).
-    implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when
-      ``T * S <= 2**17`` or weights are not requested, chunked otherwise).
+    implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when the
+      weights are requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
       default ``(256, 512)``. Blocks need not divide the lengths.
 

@@ -144,16 +144,16 @@ def _reference_case(c):
 def _reference_results(impl):
   """Output and gradients of every case, from one compiled function per implementation."""
   with jax.enable_x64(True):
-    cases = [_reference_case(c) for c in range(len(CASES))]
+    inputs, options = zip(*(_reference_case(c) for c in range(len(CASES))))
 
     @jax.jit
     def run(inputs):
       return [
         _out_and_grads(*args, is_causal=o["causal"], scale=o["scale"], implementation=impl, block_size=(8, 4))
-        for args, o in zip(inputs, [o for _, o in cases])
+        for args, o in zip(inputs, options)
       ]
 
-    return jax.device_get(run([args for args, _ in cases]))
+    return jax.device_get(run(inputs))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -247,7 +247,7 @@ def test_agrees_with_jax_nn_where_every_row_has_a_key():
     res = {}
     for causal in (False, True):
       res["jax.nn", causal] = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=causal)
-      for impl in (*IMPLS, None):
+      for impl in (*IMPLS, None):  # None: the implementation the dispatcher picks
         opts = dict(is_causal=causal, implementation=impl, block_size=8)
         res[str(impl), causal] = sdpa_eager(q, k, v, bias=bias, mask=mask, **opts)
     return res
@@ -445,14 +445,14 @@ def test_block_ranges_hold_exactly_the_blocks_with_an_allowed_pair(T, S, bq, bk,
   # The kernel visits, per query block, the key blocks of its range (and per
   # key block the query blocks of its range): they must hold every allowed
   # pair, and under the causal mask skip every block without one.
-  plan = _chunked_attention._BlockPlan(bq, bk, T, S, causal)
+  plan = _chunked_attention.BlockPlan(bq, bk, T, S, causal)
   allowed = _allowed((), 1, plan.nq * bq, plan.nk * bk, None, causal)[0]
   allowed[T:] = allowed[:, S:] = False  # padding
   blocks = allowed.reshape(plan.nq, bq, plan.nk, bk).any(axis=(1, 3))
-  key_ranges = _chunked_attention._key_block_ranges(plan)
+  key_ranges = _chunked_attention.key_block_ranges(plan)
   j = np.arange(plan.nk)
   np.testing.assert_array_equal((key_ranges[:, :1] <= j) & (j < key_ranges[:, 1:]), blocks)
-  query_ranges = _chunked_attention._query_block_ranges(key_ranges, plan.nk)
+  query_ranges = _chunked_attention.query_block_ranges(key_ranges, plan.nk)
   i = np.arange(plan.nq)
   np.testing.assert_array_equal((query_ranges[:, :1] <= i) & (i < query_ranges[:, 1:]), blocks.T)
 
