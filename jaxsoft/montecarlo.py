@@ -46,9 +46,11 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 
+from jaxsoft import _running_stats as RS
 from jaxsoft import _validate as V
 from jaxsoft import qmc as _qmc
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft._interval import Interval
 
 __all__ = [
   "MCResult",
@@ -62,6 +64,7 @@ __all__ = [
 ]
 
 _METHODS = ("mc", "antithetic", "stratified", "sobol", "halton")
+_QMC = ("sobol", "halton")
 # Numbers (points x dim) per random block: 2 MiB of float32, which stays in
 # cache; larger one-shot batches are memory bound on CPU (see the benchmark).
 _BLOCK_NUMBERS = 2**19
@@ -104,80 +107,127 @@ class ISResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Running statistics: (count, mean, M2) merged in a fixed order.
+# Arguments
 # ----------------------------------------------------------------------------
 
 
-def _unzip_map(fn, tree, *rest):
-  """Maps ``fn`` (returning a tuple) over the leaves of ``tree`` (and ``rest``); one tree per output."""
-  leaves, treedef = jax.tree.flatten(tree)
-  others = [treedef.flatten_up_to(r) for r in rest]
-  outs = [fn(*args) for args in zip(leaves, *others)]
-  width = len(outs[0]) if outs else 0
-  return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(width))
+class _Box(NamedTuple):
+  """``f`` on the box ``[lower, lower + width]``, evaluated in the compute dtype."""
+
+  f: Callable
+  lower: jax.Array
+  width: jax.Array
+  dim: int
+  dtype: Any  # the output dtype
+  cdtype: Any  # the dtype to accumulate in
+  struct: Any  # f's output for one point, as ShapeDtypeStructs in cdtype
+
+  @property
+  def volume(self):
+    return jnp.prod(self.width)
+
+  def at(self, u):
+    """``f`` at the points ``lower + width * u`` for ``u`` ``[m, dim]`` in ``[0, 1)``; leaves ``[m, ...]``."""
+    return _eval(self.f, self.lower + self.width * u, self.cdtype)
 
 
-def _block_stats(values, mask):
-  """Count, mean and sum of squared deviations over the leading axis."""
-  if mask is None:
-    count = jnp.asarray(jax.tree.leaves(values)[0].shape[0], jnp.int32)
-
-    def leaf(v):
-      mean = jnp.mean(v, axis=0)
-      return mean, jnp.sum(jnp.square(v - mean), axis=0)
-  else:
-    count = jnp.sum(mask, dtype=jnp.int32)
-
-    def leaf(v):
-      m = mask.reshape(mask.shape + (1,) * (v.ndim - 1))
-      mean = jnp.sum(jnp.where(m, v, 0), axis=0) / jnp.maximum(count, 1).astype(v.dtype)
-      return mean, jnp.sum(jnp.where(m, jnp.square(v - mean), 0), axis=0)
-
-  return (count,) + _unzip_map(leaf, values)
+def _box(fn, f, lower, upper) -> _Box:
+  V.check_array(fn, "lower", lower)
+  V.check_array(fn, "upper", upper)
+  V.check_ndim(fn, "lower", lower, 1, " ([dim])")
+  V.check_shape(fn, "upper", upper, np.shape(lower), " (the shape of lower)")
+  dim = np.shape(lower)[0]
+  if dim == 0:
+    V.fail(fn, "lower", "have at least one dimension", "shape (0,)")
+  dtype = jnp.result_type(lower, upper)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.result_type(float)
+  cdtype = compute_dtype(dtype)
+  lower = jnp.asarray(lower, cdtype)
+  width = jnp.asarray(upper, cdtype) - lower
+  return _Box(f, lower, width, dim, dtype, cdtype, _values_struct(fn, f, dim, cdtype))
 
 
-def _merge(a, b):
-  """Chan, Golub and LeVeque's pairwise update of (count, mean, M2)."""
-  na, mean_a, m2_a = a
-  nb, mean_b, m2_b = b
-  n = na + nb
-
-  def leaf(ma, mb, sa, sb):
-    fa, fb = na.astype(ma.dtype), nb.astype(ma.dtype)
-    frac = fb / jnp.maximum(fa + fb, 1)
-    delta = mb - ma
-    return ma + delta * frac, sa + sb + jnp.square(delta) * fa * frac
-
-  return (n,) + _unzip_map(leaf, mean_a, mean_b, m2_a, m2_b)
+def _values_struct(fn, f, dim, cdtype):
+  """``f``'s output structure (leaves cast to the compute dtype)."""
+  try:
+    out = jax.eval_shape(f, jax.ShapeDtypeStruct((dim,), cdtype))
+  except Exception as e:  # pragma: no cover - the message is what matters
+    V.fail(fn, "f", f"map one point of shape ({dim},) to a pytree of arrays", f"error {e!r}", exc=TypeError)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cdtype), out)
 
 
-def _merge_sequential(stats, stacked):
-  """Merges the stats stacked along axis 0 into ``stats``, in order."""
-
-  def body(carry, item):
-    return _merge(carry, item), None
-
-  return lax.scan(body, stats, stacked)[0]
+def _eval(f, x, cdtype):
+  return jax.tree.map(lambda v: jnp.asarray(v).astype(cdtype), jax.vmap(f)(x))
 
 
-def _zero_stats(value_struct):
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), value_struct)
-  return jnp.zeros((), jnp.int32), zeros, zeros
+def _check_batch_size(fn, batch_size):
+  return None if batch_size is None else V.check_int(fn, "batch_size", batch_size, minimum=1)
 
 
-def _stderr(count, m2):
-  c = count.astype(m2.dtype)
-  var = m2 / jnp.maximum(c - 1, 1)
-  return jnp.where(count > 1, jnp.sqrt(var / jnp.maximum(c, 1)), jnp.inf)
+def _check_replicates(fn, method, replicates, size_arg, size):
+  replicates = V.check_int(fn, "replicates", replicates, minimum=2)
+  if size < replicates:
+    V.fail(fn, size_arg, f"be >= replicates ({replicates}) for method {method!r}", size)
+  return replicates
+
+
+def _check_integrate(fn, method, n, batch_size, replicates, devices):
+  """``integrate``'s static options, checked: ``(n, batch_size, replicates, mesh)``."""
+  V.check_option(fn, "method", method, _METHODS)
+  n = V.check_int(fn, "n", n, minimum=1)
+  batch_size = _check_batch_size(fn, batch_size)
+  mesh = _mesh(fn, devices)
+  if method in _QMC:
+    replicates = _check_replicates(fn, method, replicates, "n", n)
+    if method == "sobol" and n // replicates > 2**30:
+      V.fail(fn, "n", "give at most 2**30 points per replicate for method 'sobol'", n)
+    if mesh is not None and replicates % mesh.devices.size:
+      V.fail(fn, "replicates", f"be a multiple of the number of devices ({mesh.devices.size})", replicates)
+  elif method == "antithetic" and n % 2:
+    V.fail(fn, "n", "be even for method 'antithetic'", n)
+  return n, batch_size, replicates, mesh
+
+
+def _check_tolerance(fn, method, atol, rtol, max_n, replicates):
+  """``integrate_to_tolerance``'s static options, checked: ``(max_n, replicates)``."""
+  V.check_option(fn, "method", method, ("mc", "antithetic") + _QMC)
+  max_n = V.check_int(fn, "max_n", max_n, minimum=2)
+  V.check_range(fn, "atol", atol, 0.0, math.inf)
+  V.check_range(fn, "rtol", rtol, 0.0, math.inf)
+  if method in _QMC:
+    replicates = _check_replicates(fn, method, replicates, "max_n", max_n)
+  return max_n, replicates
+
+
+def _mesh(fn: str, devices):
+  if devices is None:
+    return None
+  if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
+    available = jax.local_devices()
+    if not 1 <= devices <= len(available):
+      V.fail(fn, "devices", f"be between 1 and {len(available)} (the local device count)", devices)
+    devices = available[:devices]
+  if not isinstance(devices, Sequence) or not all(isinstance(d, jax.Device) for d in devices) or not devices:
+    V.fail(
+      fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
+    )
+  return Mesh(np.asarray(list(devices)), (_AXIS,))
 
 
 # ----------------------------------------------------------------------------
-# Blocked evaluation of i.i.d. units (points, antithetic pairs, strata rounds).
+# The engine: a method's units, blocks of units added to running statistics,
+# the summary. integrate runs it for a fixed size, integrate_to_tolerance
+# doubles the size inside a while loop.
 # ----------------------------------------------------------------------------
 
 
 def _pow2_floor(x: int) -> int:
   return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def _block_size(dim: int, n: int) -> int:
+  return min(_pow2_floor(max(1, _BLOCK_NUMBERS // dim)), n)
 
 
 def _default_batch(block: int) -> int:
@@ -186,22 +236,12 @@ def _default_batch(block: int) -> int:
   return block if jax.default_backend() == "cpu" else max(block, 2**20)
 
 
-def _as_typed_key(fn, key):
-  """Typed keys pass through; legacy ``uint32[2]`` keys become threefry keys."""
-  dtype = getattr(key, "dtype", None)
-  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    if np.shape(key) != ():
-      V.fail(fn, "key", "be a single key (shape ())", f"shape {np.shape(key)}")
-    return key
-  if dtype == jnp.uint32 and np.shape(key) == (2,):
-    return jax.random.wrap_key_data(key)
-  V.fail(
-    fn,
-    "key",
-    "be a jax.random key",
-    f"{type(key).__name__} {getattr(key, 'dtype', '')}".strip(),
-    exc=TypeError,
-  )
+def _strata(dim: int, n: int, block: int) -> int:
+  """Strata per axis: the most with ``_MIN_ROUNDS`` rounds that fit a block."""
+  k = 1
+  while (k + 1) ** dim * _MIN_ROUNDS <= n and (k + 1) ** dim <= block:
+    k += 1
+  return k
 
 
 def _uniform(key, shape, dtype):
@@ -226,136 +266,153 @@ def _uniform(key, shape, dtype):
   return lax.bitcast_convert_type((words >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1
 
 
-def _iid_stats(
-  unit_fn,
-  key,
-  *,
-  num_units: int,
-  units_per_block: int,
-  blocks_per_step: int,
-  value_struct,
-  first_step=0,
-  num_steps: int | None = None,
-):
-  """Stats of ``num_units`` units; block ``j`` is ``unit_fn(fold_in(key, j))``.
+def _unit_fn(method: str, box: _Box, block: int, n: int | None = None):
+  """``(unit_fn, units_per_block, evals_per_unit)`` of an i.i.d. method.
 
-  Runs ``num_steps`` steps of ``blocks_per_step`` blocks from ``first_step``
-  (defaults: all of them); units past ``num_units`` are masked out.
+  ``unit_fn(k)`` draws one block of ``block`` points from the key ``k`` and
+  returns the values of its units, leaves ``[units_per_block, ...]``.
+  ``"stratified"`` picks its number of strata from the total ``n``.
   """
-  num_blocks = -(-num_units // units_per_block)
-  if num_steps is None:
-    num_steps = -(-num_blocks // blocks_per_step)
-  need_mask = (
-    num_units % units_per_block != 0
-    or num_blocks % blocks_per_step != 0
-    or not (isinstance(first_step, int) and first_step == 0)
+  dim, cdtype = box.dim, box.cdtype
+  if method == "mc":
+    return (lambda k: box.at(_uniform(k, (block, dim), cdtype))), block, 1
+  if method == "antithetic":
+    pairs = max(block // 2, 1)
+
+    def unit_fn(k):
+      u = _uniform(k, (pairs, dim), cdtype)
+      return jax.tree.map(lambda p, q: (p + q) / 2, box.at(u), box.at(1 - u))
+
+    return unit_fn, pairs, 2
+  # "stratified": a unit is a round of one point in each of the k**dim strata.
+  k_axis = _strata(dim, n, _block_size(dim, 2**62))
+  strata = k_axis**dim
+  rounds = max(block // strata, 1)
+  corners = jnp.asarray(
+    np.array(list(itertools.product(range(k_axis), repeat=dim)), np.float32).reshape(strata, dim), cdtype
   )
 
-  def step(stats, s):
-    ids = s * blocks_per_step + jnp.arange(blocks_per_step)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, ids)
-    values = jax.vmap(unit_fn)(keys)
-    mask = ids[:, None] * units_per_block + jnp.arange(units_per_block) < num_units
-    # Reduce block by block (lax.map, not vmap): a [k, block] reduction may
-    # sum in another order than a [block] one, and the result must not depend
-    # on how many blocks a step holds.
-    block = lax.map(lambda vm: _block_stats(vm[0], vm[1] if need_mask else None), (values, mask))
-    return _merge_sequential(stats, block), None
+  def unit_fn(k):
+    x = box.lower + box.width * ((corners + _uniform(k, (rounds, strata, dim), cdtype)) / k_axis)
+    values = _eval(box.f, x.reshape(rounds * strata, dim), cdtype)
+    return jax.tree.map(lambda v: jnp.mean(v.reshape((rounds, strata) + v.shape[1:]), axis=1), values)
 
-  steps = jnp.arange(num_steps) + first_step
-  return lax.scan(step, _zero_stats(value_struct), steps)[0]
+  return unit_fn, rounds, strata
 
 
-def _sharded_iid_stats(mesh, unit_fn, key, *, num_units, units_per_block, blocks_per_step, value_struct):
-  """Each device runs a contiguous range of steps; stats merged in device order."""
-  ndev = mesh.devices.size
-  num_blocks = -(-num_units // units_per_block)
-  steps_per_device = -(-num_blocks // (blocks_per_step * ndev))
+def _loop(body, carry, first, count):
+  """``carry = body(i, carry)`` for ``i`` from ``first`` to ``first + count - 1``.
 
-  def local(key):
-    first = lax.axis_index(_AXIS) * steps_per_device
-    stats = _iid_stats(
-      unit_fn,
-      key,
-      num_units=num_units,
-      units_per_block=units_per_block,
-      blocks_per_step=blocks_per_step,
-      value_struct=value_struct,
-      first_step=first,
-      num_steps=steps_per_device,
+  A ``scan`` (reverse-mode differentiable) when ``count`` is a Python int, a
+  ``fori_loop`` when it is traced.
+  """
+  if isinstance(count, int):
+    return lax.scan(lambda c, i: (body(i, c), None), carry, jnp.arange(count) + first)[0]
+  return lax.fori_loop(first, first + count, body, carry)
+
+
+def _iid_adder(unit_fn, key, *, units_per_block: int, blocks_per_step: int, num_units: int | None = None):
+  """``add(stats, first, count)``: ``stats`` plus steps ``first .. first + count - 1``.
+
+  Step ``s`` holds blocks ``s * blocks_per_step`` onwards; block ``j`` is
+  ``unit_fn(fold_in(key, j))``. Units from ``num_units`` on are masked out.
+  """
+  upb, bps = units_per_block, blocks_per_step
+
+  def add(stats, first, count):
+    need_mask = num_units is not None and (
+      num_units % (upb * bps) != 0 or not (isinstance(first, int) and first == 0)
     )
+
+    def step(s, stats):
+      ids = s * bps + jnp.arange(bps)
+      values = jax.vmap(unit_fn)(jax.vmap(jax.random.fold_in, (None, 0))(key, ids))
+      mask = ids[:, None] * upb + jnp.arange(upb) < num_units if need_mask else None
+      # Reduce block by block (lax.map, not vmap): a [k, block] reduction may
+      # sum in another order than a [block] one, and the result must not depend
+      # on how many blocks a step holds.
+      blocks = lax.map(lambda vm: RS.block_stats(*vm), (values, mask))
+      return RS.merge_sequential(stats, blocks)
+
+    return _loop(step, stats, first, count)
+
+  return add
+
+
+def _iid_stats(unit_fn, key, value_struct, *, num_units, units_per_block, blocks_per_step, mesh=None):
+  """Statistics of ``num_units`` units; on ``mesh``, contiguous ranges of steps per device."""
+  add = _iid_adder(
+    unit_fn, key, units_per_block=units_per_block, blocks_per_step=blocks_per_step, num_units=num_units
+  )
+  num_steps = -(-num_units // (units_per_block * blocks_per_step))
+  init = RS.zeros(value_struct)
+  if mesh is None:
+    return add(init, 0, num_steps)
+  per_device = -(-num_steps // mesh.devices.size)
+
+  def local():
+    stats = add(init, lax.axis_index(_AXIS) * per_device, per_device)
     gathered = jax.tree.map(lambda x: lax.all_gather(x, _AXIS), stats)
-    return _merge_sequential(_zero_stats(value_struct), gathered)
+    return RS.merge_sequential(init, gathered)
 
-  return jax.shard_map(
-    local, mesh=mesh, in_specs=PartitionSpec(), out_specs=PartitionSpec(), check_vma=False
-  )(key)
+  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
 
 
-def _mesh(fn: str, devices):
-  if devices is None:
-    return None
-  if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-    available = jax.local_devices()
-    if not 1 <= devices <= len(available):
-      V.fail(fn, "devices", f"be between 1 and {len(available)} (the local device count)", devices)
-    devices = available[:devices]
-  if not isinstance(devices, Sequence) or not all(isinstance(d, jax.Device) for d in devices) or not devices:
-    V.fail(
-      fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
-    )
-  return Mesh(np.asarray(list(devices)), (_AXIS,))
+def _qmc_adder(box: _Box, randomization, *, chunk: int, points_per_replicate: int | None = None):
+  """``add(r, stats, first, count)``: randomization ``r``'s ``stats`` plus its chunks ``first ..``.
+
+  ``randomization`` is :func:`jaxsoft.qmc._randomized_chunks`'s; points from
+  ``points_per_replicate`` on are masked out.
+  """
+  n_rep = points_per_replicate
+  need_mask = n_rep is not None and n_rep % chunk != 0
+
+  def add(r, stats, first, count):
+    points = randomization(r)
+
+    def step(c, stats):
+      mask = c * chunk + jnp.arange(chunk) < n_rep if need_mask else None
+      return RS.merge(stats, RS.block_stats(box.at(points(c)), mask))
+
+    return _loop(step, stats, first, count)
+
+  return add
+
+
+def _map_replicates(replicate, replicates: int, mesh):
+  """``[replicates, ...]`` stacked ``replicate(r)``; over devices when ``mesh`` is given.
+
+  Replicates run one after the other (``lax.map``) on every path, so each
+  replicate's program, and hence its value, is the same with or without
+  devices.
+  """
+  if mesh is None:
+    return lax.map(replicate, jnp.arange(replicates))
+  per = replicates // mesh.devices.size
+
+  def local():
+    out = lax.map(replicate, lax.axis_index(_AXIS) * per + jnp.arange(per))
+    return jax.tree.map(lambda m: lax.all_gather(m, _AXIS, tiled=True), out)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
+
+
+def _summary(units, volume):
+  """Estimate and standard error of ``volume`` times the mean of the units."""
+  count, mean, m2 = units
+  return (
+    jax.tree.map(lambda m: m * volume, mean),
+    jax.tree.map(lambda s: RS.stderr(count, s) * jnp.abs(volume), m2),
+  )
+
+
+def _cast(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
 # ----------------------------------------------------------------------------
 # integrate
 # ----------------------------------------------------------------------------
-
-
-def _box(fn, lower, upper):
-  V.check_array(fn, "lower", lower)
-  V.check_array(fn, "upper", upper)
-  V.check_ndim(fn, "lower", lower, 1, " ([dim])")
-  V.check_shape(fn, "upper", upper, np.shape(lower), " (the shape of lower)")
-  dtype = jnp.result_type(lower, upper)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    dtype = jnp.result_type(float)
-  cdtype = compute_dtype(dtype)
-  lower = jnp.asarray(lower, cdtype)
-  upper = jnp.asarray(upper, cdtype)
-  return lower, upper, np.shape(lower)[0], dtype, cdtype
-
-
-def _values_struct(fn, f, dim, cdtype):
-  """``f``'s output structure (leaves cast to the compute dtype)."""
-  try:
-    out = jax.eval_shape(f, jax.ShapeDtypeStruct((dim,), cdtype))
-  except Exception as e:  # pragma: no cover - the message is what matters
-    V.fail(fn, "f", f"map one point of shape ({dim},) to a pytree of arrays", f"error {e!r}", exc=TypeError)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cdtype), out)
-
-
-def _eval(f, x, cdtype):
-  return jax.tree.map(lambda v: jnp.asarray(v).astype(cdtype), jax.vmap(f)(x))
-
-
-def _block_size(dim: int, n: int) -> int:
-  return min(_pow2_floor(max(1, _BLOCK_NUMBERS // dim)), n)
-
-
-def _strata(dim: int, n: int, block: int) -> int:
-  """Strata per axis: the most with ``_MIN_ROUNDS`` rounds that fit a block."""
-  k = 1
-  while (k + 1) ** dim * _MIN_ROUNDS <= n and (k + 1) ** dim <= block:
-    k += 1
-  return k
-
-
-def _finish(stats, scale, dtype, n):
-  count, mean, m2 = stats
-  estimate = jax.tree.map(lambda m: (m * scale).astype(dtype), mean)
-  stderr = jax.tree.map(lambda s: (_stderr(count, s) * jnp.abs(scale)).astype(dtype), m2)
-  return MCResult(estimate, stderr, jnp.asarray(n, jnp.int32))
 
 
 def integrate(
@@ -406,8 +463,8 @@ def integrate(
     batch_size: points evaluated per step (static); peak memory is
       proportional to it. Default: one block (``2**19 // dim`` points) on CPU,
       at least ``2**20`` points on accelerators. For the i.i.d. methods it is
-      rounded down to whole blocks (at least one; ``f`` is still evaluated
-      one block at a time) and does not change the result: bit for bit for
+      rounded down to whole blocks (at least one; the statistics are still
+      reduced one block at a time) and does not change the result: bit for bit for
       ``"mc"`` and ``"antithetic"``, to float rounding of the stderr for
       ``"stratified"``. For QMC it is rounded down to a power of two and
       changes the summation order only.
@@ -436,126 +493,44 @@ def integrate(
     Owen, "Monte Carlo theory, methods and examples", 2013, chapters 2, 8, 17.
   """
   fn = "integrate"
-  V.check_option(fn, "method", method, _METHODS)
-  n = V.check_int(fn, "n", n, minimum=1)
-  lower, upper, dim, dtype, cdtype = _box(fn, lower, upper)
-  if batch_size is not None:
-    batch_size = V.check_int(fn, "batch_size", batch_size, minimum=1)
-  mesh = _mesh(fn, devices)
-  key = _as_typed_key(fn, key)
-  struct = _values_struct(fn, f, dim, cdtype)
-  width = upper - lower
-  volume = jnp.prod(width)
-
-  if method in ("sobol", "halton"):
-    replicates = V.check_int(fn, "replicates", replicates, minimum=2)
-    if n < replicates:
-      V.fail(fn, "n", f"be >= replicates ({replicates}) for method {method!r}", n)
-    n_rep = n // replicates
-    if method == "sobol" and n_rep > 2**30:
-      V.fail(fn, "n", "give at most 2**30 points per replicate for method 'sobol'", n)
-    chunk = min(
-      _pow2_floor(batch_size or _default_batch(_block_size(dim, 2**62))), 1 << (n_rep - 1).bit_length()
-    )
-    point_fn = lambda u: _eval(f, lower + width * u, cdtype)
-    replicate = _qmc_replicate_fn(method, point_fn, key, dim, n_rep, chunk, cdtype, struct)
-    means = _map_replicates(replicate, replicates, mesh)
-    stats = _block_stats(means, None)
-    return _finish(stats, volume, dtype, n_rep * replicates)
-
-  block = _block_size(dim, n)
-  if method == "mc":
-    units, upb, per_unit = n, block, 1
-
-    def unit_fn(k):
-      u = _uniform(k, (upb, dim), cdtype)
-      return _eval(f, lower + width * u, cdtype)
-  elif method == "antithetic":
-    if n % 2:
-      V.fail(fn, "n", "be even for method 'antithetic'", n)
-    units, upb, per_unit = n // 2, max(block // 2, 1), 2
-
-    def unit_fn(k):
-      u = _uniform(k, (upb, dim), cdtype)
-      a = _eval(f, lower + width * u, cdtype)
-      b = _eval(f, lower + width * (1 - u), cdtype)
-      return jax.tree.map(lambda p, q: (p + q) / 2, a, b)
-  else:  # stratified
-    k_axis = _strata(dim, n, _block_size(dim, 2**62))
-    strata = k_axis**dim
-    units, upb, per_unit = n // strata, max(block // strata, 1), strata
-    corners = jnp.asarray(
-      np.array(list(itertools.product(range(k_axis), repeat=dim)), np.float32).reshape(strata, dim), cdtype
-    )
-
-    def unit_fn(k):
-      u = _uniform(k, (upb, strata, dim), cdtype)
-      x = lower + width * ((corners + u) / k_axis)
-      values = _eval(f, x.reshape(upb * strata, dim), cdtype)
-      return jax.tree.map(lambda v: jnp.mean(v.reshape((upb, strata) + v.shape[1:]), axis=1), values)
-
-  bps = max(1, (batch_size or _default_batch(block)) // (upb * per_unit))
-  kw = dict(num_units=units, units_per_block=upb, blocks_per_step=bps, value_struct=struct)
-  if mesh is None:
-    stats = _iid_stats(unit_fn, key, **kw)
+  n, batch_size, replicates, mesh = _check_integrate(fn, method, n, batch_size, replicates, devices)
+  box = _box(fn, f, lower, upper)
+  key = V.check_key(fn, "key", key)
+  if method in _QMC:
+    units, used = _integrate_qmc(box, key, method, n, batch_size, replicates, mesh)
   else:
-    stats = _sharded_iid_stats(mesh, unit_fn, key, **kw)
-  return _finish(stats, volume, dtype, units * per_unit)
+    units, used = _integrate_iid(box, key, method, n, batch_size, mesh)
+  estimate, stderr = _summary(units, box.volume)
+  return MCResult(_cast(estimate, box.dtype), _cast(stderr, box.dtype), jnp.asarray(used, jnp.int32))
 
 
-def _qmc_replicate_fn(method, point_fn, key, dim, n_rep, chunk, cdtype, struct):
-  """``replicate(r)``: mean of ``f`` over randomization ``r``'s ``n_rep`` points."""
-  num_chunks = -(-n_rep // chunk)
-  need_mask = n_rep % chunk != 0
-  log2_chunk = chunk.bit_length() - 1
-  v = jnp.asarray(_qmc._direction_numbers(dim)) if method == "sobol" else None
-
-  def replicate(r):
-    key_r = jax.random.fold_in(key, r)
-    if method == "sobol":
-      v_r, shift = _qmc._sobol_randomization(key_r, v)
-      table = _qmc._sobol_table(v_r, log2_chunk) ^ shift
-
-      def points(c):
-        start = (c * chunk).astype(jnp.uint32)
-        return _qmc._to_unit(table ^ _qmc._sobol_point(start, v_r), cdtype)
-    else:
-      digits = _qmc._halton_random_digits(cdtype)
-      scramble = _qmc._halton_randomization(key_r, dim, digits)
-
-      def points(c):
-        return _qmc._halton_points(c * chunk + jnp.arange(chunk), dim, digits, cdtype, scramble)
-
-    def step(stats, c):
-      values = point_fn(points(c))
-      mask = (c * chunk + jnp.arange(chunk) < n_rep) if need_mask else None
-      return _merge(stats, _block_stats(values, mask)), None
-
-    return lax.scan(step, _zero_stats(struct), jnp.arange(num_chunks))[0][1]
-
-  return replicate
+def _integrate_iid(box, key, method, n, batch_size, mesh):
+  """Statistics of the units of ``"mc"``, ``"antithetic"`` or ``"stratified"``, and the evaluations."""
+  block = _block_size(box.dim, n)
+  unit_fn, upb, per_unit = _unit_fn(method, box, block, n)
+  units = n // per_unit
+  bps = max(1, (batch_size or _default_batch(block)) // (upb * per_unit))
+  stats = _iid_stats(
+    unit_fn, key, box.struct, num_units=units, units_per_block=upb, blocks_per_step=bps, mesh=mesh
+  )
+  return stats, units * per_unit
 
 
-def _map_replicates(replicate, replicates: int, mesh):
-  """``[replicates, ...]`` replicate means; over devices when ``mesh`` is given.
-
-  Replicates run one after the other (``lax.map``) on every path, so each
-  replicate's program, and hence its value, is the same with or without
-  devices.
-  """
-  if mesh is None:
-    return lax.map(replicate, jnp.arange(replicates))
-  ndev = mesh.devices.size
-  if replicates % ndev:
-    V.fail("integrate", "replicates", f"be a multiple of the number of devices ({ndev})", replicates)
-  per = replicates // ndev
-
-  def local():
-    ids = lax.axis_index(_AXIS) * per + jnp.arange(per)
-    means = lax.map(replicate, ids)
-    return jax.tree.map(lambda m: lax.all_gather(m, _AXIS, tiled=True), means)
-
-  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
+def _integrate_qmc(box, key, method, n, batch_size, replicates, mesh):
+  """Statistics of the randomization means of ``"sobol"`` or ``"halton"``, and the evaluations."""
+  n_rep = n // replicates
+  chunk = min(
+    _pow2_floor(batch_size or _default_batch(_block_size(box.dim, 2**62))), 1 << (n_rep - 1).bit_length()
+  )
+  add = _qmc_adder(
+    box,
+    _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype),
+    chunk=chunk,
+    points_per_replicate=n_rep,
+  )
+  init, num_chunks = RS.zeros(box.struct), -(-n_rep // chunk)
+  means = _map_replicates(lambda r: add(r, init, 0, num_chunks)[1], replicates, mesh)
+  return RS.block_stats(means), n_rep * replicates
 
 
 # ----------------------------------------------------------------------------
@@ -607,45 +582,28 @@ def expectation(
     Glasserman, "Monte Carlo Methods in Financial Engineering", 2003, 4.1.
   """
   fn = "expectation"
-  n = V.check_int(fn, "n", n, minimum=1)
-  if batch_size is not None:
-    batch_size = V.check_int(fn, "batch_size", batch_size, minimum=1)
-  if control_variate is not None:
-    if not (
-      isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])
-    ):
-      V.fail(
-        fn, "control_variate", "be a pair (g, mean_g) with g callable", repr(control_variate), exc=TypeError
-      )
+  key, n, batch_size = _check_expectation(fn, key, n, batch_size, control_variate)
   x_struct = jax.eval_shape(sample, key)
   out_struct = jax.eval_shape(f, x_struct)
   out_dtype = jnp.result_type(*[s.dtype for s in jax.tree.leaves(out_struct)], float)
   cdtype = compute_dtype(out_dtype if jnp.issubdtype(out_dtype, jnp.floating) else jnp.result_type(float))
-  numbers = max(1, sum(math.prod(s.shape) for s in jax.tree.leaves(x_struct)))
-  block = _block_size(numbers, n)
-  bps = max(1, (batch_size or _default_batch(block)) // block)
   struct = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, cdtype), out_struct)
+  block = _block_size(max(1, sum(math.prod(s.shape) for s in jax.tree.leaves(x_struct))), n)
+  sizes = dict(
+    num_units=n, units_per_block=block, blocks_per_step=max(1, (batch_size or _default_batch(block)) // block)
+  )
 
   def draw(k):
     xs = jax.vmap(sample)(jax.random.split(k, block))
     return xs, _eval(f, xs, cdtype)
 
   if control_variate is None:
-    stats = _iid_stats(
-      lambda k: draw(k)[1], key, num_units=n, units_per_block=block, blocks_per_step=bps, value_struct=struct
-    )
-    return _finish(stats, jnp.asarray(1, cdtype), out_dtype, n)
+    stats = _iid_stats(lambda k: draw(k)[1], key, struct, **sizes)
+    estimate, stderr = _summary(stats, jnp.asarray(1, cdtype))
+    return MCResult(_cast(estimate, out_dtype), _cast(stderr, out_dtype), jnp.asarray(n, jnp.int32))
 
   g, mean_g = control_variate
-  g_struct = jax.eval_shape(g, x_struct)
-  if jax.tree.structure(g_struct) != jax.tree.structure(out_struct):
-    V.fail(
-      fn,
-      "control_variate",
-      "have g returning f's pytree structure",
-      f"{jax.tree.structure(g_struct)} vs {jax.tree.structure(out_struct)}",
-      exc=TypeError,
-    )
+  _check_control_variate_structure(fn, g, x_struct, out_struct)
 
   # Stats of (f, g, f*g-cross) via the same mean/M2 machinery on the pair and
   # on f + g: Cov(f, g) = (Var(f + g) - Var(f) - Var(g)) / 2.
@@ -654,15 +612,7 @@ def expectation(
     gv = _eval(g, xs, cdtype)
     return fv, gv, jax.tree.map(jnp.add, fv, gv)
 
-  stats = _iid_stats(
-    unit_fn,
-    key,
-    num_units=n,
-    units_per_block=block,
-    blocks_per_step=bps,
-    value_struct=(struct, struct, struct),
-  )
-  count, (mf, mg, _), (sff, sgg, sss) = stats
+  count, (mf, mg, _), (sff, sgg, sss) = _iid_stats(unit_fn, key, (struct, struct, struct), **sizes)
 
   def leaf(mf, mg, sff, sgg, sss, mu):
     sfg = (sss - sff - sgg) / 2
@@ -674,8 +624,33 @@ def expectation(
     return est.astype(out_dtype), se.astype(out_dtype)
 
   mu = jax.tree.map(lambda s, m: jnp.broadcast_to(jnp.asarray(m), s.shape), struct, mean_g)
-  estimate, stderr = _unzip_map(leaf, mf, mg, sff, sgg, sss, mu)
+  estimate, stderr = RS.unzip_map(leaf, mf, mg, sff, sgg, sss, mu)
   return MCResult(estimate, stderr, jnp.asarray(n, jnp.int32))
+
+
+def _check_expectation(fn, key, n, batch_size, control_variate):
+  """``expectation``'s arguments, checked: ``(key, n, batch_size)``."""
+  n = V.check_int(fn, "n", n, minimum=1)
+  batch_size = _check_batch_size(fn, batch_size)
+  if control_variate is not None and not (
+    isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])
+  ):
+    V.fail(
+      fn, "control_variate", "be a pair (g, mean_g) with g callable", repr(control_variate), exc=TypeError
+    )
+  return V.check_key(fn, "key", key), n, batch_size
+
+
+def _check_control_variate_structure(fn, g, x_struct, out_struct):
+  g_struct = jax.eval_shape(g, x_struct)
+  if jax.tree.structure(g_struct) != jax.tree.structure(out_struct):
+    V.fail(
+      fn,
+      "control_variate",
+      "have g returning f's pytree structure",
+      f"{jax.tree.structure(g_struct)} vs {jax.tree.structure(out_struct)}",
+      exc=TypeError,
+    )
 
 
 def importance_sampling(
@@ -731,6 +706,7 @@ def importance_sampling(
   n = V.check_int(fn, "n", n, minimum=1)
   if not isinstance(self_normalized, bool):
     V.fail(fn, "self_normalized", "be a bool", repr(self_normalized), exc=TypeError)
+  key = V.check_key(fn, "key", key)
   xs = jax.vmap(sample_q)(jax.random.split(key, n))
   log_w = jax.vmap(log_p)(xs) - jax.vmap(log_q)(xs)
   fv = jax.vmap(f)(xs)
@@ -760,7 +736,7 @@ def importance_sampling(
       se = scale * jnp.sqrt(var / cnt)
     return est.astype(dtype), se.astype(dtype)
 
-  estimate, stderr = _unzip_map(leaf, fv)
+  estimate, stderr = RS.unzip_map(leaf, fv)
   return ISResult(estimate, stderr, jnp.asarray(n, jnp.int32), ess.astype(dtype))
 
 
@@ -788,8 +764,9 @@ def integrate_to_tolerance(
   element of every leaf, or when doubling again would exceed ``max_n``. Runs
   inside one ``lax.while_loop``; already drawn points are kept and the new
   points continue the same stream, so the result at size :math:`N` equals
-  ``integrate(..., n=N)`` for ``"mc"``/``"antithetic"`` (for ``N`` of at least
-  one block) and for ``"sobol"``/``"halton"`` (to rounding).
+  ``integrate(..., n=N)`` with the same key and method: bit for bit for
+  ``"mc"`` and ``"antithetic"``, to float rounding for ``"sobol"`` and
+  ``"halton"`` (the same points, summed in chunks of another size).
 
   Args:
     f, key, lower, upper: as in :func:`integrate`.
@@ -810,137 +787,74 @@ def integrate_to_tolerance(
     3.1364 +- 0.0023, n=524288, True
   """
   fn = "integrate_to_tolerance"
-  V.check_option(fn, "method", method, ("mc", "antithetic", "sobol", "halton"))
-  max_n = V.check_int(fn, "max_n", max_n, minimum=2)
-  V.check_range(fn, "atol", atol, 0.0, math.inf)
-  V.check_range(fn, "rtol", rtol, 0.0, math.inf)
-  lower, upper, dim, dtype, cdtype = _box(fn, lower, upper)
-  struct = _values_struct(fn, f, dim, cdtype)
-  key = _as_typed_key(fn, key)
-  width = upper - lower
-  volume = jnp.prod(width)
-  atol = jnp.asarray(atol, cdtype)
-  rtol = jnp.asarray(rtol, cdtype)
+  max_n, replicates = _check_tolerance(fn, method, atol, rtol, max_n, replicates)
+  box = _box(fn, f, lower, upper)
+  key = V.check_key(fn, "key", key)
+  plan = _doubling_plan(box, key, method, max_n, replicates)
+  volume = box.volume
+  atol = jnp.asarray(atol, box.cdtype)
+  rtol = jnp.asarray(rtol, box.cdtype)
+
+  def summary(stats):
+    return _summary(plan.units(stats), volume)
 
   def done(estimate, stderr):
     ok = jax.tree.map(lambda e, s: jnp.all(s <= jnp.maximum(atol, rtol * jnp.abs(e))), estimate, stderr)
     return jnp.all(jnp.stack(jax.tree.leaves(ok)))
 
-  if method in ("sobol", "halton"):
-    replicates = V.check_int(fn, "replicates", replicates, minimum=2)
-    max_rep = max_n // replicates
-    if max_rep < 1:
-      V.fail(fn, "max_n", f"be >= replicates ({replicates})", max_n)
-    chunk = min(_pow2_floor(_block_size(dim, 2**62) // replicates), _pow2_floor(max_rep))
-    point_fn = lambda u: _eval(f, lower + width * u, cdtype)
-    # One replicate function per round size would recompile; instead run the
-    # chunks of each round in a dynamic fori_loop over chunk indices.
-    replicate_chunk = _qmc_chunk_fn(method, point_fn, key, dim, chunk, cdtype)
+  def cond(state):
+    stats, blocks = state
+    return (~done(*summary(stats))) & (2 * blocks <= plan.max_blocks)
 
-    def add_chunks(stats, lo_chunk, hi_chunk):
-      def rep(r, st):
-        def body(c, s):
-          return _merge(s, _block_stats(replicate_chunk(r, c), None))
+  def body(state):
+    stats, blocks = state
+    return plan.add(stats, blocks, blocks), 2 * blocks
 
-        return lax.fori_loop(lo_chunk, hi_chunk, body, st)
-
-      return jax.vmap(rep)(jnp.arange(replicates), stats)
-
-    def summary(stats):
-      means = stats[1]
-      count, mean, m2 = _block_stats(means, None)
-      return (
-        jax.tree.map(lambda m: m * volume, mean),
-        jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2),
-      )
-
-    init = jax.vmap(lambda _: _zero_stats(struct))(jnp.arange(replicates))
-    stats0 = add_chunks(init, 0, 1)
-    max_chunks = max_rep // chunk
-
-    def cond(state):
-      stats, chunks = state
-      return (~done(*summary(stats))) & (2 * chunks <= max_chunks)
-
-    def body(state):
-      stats, chunks = state
-      return add_chunks(stats, chunks, 2 * chunks), 2 * chunks
-
-    stats, chunks = lax.while_loop(cond, body, (stats0, jnp.asarray(1, jnp.int32)))
-    estimate, stderr = summary(stats)
-    total = chunks * chunk * replicates
-  else:
-    block = _block_size(dim, max_n)
-    if method == "mc":
-      upb, per_unit = block, 1
-
-      def unit_fn(k):
-        return _eval(f, lower + width * _uniform(k, (upb, dim), cdtype), cdtype)
-    else:
-      upb, per_unit = max(block // 2, 1), 2
-
-      def unit_fn(k):
-        u = _uniform(k, (upb, dim), cdtype)
-        a = _eval(f, lower + width * u, cdtype)
-        b = _eval(f, lower + width * (1 - u), cdtype)
-        return jax.tree.map(lambda p, q: (p + q) / 2, a, b)
-
-    def add_blocks(stats, lo, hi):
-      def body(j, s):
-        return _merge(s, _block_stats(unit_fn(jax.random.fold_in(key, j)), None))
-
-      return lax.fori_loop(lo, hi, body, stats)
-
-    def summary(stats):
-      count, mean, m2 = stats
-      return (
-        jax.tree.map(lambda m: m * volume, mean),
-        jax.tree.map(lambda s: _stderr(count, s) * jnp.abs(volume), m2),
-      )
-
-    max_blocks = max(max_n // (upb * per_unit), 1)
-
-    def cond(state):
-      stats, blocks = state
-      return (~done(*summary(stats))) & (2 * blocks <= max_blocks)
-
-    def body(state):
-      stats, blocks = state
-      return add_blocks(stats, blocks, 2 * blocks), 2 * blocks
-
-    stats0 = add_blocks(_zero_stats(struct), 0, 1)
-    stats, blocks = lax.while_loop(cond, body, (stats0, jnp.asarray(1, jnp.int32)))
-    estimate, stderr = summary(stats)
-    total = blocks * upb * per_unit
+  stats, blocks = lax.while_loop(cond, body, (plan.add(plan.init, 0, 1), jnp.asarray(1, jnp.int32)))
+  estimate, stderr = summary(stats)
   return ToleranceResult(
-    jax.tree.map(lambda e: e.astype(dtype), estimate),
-    jax.tree.map(lambda s: s.astype(dtype), stderr),
-    total.astype(jnp.int32),
+    _cast(estimate, box.dtype),
+    _cast(stderr, box.dtype),
+    (blocks * plan.evals_per_block).astype(jnp.int32),
     done(estimate, stderr),
   )
 
 
-def _qmc_chunk_fn(method, point_fn, key, dim, chunk, cdtype):
-  """``chunk_values(r, c)``: ``f`` at chunk ``c`` of randomization ``r``."""
-  log2_chunk = chunk.bit_length() - 1
-  v = jnp.asarray(_qmc._direction_numbers(dim)) if method == "sobol" else None
+class _DoublingPlan(NamedTuple):
+  """How ``integrate_to_tolerance`` grows: ``add(stats, first, count)`` adds blocks ``first ..``."""
 
-  def chunk_values(r, c):
-    key_r = jax.random.fold_in(key, r)
-    if method == "sobol":
-      v_r, shift = _qmc._sobol_randomization(key_r, v)
-      table = _qmc._sobol_table(v_r, log2_chunk) ^ shift
-      u = _qmc._to_unit(table ^ _qmc._sobol_point((c * chunk).astype(jnp.uint32), v_r), cdtype)
-    else:
-      digits = _qmc._halton_random_digits(cdtype)
-      scramble = _qmc._halton_randomization(key_r, dim, digits)
-      u = _qmc._halton_points(c * chunk + jnp.arange(chunk), dim, digits, cdtype, scramble)
-    return point_fn(u)
-
-  return chunk_values
+  init: Any
+  add: Callable
+  units: Callable  # stats -> running statistics of the i.i.d. units
+  evals_per_block: int
+  max_blocks: int
 
 
-def confidence_interval(result, level: float = 0.95):
+def _doubling_plan(box, key, method, max_n, replicates) -> _DoublingPlan:
+  if method in _QMC:
+    # A block is one chunk of every randomization; they run side by side.
+    max_rep = max_n // replicates
+    chunk = min(_pow2_floor(_block_size(box.dim, 2**62) // replicates), _pow2_floor(max_rep))
+    add = _qmc_adder(box, _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype), chunk=chunk)
+    ids = jnp.arange(replicates)
+    return _DoublingPlan(
+      init=jax.vmap(lambda _: RS.zeros(box.struct))(ids),
+      add=lambda stats, first, count: jax.vmap(lambda r, s: add(r, s, first, count))(ids, stats),
+      units=lambda stats: RS.block_stats(stats[1]),
+      evals_per_block=chunk * replicates,
+      max_blocks=max_rep // chunk,
+    )
+  unit_fn, upb, per_unit = _unit_fn(method, box, _block_size(box.dim, max_n))
+  return _DoublingPlan(
+    init=RS.zeros(box.struct),
+    add=_iid_adder(unit_fn, key, units_per_block=upb, blocks_per_step=1),
+    units=lambda stats: stats,
+    evals_per_block=upb * per_unit,
+    max_blocks=max(max_n // (upb * per_unit), 1),
+  )
+
+
+def confidence_interval(result, level: float = 0.95) -> Interval:
   r"""Normal-approximation interval ``estimate -+ z * stderr``.
 
   .. math:: \hat I \pm \Phi^{-1}\big(\tfrac{1 + \text{level}}{2}\big)\, \mathrm{se}
@@ -951,7 +865,9 @@ def confidence_interval(result, level: float = 0.95):
     level: coverage probability in (0, 1).
 
   Returns:
-    ``(low, high)``, each shaped like ``result.estimate``.
+    ``Interval(lower, upper)`` (a NamedTuple, so ``lo, hi = ...`` unpacks
+    it), each shaped like ``result.estimate``; the same type as
+    :func:`jaxsoft.mle.confidence_intervals`.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -964,4 +880,4 @@ def confidence_interval(result, level: float = 0.95):
   z = jax.scipy.special.ndtri((1.0 + jnp.asarray(level, jnp.float32)) / 2)
   low = jax.tree.map(lambda e, s: e - (z * s).astype(jnp.result_type(e)), result.estimate, result.stderr)
   high = jax.tree.map(lambda e, s: e + (z * s).astype(jnp.result_type(e)), result.estimate, result.stderr)
-  return low, high
+  return Interval(low, high)

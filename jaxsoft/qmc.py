@@ -373,3 +373,36 @@ def _halton_random_digits(dtype) -> int:
   # Base-2 digits needed for the float's resolution; larger bases need fewer
   # but share the loop (their extra terms underflow harmlessly).
   return jnp.finfo(dtype).nmant + 1
+
+
+# ----------------------------------------------------------------------------
+# Chunks of randomized sequences (for integrators that stream the points)
+# ----------------------------------------------------------------------------
+
+
+def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
+  """Chunk ``c`` of randomization ``r`` of the ``"sobol"`` or ``"halton"`` sequence.
+
+  Returns ``randomization(r)``, which draws the scramble of key
+  ``fold_in(key, r)`` once and returns ``points(c)``: the ``[chunk, dim]``
+  points of indices ``c * chunk`` to ``(c + 1) * chunk - 1``, equal to
+  ``sobol(chunk, dim, key=fold_in(key, r), skip=c * chunk, dtype=dtype)`` (or
+  ``halton``). ``r`` and ``c`` may be traced; ``chunk`` is a static power of
+  two.
+  """
+  if method == "sobol":
+    v = jnp.asarray(_direction_numbers(dim))
+    log2_chunk = chunk.bit_length() - 1
+
+    def randomization(r):
+      v_r, shift = _sobol_randomization(jax.random.fold_in(key, r), v)
+      table = _sobol_table(v_r, log2_chunk) ^ shift
+      return lambda c: _to_unit(table ^ _sobol_point(jnp.asarray(c * chunk).astype(jnp.uint32), v_r), dtype)
+  else:
+    digits = _halton_random_digits(dtype)
+
+    def randomization(r):
+      scramble = _halton_randomization(jax.random.fold_in(key, r), dim, digits)
+      return lambda c: _halton_points(c * chunk + jnp.arange(chunk), dim, digits, dtype, scramble)
+
+  return randomization
