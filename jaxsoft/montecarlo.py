@@ -358,21 +358,20 @@ def _iid_stats(unit_fn, key, value_struct, *, num_units, units_per_block, blocks
   return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
 
 
-def _qmc_adder(box: _Box, randomization, *, chunk: int, points_per_replicate: int | None = None):
-  """``add(r, stats, first, count)``: randomization ``r``'s ``stats`` plus its chunks ``first ..``.
+def _qmc_adder(box: _Box, points, *, chunk: int, points_per_replicate: int | None = None):
+  """``add(scrambled, stats, first, count)``: one randomization's ``stats`` plus its chunks ``first ..``.
 
-  ``randomization`` is :func:`jaxsoft.qmc._randomized_chunks`'s; points from
+  ``points(scrambled, c)`` is chunk ``c`` of the randomization
+  (:func:`jaxsoft.qmc._randomized_chunks`); points from
   ``points_per_replicate`` on are masked out.
   """
   n_rep = points_per_replicate
   need_mask = n_rep is not None and n_rep % chunk != 0
 
-  def add(r, stats, first, count):
-    points = randomization(r)
-
+  def add(scrambled, stats, first, count):
     def step(c, stats):
       mask = c * chunk + jnp.arange(chunk) < n_rep if need_mask else None
-      return RS.merge(stats, RS.block_stats(box.at(points(c)), mask))
+      return RS.merge(stats, RS.block_stats(box.at(points(scrambled, c)), mask))
 
     return _loop(step, stats, first, count)
 
@@ -522,14 +521,10 @@ def _integrate_qmc(box, key, method, n, batch_size, replicates, mesh):
   chunk = min(
     _pow2_floor(batch_size or _default_batch(_block_size(box.dim, 2**62))), 1 << (n_rep - 1).bit_length()
   )
-  add = _qmc_adder(
-    box,
-    _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype),
-    chunk=chunk,
-    points_per_replicate=n_rep,
-  )
+  scramble, points = _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype)
+  add = _qmc_adder(box, points, chunk=chunk, points_per_replicate=n_rep)
   init, num_chunks = RS.zeros(box.struct), -(-n_rep // chunk)
-  means = _map_replicates(lambda r: add(r, init, 0, num_chunks)[1], replicates, mesh)
+  means = _map_replicates(lambda r: add(scramble(r), init, 0, num_chunks)[1], replicates, mesh)
   return RS.block_stats(means), n_rep * replicates
 
 
@@ -835,11 +830,13 @@ def _doubling_plan(box, key, method, max_n, replicates) -> _DoublingPlan:
     # A block is one chunk of every randomization; they run side by side.
     max_rep = max_n // replicates
     chunk = min(_pow2_floor(_block_size(box.dim, 2**62) // replicates), _pow2_floor(max_rep))
-    add = _qmc_adder(box, _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype), chunk=chunk)
-    ids = jnp.arange(replicates)
+    scramble, points = _qmc._randomized_chunks(method, key, box.dim, chunk, box.cdtype)
+    add = _qmc_adder(box, points, chunk=chunk)
+    # Every randomization is drawn once, before the loop.
+    scrambled = jax.vmap(scramble)(jnp.arange(replicates))
     return _DoublingPlan(
-      init=jax.vmap(lambda _: RS.zeros(box.struct))(ids),
-      add=lambda stats, first, count: jax.vmap(lambda r, s: add(r, s, first, count))(ids, stats),
+      init=jax.vmap(lambda _: RS.zeros(box.struct))(jnp.arange(replicates)),
+      add=lambda stats, first, count: jax.vmap(lambda sc, s: add(sc, s, first, count))(scrambled, stats),
       units=lambda stats: RS.block_stats(stats[1]),
       evals_per_block=chunk * replicates,
       max_blocks=max_rep // chunk,
