@@ -342,8 +342,9 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_
     if sink is not None:
       lse = jnp.broadcast_to(sink[..., 0], lse.shape)
     return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
-  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded much.
-  bq, bk = min(blocks[0], -(-T // 8) * 8), min(blocks[1], -(-S // 8) * 8)
+  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded
+  # much, and a length under 8 (one decoding query) is one unpadded block.
+  bq, bk = (n if n < 8 else min(b, -(-n // 8) * 8) for n, b in ((T, blocks[0]), (S, blocks[1])))
   plan = BlockPlan(bq, bk, T, S, band, cap)
   key_ranges, query_ranges = block_ranges(st, plan)
   q = _pad_axis(q, 3, bq)

@@ -208,14 +208,23 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
   if value.dtype != query.dtype:
     V.fail(fn, "value", f"have the dtype of query ({query.dtype})", value.dtype, exc=TypeError)
   *batch, T, N, H = query.shape
-  batch = tuple(batch)
-  if key.ndim != query.ndim or key.shape[:-3] != batch or key.shape[-1] != H:
-    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)", key.shape)
+  try:  # the batch dimensions of query and key/value broadcast (as PyTorch's)
+    batch = tuple(np.broadcast_shapes(tuple(batch), key.shape[:-3]))
+  except ValueError:
+    batch = None
+  if batch is None or key.shape[-1] != H:
+    want = f"have shape (B..., S, K, {H}) with batch dimensions broadcastable with query's {query.shape[:-3]}"
+    V.fail(fn, "key", want, key.shape)
   S, K = key.shape[-3:-1]
   if N % K:
     V.fail(fn, "key", f"have a number of heads that divides the query's {N}", K)
   if value.shape[:-1] != key.shape[:-1]:
     V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)", value.shape)
+  query = jnp.broadcast_to(query, batch + query.shape[-3:])
+  key, value = (
+    jnp.broadcast_to(key, batch + key.shape[-3:]),
+    jnp.broadcast_to(value, batch + value.shape[-3:]),
+  )
   target = batch + (N, T, S)
   if mask is not None:
     V.check_array(fn, "mask", mask)
@@ -302,7 +311,16 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
   if implementation == "dense":
     out, weights, lse = _dense(*args, **kwargs)
   else:
-    out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+    try:
+      out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+    except TypeError as e:
+      # The chunked kernel has a custom VJP (its memory-lean backward pass),
+      # and JAX differentiates such a function in reverse mode only.
+      if "forward-mode" not in str(e):
+        raise
+      got = '"chunked"' if o["implementation"] else '"chunked" (picked by implementation=None)'
+      want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian)'
+      V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
   if not (o["return_weights"] or o["return_residual"]):
     return out
@@ -380,12 +398,20 @@ def scaled_dot_product_attention(
   ``implementation="chunked"`` never materializes the weights: it runs an
   online softmax over ``block_size`` key blocks for each query block and its
   custom VJP recomputes the blocks in the backward pass (memory
-  :math:`O(T + S)` per head). Under dropout the two implementations draw
-  different (equally distributed) random masks.
+  :math:`O(T + S)` per head). Reverse mode and second order through it
+  (``jax.hessian``, forward over reverse) work; forward mode alone
+  (``jax.jvp``, ``jax.jacfwd``) does not, because JAX gives a function with a
+  custom VJP no forward rule: use ``implementation="dense"`` there (an eager
+  call says so; under ``jit`` JAX's own message appears). Under dropout the
+  two implementations draw different (equally distributed) random masks.
+
+  The batch dimensions of ``query`` and of ``key``/``value`` broadcast
+  against each other (a key/value batch of 1 serves every query row).
 
   Args:
     query: ``[B..., T, N, H]``, floating.
-    key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``.
+    key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``; its batch
+      dimensions broadcast with the query's.
     value: ``[B..., S, K, H_v]``, same dtype.
     bias: additive logits broadcastable to ``[B..., N, T, S]``, added after
       the soft cap; may hold ``-inf``. Differentiable.
