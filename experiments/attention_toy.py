@@ -145,7 +145,7 @@ def apply_model(params, tokens, *, implementation, causal, return_weights=False)
   for blk in params["blocks"]:
     h = _layer_norm(blk["ln1"], x)
     if return_weights:
-      h, w = jaxsoft.multi_head_attention(
+      h, w, _ = jaxsoft.multi_head_attention(
         blk["attn"], h, implementation=implementation, is_causal=causal, return_weights=True
       )
       weights.append(w)
