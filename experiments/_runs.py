@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,10 +47,19 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+  """Writes ``path`` through a temporary file and a rename, with the mode a plain
+  ``open`` would give (0666 less the umask; ``mkstemp`` alone makes it 0600)."""
   path = Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -265,6 +275,7 @@ def environment() -> dict:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "git": _git_state(),
   }
   for mod in ("optax", "numpy", "jaxsoft"):
     try:
@@ -272,6 +283,25 @@ def environment() -> dict:
     except Exception:  # noqa: BLE001 - a missing package is recorded, not fatal
       env[mod] = None
   return env
+
+
+def _git_state() -> dict | None:
+  """The commit of the checkout the experiments run from and whether it has
+  uncommitted changes; None outside a git checkout or without git."""
+  root = Path(__file__).resolve().parents[1]
+
+  def git(*args):
+    return subprocess.run(
+      ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+  try:
+    return {
+      "commit": git("rev-parse", "HEAD"),
+      "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+  except (OSError, subprocess.SubprocessError):
+    return None
 
 
 def new_run_dir(root, experiment: str) -> Path:

@@ -41,6 +41,13 @@ def _run(tmp_path, name, *args):
   assert config["experiment"] == name and "seed" in config["config"]
   env = json.loads((run_dir / "environment.json").read_text())
   assert {"python", "jax", "jaxlib", "optax", "devices", "platform"} <= set(env)
+  # The code a run came from (None only outside a git checkout).
+  assert env["git"] is None or (len(env["git"]["commit"]) == 40 and isinstance(env["git"]["dirty"], bool))
+  # Files get the mode of a plain open(): readable by others unless the umask says otherwise.
+  umask = os.umask(0)
+  os.umask(umask)
+  for f in run_dir.iterdir():
+    assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
   for line in (run_dir / "metrics.jsonl").read_text().splitlines():
     assert "step" in json.loads(line)
   return run_dir, json.loads((run_dir / "summary.json").read_text())
