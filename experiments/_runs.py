@@ -42,6 +42,14 @@ class ConfigError(ValueError):
   """A config file or command-line option that does not fit the config."""
 
 
+def require(experiment: str, ok: bool, option: str, expectation: str, got) -> None:
+  """Raises ConfigError "<experiment>: --<option> must be <expectation>, got <got>"
+  unless ``ok``. Configs call it from ``__post_init__``, so that a bad value is
+  rejected when the config is built, before any data or run directory exists."""
+  if not ok:
+    raise ConfigError(f"{experiment}: --{option} must be {expectation}, got {got!r}")
+
+
 # ----------------------------------------------------------------------------
 # Atomic files
 # ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import numpy as np
 import optax
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "vocab_softmax"
 HEADLINE = (
@@ -66,6 +68,24 @@ class Config:
   min_count: int = 2
   eval_tokens: int = 20_000
   corpus_files: int = 0  # read only the first this many stdlib files (sorted paths); 0 reads all
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for f in (
+      "context",
+      "embed",
+      "hidden",
+      "batch_size",
+      "steps",
+      "num_samples",
+      "chunk_size",
+      "eval_tokens",
+    ):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    need(self.min_count >= 1, "min_count", "a positive integer", self.min_count)
+    need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
+    need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
+    need(self.corpus_files >= 0, "corpus_files", "0 (every file) or a positive integer", self.corpus_files)
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.

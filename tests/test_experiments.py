@@ -248,6 +248,26 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
 
 
 @pytest.mark.parametrize(
+  "name, args, expected",
+  [
+    ("classifier", ["--steps", "-5"], "classifier: --steps must be a positive integer, got -5"),
+    ("classifier", ["--val_fraction", "1.5"], "--val_fraction must be in (0, 1), got 1.5"),
+    ("classifier", ["--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+    ("classifier", ["--devices", "64"], "--devices must be at most jax.device_count()"),
+    ("attention_toy", ["--steps", "30"], "--steps must be a multiple of log_every (50), got 30"),
+    ("attention_toy", ["--warmup_steps", "1000"], "--warmup_steps must be in [0, steps=1000), got 1000"),
+    ("vocab_softmax", ["--val_fraction", "0"], "--val_fraction must be in (0, 1), got 0.0"),
+    ("lecture", ["--mc_samples", "0"], "--mc_samples must be a positive integer, got 0"),
+  ],
+)
+def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, name, args, expected):
+  assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / name).exists()  # no run directory for a rejected config
+
+
+@pytest.mark.parametrize(
   "content, expected",
   [
     ({"hiden": 3}, "unknown config field 'hiden'; did you mean 'hidden'"),
@@ -269,10 +289,10 @@ def test_config_file_then_command_line_override():
   import tempfile
 
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    json.dump({"hidden": 7, "steps": 40, "learning_rate": 1}, f)
-  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "80"])
+    json.dump({"hidden": 7, "steps": 100, "learning_rate": 1}, f)
+  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "200"])
   os.unlink(f.name)
-  assert (config.hidden, config.steps, config.learning_rate) == (7, 80, 1.0)
+  assert (config.hidden, config.steps, config.learning_rate) == (7, 200, 1.0)
   config, _ = _runs.parse_config(module, ["--batch-size", "32"])  # dashes work too
   assert config.batch_size == 32
 
