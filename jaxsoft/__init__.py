@@ -12,6 +12,7 @@ from jaxsoft.attention import (
 from jaxsoft.losses import (
   cross_entropy,
   entropy,
+  generalized_kl_divergence,
   kl_divergence,
   linear_cross_entropy,
   nll_loss,
@@ -61,6 +62,7 @@ __all__ = [
   "cross_entropy",
   "entropy",
   "kl_divergence",
+  "generalized_kl_divergence",
   "nll_loss",
   "linear_cross_entropy",
   "sampled_softmax_cross_entropy",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 
 import jax.numpy as jnp
-from jax.scipy import special
 
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
@@ -41,6 +40,17 @@ def _check_scores(fn, name, scores, axis, weight, label_smoothing, reduction):
     V.check_shape(fn, "weight", weight, (scores.shape[axis],), f" (one per class of axis {axis})")
   # Classes last: every later step indexes the final axis.
   return jnp.moveaxis(scores, axis, -1), axis, weight
+
+
+def _times_log(t, log_x):
+  """``t * log_x`` with the rule 0 log 0 = 0 where ``log_x`` is -inf and ``t`` is 0, and only there.
+
+  Elsewhere the product stays, so its derivative in ``t`` is ``log_x`` even
+  where ``t`` is 0: distillation and label learning differentiate through
+  the targets, and a zero target is not a constant. The inner ``where`` keeps
+  the cotangent of a ruled-out entry 0 instead of 0 * -inf = NaN.
+  """
+  return t * jnp.where((t == 0) & (log_x == -jnp.inf), 0, log_x)
 
 
 def _is_zero(value) -> bool:
@@ -84,8 +94,7 @@ def _prob_loss(fn, name, log_p, targets, *, axis, weight, ignore_index, label_sm
     targets = targets * (1 - label_smoothing) + label_smoothing / num_classes
   if weight is not None:
     targets = targets * weight.astype(log_p.dtype)
-  # 0 * log 0 = 0: a class with no target mass contributes nothing, even at -inf.
-  per = -jnp.sum(jnp.where(targets == 0, 0, targets * log_p), axis=-1)
+  per = -jnp.sum(_times_log(targets, log_p), axis=-1)
   keep = check_where(fn, where, per.shape)
   return reduce_loss(jnp.where(keep, per, 0), keep.astype(per.dtype), reduction)
 
@@ -183,7 +192,7 @@ def cross_entropy(
   # [.., C] log-probability array is built for integer labels.
   nll_at = lambda y: lse() - jnp.take_along_axis(z, y[..., None], -1)[..., 0]
   # -sum_c w_c log p_c = lse * sum(w) - sum_c w_c z_c; a -inf logit makes it inf.
-  smooth = lambda w: lse() * jnp.sum(w) - jnp.sum(jnp.where(w == 0, 0, w * z), -1)
+  smooth = lambda w: lse() * jnp.sum(w) - jnp.sum(_times_log(w, z), -1)
   log_p = lambda: log_softmax(z, -1)
   opts = dict(
     axis=axis,
@@ -236,7 +245,7 @@ def nll_loss(
   scores, axis, weight = _check_scores(fn, "log_probs", log_probs, axis, weight, label_smoothing, reduction)
   lp = scores.astype(compute_dtype(scores.dtype))
   nll_at = lambda y: -jnp.take_along_axis(lp, y[..., None], -1)[..., 0]
-  smooth = lambda w: -jnp.sum(jnp.where(w == 0, 0, w * lp), -1)
+  smooth = lambda w: -jnp.sum(_times_log(w, lp), -1)
   opts = dict(
     axis=axis,
     weight=weight,
@@ -256,11 +265,26 @@ def _probabilities(fn, name, x):
   return x
 
 
+def _xlogx(p):
+  """``p log p`` with 0 log 0 = 0 and derivative 0 at ``p = 0`` (the derivative ``log p + 1`` is -inf there).
+
+  The finite convention keeps the chain rule through an underflowed
+  probability (``entropy(softmax(z))``, whose ``dp/dz`` is 0 there) free of
+  0 * inf = NaN; the double ``where`` keeps ``log`` from seeing a 0.
+  """
+  return p * jnp.log(jnp.where(p == 0, 1, p))
+
+
 def entropy(probs, *, axis=-1):
   r"""Shannon entropy (nats) of probability vectors, with :math:`0 \log 0 = 0`.
 
   .. math::
-    H(p) = -\sum_x p(x) \log p(x)
+    H(p) = -\sum_x p(x) \log p(x), \qquad
+    \frac{\partial H}{\partial p(x)} = -\log p(x) - 1
+
+  The derivative is taken as 0 where :math:`p(x) = 0` (it is :math:`+\infty`
+  there), so the gradient through probabilities that underflowed to 0
+  (``entropy(softmax(z))``) stays finite.
 
   Args:
     probs: floating probabilities, summing to one along ``axis``.
@@ -278,21 +302,57 @@ def entropy(probs, *, axis=-1):
   probs = _probabilities("entropy", "probs", probs)
   axes = V.normalize_axes("entropy", "axis", axis, probs.ndim)
   p = probs.astype(compute_dtype(probs.dtype))
-  return jnp.sum(special.entr(p), axes).astype(probs.dtype)
+  return -jnp.sum(_xlogx(p), axes).astype(probs.dtype)
 
 
-def kl_divergence(p, q, *, axis=-1):
+def _divergence(fn, p, q, axis, where, generalized):
+  """``sum_x p log(p / q)`` (``- p + q`` when generalized) over ``axis``, entries with ``where`` False left out."""
+  p, q = _probabilities(fn, "p", p), _probabilities(fn, "q", q)
+  V.check_shape(fn, "q", q, p.shape, " (the shape of p)")
+  axes = V.normalize_axes(fn, "axis", axis, p.ndim)
+  out_dtype = jnp.result_type(p, q)
+  dtype = compute_dtype(out_dtype)
+  p, q = p.astype(dtype), q.astype(dtype)
+  if where is not None:
+    where = jnp.asarray(where)
+    V.check_bool(fn, "where", where)
+    V.check_broadcastable(fn, "where", where.shape, p.shape, " (the shape of p)")
+    # Left-out entries become p = q = 1 (a zero term) before any log: a
+    # masked inf or NaN must not reach the sum or the gradient.
+    p, q = jnp.where(where, p, 1), jnp.where(where, q, 1)
+  # p log p - p log q. The 0 log 0 rule of the second product applies only
+  # where q is 0 too, so d/dp = log(p / q) + 1 wherever q > 0 (-log q at
+  # p = 0, by the convention of _xlogx), as for cross-entropy's labels.
+  terms = _xlogx(p) - p * jnp.log(jnp.where((p == 0) & (q == 0), 1, q))
+  if generalized:
+    terms = terms - p + q
+  if where is not None:
+    terms = jnp.where(where, terms, 0)
+  return jnp.sum(terms, axes).astype(out_dtype)
+
+
+def kl_divergence(p, q, *, axis=-1, where=None):
   r"""Kullback-Leibler divergence :math:`KL(p \| q)` in nats.
 
   .. math::
-    KL(p \| q) = \sum_x p(x) \log \frac{p(x)}{q(x)}
+    KL(p \| q) = \sum_{x \in W} p(x) \log \frac{p(x)}{q(x)}, \qquad
+    \frac{\partial KL}{\partial p(x)} = \log \frac{p(x)}{q(x)} + 1, \quad
+    \frac{\partial KL}{\partial q(x)} = -\frac{p(x)}{q(x)}
 
-  with :math:`0 \log (0 / q) = 0`; it is ``inf`` where ``q`` is 0 and ``p`` is not.
-  ``cross_entropy(log q, p) = entropy(p) + kl_divergence(p, q)``.
+  over the entries :math:`W` that ``where`` keeps (optax's ``where``), with
+  :math:`0 \log (0 / q) = 0`; it is ``inf`` where ``q`` is 0 and ``p`` is
+  not. As in :func:`entropy`, the :math:`\log p + 1` part of the derivative
+  in ``p`` is taken as 0 where ``p`` is 0 (it is :math:`-\infty` there), so
+  that derivative is :math:`-\log q(x)`, finite.
+  ``cross_entropy(log q, p) = entropy(p) + kl_divergence(p, q)``, gradients
+  included. Argument order: optax's ``kl_divergence(log_predictions,
+  targets)`` is ``kl_divergence(targets, exp(log_predictions))`` here.
 
   Args:
     p, q: floating probabilities of the same shape.
     axis: int or tuple of ints.
+    where: optional boolean broadcastable to ``p``; False entries drop out of
+      the sum (and get zero gradients).
 
   Returns:
     The divergence, reduced over ``axis``.
@@ -302,10 +362,43 @@ def kl_divergence(p, q, *, axis=-1):
     >>> from jaxsoft import kl_divergence
     >>> print(kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.9, 0.1])).round(4))
     0.5108
+    >>> print(kl_divergence(jnp.array([0.5, 0.5]), jnp.array([0.25, 0.75]), where=jnp.array([True, False])).round(4))
+    0.3466
   """
-  fn = "kl_divergence"
-  p, q = _probabilities(fn, "p", p), _probabilities(fn, "q", q)
-  V.check_shape(fn, "q", q, p.shape, " (the shape of p)")
-  axes = V.normalize_axes(fn, "axis", axis, p.ndim)
-  dtype = compute_dtype(jnp.result_type(p, q))
-  return jnp.sum(special.rel_entr(p.astype(dtype), q.astype(dtype)), axes).astype(jnp.result_type(p, q))
+  return _divergence("kl_divergence", p, q, axis, where, generalized=False)
+
+
+def generalized_kl_divergence(p, q, *, axis=-1, where=None):
+  r"""Generalized Kullback-Leibler divergence between nonnegative measures.
+
+  .. math::
+    D(p \| q) = \sum_{x \in W} \Big(p(x) \log \frac{p(x)}{q(x)} - p(x) + q(x)\Big)
+
+  the Bregman divergence of :math:`x \log x - x`: nonnegative for any
+  nonnegative :math:`p, q` (no need to sum to one), 0 exactly when
+  :math:`p = q` on :math:`W`, and equal to :func:`kl_divergence` when both
+  sum to one over the reduced axes. Same conventions (``0 log 0``,
+  derivatives, ``where``) as :func:`kl_divergence`. optax's
+  ``generalized_kl_divergence(log_predictions, targets)`` (also
+  ``convex_kl_divergence``) is ``generalized_kl_divergence(targets,
+  exp(log_predictions))`` here.
+
+  Args:
+    p, q: floating nonnegative measures of the same shape.
+    axis: int or tuple of ints.
+    where: optional boolean broadcastable to ``p``; False entries drop out.
+
+  Returns:
+    The divergence, reduced over ``axis``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from jaxsoft import generalized_kl_divergence
+    >>> print(generalized_kl_divergence(jnp.array([1.0, 2.0]), jnp.array([2.0, 2.0])).round(4))
+    0.3069
+
+  References:
+    Boyd & Vandenberghe, 2004, "Convex Optimization", p. 90; optax,
+    ``optax.losses.generalized_kl_divergence``.
+  """
+  return _divergence("generalized_kl_divergence", p, q, axis, where, generalized=True)

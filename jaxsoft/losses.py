@@ -16,7 +16,7 @@ loss offers them) contributes exactly 0 whatever its label; a ``"mean"`` over
 no counted example is 0.
 """
 
-from jaxsoft._classification import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft._classification import cross_entropy, entropy, generalized_kl_divergence, kl_divergence, nll_loss
 from jaxsoft._vocab import linear_cross_entropy, sampled_softmax_cross_entropy
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
   "nll_loss",
   "entropy",
   "kl_divergence",
+  "generalized_kl_divergence",
   "linear_cross_entropy",
   "sampled_softmax_cross_entropy",
 ]

@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _grad_check import check_grads as check_grads_compiled
 from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy import special
 
-from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft.losses import cross_entropy, entropy, generalized_kl_divergence, kl_divergence, nll_loss
 
 # --- float64 NumPy references ------------------------------------------------
 
@@ -426,7 +427,112 @@ def test_out_of_range_labels_under_jit_give_nan():
   assert g.shape == x.shape
 
 
+# --- gradients with respect to probability labels -------------------------------
+
+
+def test_label_gradient_is_minus_log_p_where_the_label_is_zero():
+  # optax's SoftmaxCrossEntropyTest inputs: d loss / d labels = -log_softmax,
+  # also where a label is 0 (the 0 log 0 rule must not zero it there).
+  x = np.array([[10.0, 1.0, -2.0], [1.0, 4.0, 0.2]], np.float32)
+  t = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+  g = jax.grad(lambda t: cross_entropy(x, t, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  g = jax.grad(lambda t: nll_loss(np_log_softmax(x).astype(np.float32), t, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  # With weights and smoothing: d/dt_c = -(1 - eps) w_c log p_c.
+  w = np.array([0.5, 2.0, 1.0], np.float32)
+  g = jax.grad(lambda t: cross_entropy(x, t, weight=w, label_smoothing=0.1, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -0.9 * w * np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  # Where log p is -inf and the label is 0, the term (and its gradients) is 0, never NaN.
+  x = np.array([[0.0, -np.inf, 1.0]], np.float32)
+  t = jnp.array([[0.5, 0.0, 0.5]])
+  loss, (gx, gt) = jax.value_and_grad(lambda x, t: cross_entropy(x, t), (0, 1))(jnp.asarray(x), t)
+  assert np.isfinite(loss) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gt))
+  assert_close(gt, np.where(np.isinf(x), 0.0, -np.nan_to_num(np_log_softmax(x), neginf=0.0)))
+  # A label with mass on a class ruled out by the logits: the loss is inf.
+  assert cross_entropy(x, jnp.array([[0.0, 1.0, 0.0]])) == np.inf
+
+
+def test_check_grads_with_respect_to_labels_and_weights():
+  # One compiled check for every loss that takes probabilities: cross_entropy
+  # and nll_loss in their labels and weights, entropy, KL and generalized KL in
+  # both arguments. Zeros among the labels are where the old rule failed.
+  x = rand((3, 4), seed=60, scale=1.0)
+  t = rand_probs((3, 4), seed=61)
+  t[0] = [0.0, 1.0, 0.0, 0.0]
+  q = rand_probs((3, 4), seed=62)
+  w = np.array([0.5, 1.0, 2.0, 1.5], np.float32)
+
+  def f(t, w, q):
+    lp = jax.nn.log_softmax(x)
+    return (
+      cross_entropy(x, t, weight=w, label_smoothing=0.2, reduction="sum")
+      + nll_loss(lp, t, weight=w, reduction="sum")
+      + cross_entropy(x, np.array([0, 3, 1]), weight=w, label_smoothing=0.2)
+      + jnp.sum(kl_divergence(t + 0.1, q) + generalized_kl_divergence(2 * q, t + 0.1) + entropy(q))
+    )
+
+  check_grads_compiled(f, (t, w, q), order=1, eps=1e-3, atol=2e-2, rtol=2e-2)
+
+
 # --- entropy and KL -------------------------------------------------------------
+
+
+def test_kl_where_and_generalized_match_optax_numbers():
+  # optax's KLDivergenceTest / GeneralizedKLDivergenceTest inputs; optax's
+  # (log_predictions, targets) is (targets, exp(log_predictions)) here.
+  log_ps = np.array(
+    [
+      [-2.9957, -3.5066, -3.9120, -1.2040, -0.6931, -2.3026],
+      [-1.6094, -1.6094, -1.6094, -2.3026, -1.8971, -1.8971],
+    ]
+  )
+  qs = np.array([[0.2, 0.2, 0.2, 0.1, 0.15, 0.15], [0.05, 0.03, 0.02, 0.3, 0.5, 0.0]])
+  assert_close(kl_divergence(qs, np.exp(log_ps)), [0.8875577, 0.7592807], atol=1e-4)
+  assert_close(generalized_kl_divergence(qs, np.exp(log_ps)), [0.88757247, 0.859308], atol=1e-4)
+  # where: the masked entries drop out of the sum, as if absent (optax's test_mask).
+  p, q = rand_probs((2, 6), seed=63), rand((2, 6), seed=64) ** 2
+  m = np.array([[True, False, True, True, False, True], [False] * 6])
+  for fn, ref in (
+    (kl_divergence, lambda p, q: special.rel_entr(p, q)),
+    (generalized_kl_divergence, lambda p, q: special.kl_div(p, q)),
+  ):
+    want = np.where(m, ref(p.astype(np.float64), q.astype(np.float64)), 0).sum(-1)
+    assert_close(fn(p, q, where=m), want)
+    # A masked inf (q = 0 under p > 0) changes nothing, and its gradient is 0.
+    q0 = q.copy()
+    q0[0, 1] = 0.0
+    assert_close(fn(p, q0, where=m), want)
+    g = jax.grad(lambda q: jnp.sum(fn(p, q, where=m)))(jnp.asarray(q0))
+    assert np.all(np.asarray(g)[~m] == 0) and np.all(np.isfinite(g))
+  assert np.isinf(kl_divergence(np.array([0.5, 0.5]), np.array([1.0, 0.0])))
+  # Unnormalized measures: D >= 0, 0 at p = q, and KL when both sum to one.
+  assert_close(generalized_kl_divergence(q, q), np.zeros(2), atol=1e-6)
+  assert_close(generalized_kl_divergence(p, rand_probs((2, 6), 65)), kl_divergence(p, rand_probs((2, 6), 65)))
+  with pytest.raises(ValueError, match="generalized_kl_divergence: where"):
+    generalized_kl_divergence(p, q, where=np.ones(5, bool))
+
+
+def test_entropy_and_kl_gradients_at_zero_probability_are_finite():
+  # d(p log p)/dp is taken as 0 at p = 0, so the chain rule through an
+  # underflowed softmax stays finite; d KL / d p = log(p / q) + 1, and -log q at p = 0
+  # (the generalized KL's -p adds -1).
+  z = jnp.array([0.0, -200.0, 1.0])
+  g = jax.grad(lambda z: entropy(jax.nn.softmax(z)))(z)
+  p = np.exp(np_log_softmax(np.asarray(z)))
+  with np.errstate(divide="ignore"):
+    want = -p * (np.log(p) - np.sum(p * np.where(p > 0, np.log(p), 0)))  # dH/dz = -p (log p - E log p)
+  assert_close(g, np.where(p > 0, want, 0))
+  p = np.array([0.0, 0.25, 0.75])
+  q = np.array([0.2, 0.3, 0.5])
+  assert_close(
+    jax.grad(lambda p: kl_divergence(p, q))(jnp.asarray(p)),
+    [-np.log(0.2), np.log(0.25 / 0.3) + 1, np.log(0.75 / 0.5) + 1],
+  )
+  assert_close(
+    jax.grad(lambda p: generalized_kl_divergence(p, q))(jnp.asarray(p)),
+    [-np.log(0.2) - 1, np.log(0.25 / 0.3), np.log(0.75 / 0.5)],
+  )
 
 
 def test_entropy_kl_match_reference_and_axes():
