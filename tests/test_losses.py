@@ -608,7 +608,7 @@ def test_class_where_matches_optax_rules():
   assert cross_entropy(ys, np.array([2, 1]), class_where=np.array([True, True, False])) == np.inf
 
 
-@pytest.mark.parametrize("axis", [(1, 3), (3, 2), (-1, -2), (0, 1, 3)])
+@pytest.mark.parametrize("axis", [(3, 1), (0, -3, 3)])
 def test_tuple_axis_flattens_classes_in_the_order_given(axis):
   # optax's test_axes: an integer label is a flat index into the class axes, in the order given.
   shape = (2, 3, 4, 5)
@@ -628,9 +628,6 @@ def test_tuple_axis_flattens_classes_in_the_order_given(axis):
   inv = np.argsort(batch + axes)
   t_nd = t.reshape(tuple(shape[a] for a in batch + axes)).transpose(inv)
   assert_close(cross_entropy(x, t_nd, axis=axis, **kw), np_cross_entropy(flat, t, **kw), rtol=2e-5)
-  assert_close(
-    nll_loss(np_log_softmax(flat).astype(np.float32), y, **kw), np_cross_entropy(flat, y, **kw), rtol=2e-5
-  )
 
 
 def test_tuple_axis_optax_example():
