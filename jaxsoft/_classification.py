@@ -88,7 +88,7 @@ def _times_log(t, log_x):
   return t * jnp.where((t == 0) & (log_x == -jnp.inf), 0, log_x)
 
 
-def _is_zero(value) -> bool:
+def is_zero(value) -> bool:
   """True for a concrete 0; a traced value is kept (it may be a sweep's tracer)."""
   return isinstance(value, (int, float)) and value == 0
 
@@ -127,7 +127,7 @@ def _index_terms(
   # A skipped example's label (gathered at class 0) may be a -inf logit: its
   # nll becomes 0 before the product, or 0 * inf would reach w's gradient.
   per = w_y * jnp.where(y.keep, nll_at(y.index), 0)
-  if not _is_zero(label_smoothing):
+  if not is_zero(label_smoothing):
     w = jnp.ones((num_classes,), dtype) if weight is None else weight.astype(dtype)
     if classes.allowed is not None:
       w = jnp.where(classes.allowed, w, 0)
@@ -155,7 +155,7 @@ def _prob_terms(
   # Probability targets carry the class axes where the scores have them.
   V.check_shape(fn, "labels", targets, shape, f" (floating labels are probabilities shaped like {name})")
   targets = _classes_last(targets, axes).astype(log_p.dtype)
-  if not _is_zero(label_smoothing):
+  if not is_zero(label_smoothing):
     targets = (
       targets * (1 - label_smoothing)
       + label_smoothing / jnp.maximum(jnp.asarray(classes.count, log_p.dtype), 1)[..., None]
@@ -348,11 +348,11 @@ def cross_entropy(
     where=where,
   )
   loss = reduce_loss(per, den, reduction)
-  if not _is_zero(z_loss) or return_aux:
+  if not is_zero(z_loss) or return_aux:
     # Skipped examples (an all-excluded one has lse = -inf) become 0 before
     # squaring, so no 0 * inf reaches a gradient.
     lse_kept = jnp.where(keep, lse(), 0)
-  if not _is_zero(z_loss):
+  if not is_zero(z_loss):
     loss = loss + reduce_loss(z_loss * jnp.square(lse_kept), keep.astype(z.dtype), reduction)
   loss = loss.astype(scores.dtype)
   if not return_aux:
