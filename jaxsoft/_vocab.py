@@ -495,7 +495,12 @@ def sampled_softmax_cross_entropy(
   bias=None,
   sampler="log_uniform",
   remove_accidental_hits=True,
+  ignore_index=None,
+  where=None,
   reduction="mean",
+  z_loss=0.0,
+  logit_soft_cap=None,
+  return_aux=False,
 ):
   r"""Sampled softmax cross-entropy with the log-Q correction (a training loss).
 
@@ -533,11 +538,20 @@ def sampled_softmax_cross_entropy(
     bias: optional ``[V]``.
     sampler: ``"log_uniform"`` or ``"uniform"``.
     remove_accidental_hits: mask draws equal to a token's own label.
-    reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    ignore_index, where, reduction, z_loss, logit_soft_cap: as in
+      :func:`jaxsoft.cross_entropy` (the cap applies to the logits before
+      the log-Q correction; ``z_loss`` squares the estimated normalizer).
+    return_aux: also return per-token ``{"lse", "log_prob", "entropy"}``,
+      here estimates: the estimated normalizer
+      :math:`\widehat{\mathrm{lse}}_i` (the log of the sum above),
+      :math:`z_{iy_i} - \widehat{\mathrm{lse}}_i`, and
+      :math:`\widehat{\mathrm{lse}}_i - \sum_j \pi_{ij} z_{ij}` with
+      :math:`\pi_i` the softmax of the corrected logits inside the log (the
+      self-normalized importance-sampling estimate of the entropy).
 
   Returns:
     A scalar, or per-token losses ``labels.shape`` for ``"none"``, in the
-    dtype of ``hidden``.
+    dtype of ``hidden``; with ``return_aux``, ``(loss, aux)``.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -557,10 +571,12 @@ def sampled_softmax_cross_entropy(
   """
   fn = "sampled_softmax_cross_entropy"
   hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
+  check_lm_options(fn, z_loss, logit_soft_cap, return_aux)
   vocab = weight.shape[1]
   key = _check_sampling(fn, key, num_samples, sampler, remove_accidental_hits, vocab)
-  y = class_labels(fn, labels, vocab)
+  y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(jnp.result_type(hidden, weight))
+  cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
 
   ids, log_q = _draw_candidates(key, sampler, num_samples, vocab)
   h = hidden.astype(dtype)
@@ -570,10 +586,29 @@ def sampled_softmax_cross_entropy(
   w_cols = jnp.take(weight, cols, axis=1).astype(dtype)
   b_cols = bias[cols].astype(dtype)
   n = labels.size
-  z_y = jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(labels.shape)
-  z_s = jnp.dot(h, w_cols[:, n:]) + b_cols[n:]
-  z_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
+  z_y = soft_cap(jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(labels.shape), cap)
+  z_s = soft_cap(jnp.dot(h, w_cols[:, n:]) + b_cols[n:], cap)
+  a_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
   if remove_accidental_hits:
-    z_s = jnp.where(ids == y.index[..., None], -jnp.inf, z_s)
-  per = logsumexp(jnp.concatenate([z_y[..., None], z_s], axis=-1), -1) - z_y
-  return reduce_loss(y.loss(per), y.keep.astype(per.dtype), reduction).astype(hidden.dtype)
+    a_s = jnp.where(ids == y.index[..., None], -jnp.inf, a_s)
+  a = jnp.concatenate([z_y[..., None], a_s], axis=-1)
+  lse = logsumexp(a, -1)
+  ent = None
+  if return_aux:
+    pi = jnp.exp(a - lse[..., None])
+    z = jnp.concatenate([z_y[..., None], z_s], axis=-1)
+    ent = lse - jnp.sum(jnp.where(pi > 0, pi * z, 0), -1)
+  return _lm_loss(
+    y,
+    lse,
+    z_y,
+    vocab=vocab,
+    u=None,
+    ent=ent,
+    class_weight=None,
+    label_smoothing=0.0,
+    z_loss=z_loss,
+    reduction=reduction,
+    return_aux=return_aux,
+    dtype=hidden.dtype,
+  )
