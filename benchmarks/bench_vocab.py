@@ -186,5 +186,153 @@ def run(quick: bool) -> str:
       f"{H.fmt_bytes(4 * ns * vs)}.",
       "",
       H.table(headers, rows2),
+      "",
+      lm_options(quick),
     ]
   )
+
+
+# ------------------------------------------------- language-model options (in process)
+
+
+def _timed(fn, *args, repeats):
+  """(median seconds, compile seconds) of a jitted ``fn``."""
+  import jax
+
+  jitted = jax.jit(fn)
+  compile_s = H.compile_time(jitted, *args)
+  return H.median_time(jitted, *args, repeats=repeats), compile_s
+
+
+def lm_options(quick: bool) -> str:
+  """Options overhead, bf16 operands, adaptive and sampled softmax: one process, ratios in it."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  import jaxsoft
+  from jaxsoft import _vocab
+
+  if quick:
+    n, d, vocab, repeats = 128, 32, 2048, 3
+    va, cutoffs, ns, vs, samples = 8192, [512, 2048], 256, 8192, 64
+  else:
+    n, d, vocab, repeats = 1024, 256, 16_384, 3
+    va, cutoffs, ns, vs, samples = 65_536, [4096, 16_384], 2048, 65_536, 1024
+  h, w, y = _inputs(n, d, vocab)
+  vg = lambda f: jax.value_and_grad(f, argnums=(0, 1))
+  lm = dict(z_loss=1e-4, logit_soft_cap=30.0)
+  cases = {
+    "optax (materialized logits)": vg(
+      lambda h, w: optax.softmax_cross_entropy_with_integer_labels(h @ w, y).mean()
+    ),
+    "jaxsoft": vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, y)),
+    "jaxsoft, z_loss + soft cap": vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, y, **lm)),
+    "jaxsoft, z_loss + soft cap + aux": vg(
+      lambda h, w: jaxsoft.linear_cross_entropy(h, w, y, return_aux=True, **lm)[0]
+    ),
+  }
+  if _have_jax_cce():
+    import jax_cce
+
+    wt = jnp.asarray(w.T)
+    cce = jax.jit(jax.value_and_grad(lambda h, w: jax_cce.linear_cross_entropy(h, w, y), argnums=(0, 1)))
+    cases["jax-cce (weight [V, d])"] = (cce, wt)
+  rows, base = [], None
+  for name, f in cases.items():
+    f, ww = f if isinstance(f, tuple) else (f, w)
+    t, c = _timed(f, h, ww, repeats=repeats)
+    base = t if name == "jaxsoft" else base
+    rows.append([name, H.fmt_time(t), f"{c:.1f} s", t])
+  rows = [r[:3] + [f"{r[3] / base:.2f}x"] for r in rows]
+  table_a = H.table(["value_and_grad", "median time", "compile", "time / jaxsoft"], rows)
+
+  # bf16 hidden and weight: half operands with float32 accumulation vs upcast operands.
+  hb, wb = h.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  ref_loss, ref_g = jax.jit(vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, y)))(
+    hb.astype(jnp.float32), wb.astype(jnp.float32)
+  )
+  rows = []
+  key = jax.default_backend()
+  saved = _vocab.UPCAST_HALF_OPERANDS.get(key, False)
+  try:
+    for upcast in (False, True):
+      _vocab.UPCAST_HALF_OPERANDS[key] = upcast
+      f = vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, y))
+      t, _ = _timed(f, hb, wb, repeats=repeats)
+      loss, g = jax.jit(f)(hb, wb)
+      rel = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b)) / jnp.max(jnp.abs(b)))
+      rows.append(
+        [
+          "upcast to float32" if upcast else "bf16 operands, float32 accumulation",
+          H.fmt_time(t),
+          f"{abs(float(loss) - float(ref_loss)) / abs(float(ref_loss)):.1e}",
+          f"{rel(g[0], ref_g[0]):.1e} / {rel(g[1], ref_g[1]):.1e}",
+        ]
+      )
+  finally:
+    _vocab.UPCAST_HALF_OPERANDS[key] = saved
+  t32, _ = _timed(vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, y)), h, w, repeats=repeats)
+  rows.append(["float32 inputs", H.fmt_time(t32), "-", "-"])
+  table_b = H.table(
+    ["bf16 hidden and weight", "median time", "loss rel. error", "grad rel. error (hidden / weight)"], rows
+  )
+
+  # Adaptive softmax against the full loss at the same vocabulary.
+  ha, wa, ya = _inputs(n, d, va)
+  params = jaxsoft.init_adaptive_softmax(jax.random.key(0), d, va, cutoffs)
+  t_full, _ = _timed(vg(lambda h, w: jaxsoft.linear_cross_entropy(h, w, ya)), ha, wa, repeats=repeats)
+  ad = jax.value_and_grad(
+    lambda h, p: jaxsoft.adaptive_log_softmax(h, p, ya, cutoffs=cutoffs).loss, argnums=(0, 1)
+  )
+  t_ad, _ = _timed(ad, ha, params, repeats=repeats)
+  table_c = H.table(
+    ["value_and_grad", "median time", "speedup vs full"],
+    [
+      ["linear_cross_entropy (full softmax)", H.fmt_time(t_full), "1.00x"],
+      [f"adaptive_log_softmax, cutoffs {cutoffs}", H.fmt_time(t_ad), f"{t_full / t_ad:.2f}x"],
+    ],
+  )
+
+  # Sampled softmax with and without the aux outputs.
+  hs, ws, ys = _inputs(ns, d, vs)
+  key = jax.random.key(1)
+  rows = []
+  for aux in (False, True):
+    f = lambda h, w, aux=aux: jaxsoft.sampled_softmax_cross_entropy(
+      h, w, ys, key, num_samples=samples, return_aux=aux
+    )
+    f2 = (lambda h, w, f=f: f(h, w)[0]) if aux else f
+    t, _ = _timed(vg(f2), hs, ws, repeats=repeats)
+    rows.append([f"return_aux={aux}", H.fmt_time(t), t])
+  rows = [r[:2] + [f"{r[2] / rows[0][2]:.2f}x"] for r in rows]
+  table_d = H.table(["sampled softmax value_and_grad", "median time", "time / without aux"], rows)
+
+  return "\n".join(
+    [
+      "## Language-model options of the vocabulary losses (value_and_grad wrt hidden and weight)",
+      "",
+      f"One process, in-process medians of {repeats} calls after compilation, backend {jax.default_backend()}. "
+      f"Options: N={n}, d={d}, V={vocab}, float32 (z_loss=1e-4, soft cap 30).",
+      "",
+      table_a,
+      "",
+      "bf16 at the same sizes; errors against the float32 computation on the same (bf16-rounded) inputs.",
+      "",
+      table_b,
+      "",
+      f"Adaptive softmax: N={n}, d={d}, V={va}, div_value=4.",
+      "",
+      table_c,
+      "",
+      f"Sampled softmax: N={ns}, d={d}, V={vs}, {samples} samples.",
+      "",
+      table_d,
+    ]
+  )
+
+
+if __name__ == "__main__":
+  import sys
+
+  print(lm_options("--quick" in sys.argv))
