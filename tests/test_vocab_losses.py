@@ -760,3 +760,20 @@ def test_sampled_lm_options_match_reference_for_its_draws():
   # The aux does not change the loss; skipped tokens get zero gradients.
   assert float(got[1]) == float(got[0]["mean"][0])
   np.testing.assert_array_equal(np.asarray(got[2])[~counted], 0.0)
+
+
+def test_lm_options_under_vmap():
+  # Options traced (z_loss, cap) and the aux under jit(vmap), for both losses, against per-batch calls.
+  (h, w, b, y, keep, cw), _ = _lce_lm_args(dict(weighted=True))
+  hs, ys = np.stack([h, h[::-1]]), np.stack([y, y[::-1]])
+
+  def f(h, y, z_loss, cap):
+    kw = dict(z_loss=z_loss, logit_soft_cap=cap, return_aux=True)
+    return linear_cross_entropy(h, w, y, bias=b, chunk_size=(3, 4), **kw), cross_entropy(h @ w + b, y, **kw)
+
+  got = jax.jit(jax.vmap(f, (0, 0, None, None)))(hs, ys, 0.1, 2.0)
+  for i in range(2):
+    want, want_aux = ref_lm(hs[i], w, b, ys[i], np.ones(LN, bool), z_loss=0.1, cap=2.0)
+    for loss, aux in got:
+      assert_close(loss[i], want["mean"], 2e-5)
+      assert_close(aux["entropy"][i], want_aux["entropy"], 2e-5)
