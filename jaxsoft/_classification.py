@@ -7,7 +7,16 @@ zero counting examples (all ignored, or zero total weight) is 0 with zero
 gradients, where PyTorch returns NaN.
 
 Cross-entropy of a softmax is the negative log-likelihood of a categorical
-model: minimizing :func:`cross_entropy` is maximum likelihood.
+model: minimizing :func:`cross_entropy` is maximum likelihood. Beyond
+PyTorch's options it takes optax's per-class mask (``class_where``) and tuple
+of class axes, and the language-model options ``z_loss``,
+``logit_soft_cap`` and ``return_aux``, which the vocabulary losses share
+(``soft_cap``, ``check_lm_options``).
+
+Every ``0 log 0 = 0`` here applies only where the log is ``-inf``: a zero
+label or weight is not a constant, so the gradients with respect to them
+stay ``-log p`` (distillation and label learning differentiate through
+them).
 
 Public through :mod:`jaxsoft.losses` and :mod:`jaxsoft`.
 """

@@ -608,7 +608,7 @@ def test_class_where_matches_optax_rules():
   assert cross_entropy(ys, np.array([2, 1]), class_where=np.array([True, True, False])) == np.inf
 
 
-@pytest.mark.parametrize("axis", [(3, 1), (0, -3, 3)])
+@pytest.mark.parametrize("axis", [(3, 0, -3)])
 def test_tuple_axis_flattens_classes_in_the_order_given(axis):
   # optax's test_axes: an integer label is a flat index into the class axes, in the order given.
   shape = (2, 3, 4, 5)
