@@ -25,6 +25,7 @@ Public through :mod:`jaxsoft.losses` and :mod:`jaxsoft`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -105,7 +106,12 @@ def init_adaptive_softmax(key, d, vocab, cutoffs, div_value=4.0, dtype=jnp.float
   vocab = V.check_int(fn, "vocab", vocab, minimum=2)
   cutoffs = _check_cutoffs(fn, cutoffs, vocab)
   dims = _tail_dims(fn, d, cutoffs, div_value)
-  bounds = cutoffs + [vocab]
+  return _init(key, d, vocab, tuple(cutoffs), tuple(dims), jnp.dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _init(key, d, vocab, cutoffs, dims, dtype):
+  bounds = cutoffs + (vocab,)
   keys = jax.random.split(key, 1 + 2 * len(cutoffs))
 
   def linear(k, n_in, n_out):
@@ -212,6 +218,15 @@ def adaptive_log_softmax(hidden, params, labels, *, cutoffs, ignore_index=None, 
   V.check_integer(fn, "labels", labels)
   V.check_shape(fn, "labels", labels, hidden.shape[:-1], " (hidden.shape[:-1])")
   y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
+  if isinstance(chunk_size, list):
+    chunk_size = tuple(chunk_size)
+  # The checks above run eagerly (concrete labels are range-checked); the
+  # computation is one compiled program, also when called eagerly.
+  return _adaptive_loss(hidden, head, tail, y, tuple(cutoffs), chunk_size)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _adaptive_loss(hidden, head, tail, y, cutoffs, chunk_size):
   shortlist = cutoffs[0]
   # The head's target: the class itself in the shortlist, else its cluster's column.
   cluster = jnp.sum(y.index[..., None] >= jnp.asarray(cutoffs), -1) - 1  # -1 in the shortlist

@@ -389,8 +389,8 @@ def linear_cross_entropy(
     >>> print(cross_entropy(h @ w, y).round(4))
     6.0564
     >>> loss, aux = linear_cross_entropy(h, w, y, z_loss=1e-4, logit_soft_cap=30.0, return_aux=True)
-    >>> print(aux["log_prob"].shape, bool(jnp.allclose(loss, cross_entropy(h @ w, y, z_loss=1e-4, logit_soft_cap=30.0))))
-    (6,) True
+    >>> print(aux["log_prob"].shape, round(float(loss), 4))
+    (6,) 6.0236
 
   References:
     Wijmans et al., 2024, "Cut Your Losses in Large-Vocabulary Language
