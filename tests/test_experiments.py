@@ -127,7 +127,7 @@ def test_vocab_softmax(tmp_path):
   assert s["corpus.vocab"] > 1000 and s["corpus.train_tokens"] > 100_000
   # Full and chunked linear cross-entropy train the same model to float32 rounding.
   assert s["full_vs_linear_relative_difference"] < 1e-5
-  for m in ("full", "linear", "sampled"):
+  for m in ("full", "linear", "sampled", "adaptive"):
     assert 1.0 < s[f"{m}.val_perplexity"] < s["corpus.vocab"]
 
 
