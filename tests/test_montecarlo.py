@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.scipy.stats import norm
-from scipy import special
+from scipy import special, stats
 
 from jaxsoft._interval import Interval
 from jaxsoft.montecarlo import (
@@ -72,6 +72,10 @@ def test_genz_families(method, plain_genz):
     jax.random.key(0)
   )
   assert isinstance(r, MCResult) and int(r.n) <= 2**14 and int(r.n) > 2**13
+  # units - 1: points, pairs, rounds of one point in each of 8**3 strata (the
+  # most that leave 32 rounds), replicates.
+  units = {"mc": 2**14, "antithetic": 2**13, "stratified": 32}.get(method, 16)
+  assert int(r.dof) == units - 1
   for name, exact in GENZ_EXACT.items():
     est, se = float(r.estimate[name]), float(r.stderr[name])
     assert np.isfinite(se) and se > 0, (name, se)
@@ -274,6 +278,8 @@ def test_expectation_and_control_variate():
   np.testing.assert_allclose(ratio, 1 - np.e / (np.e**2 - np.e), rtol=0.1)
   # Batching does not change the result.
   assert float(again.estimate) == float(cv.estimate)
+  # n - 1 degrees of freedom, one fewer with the fitted coefficient.
+  assert (int(plain.dof), int(cv.dof)) == (2**14 - 1, 2**14 - 2)
 
 
 def test_expectation_pytree_samples():
@@ -345,19 +351,24 @@ def test_integrate_to_tolerance(method):
   exact = GENZ_EXACT["gaussian"]
   box = dict(lower=ZEROS3, upper=ONES3, method=method)
   run = jax.jit(lambda k, rtol: integrate_to_tolerance(f, k, rtol=rtol, max_n=2**19, **box))
-  r = run(jax.random.key(0), 1e-3)
+  r = run(jax.random.key(0), 2e-3)
   assert isinstance(r, ToleranceResult) and bool(r.converged)
+  # The stopping rule is on the 95% Student t half-width with the result's dof.
+  units = {"mc": int(r.n), "antithetic": int(r.n) // 2}.get(method, 16)
+  assert int(r.dof) == units - 1
+  q = stats.t.ppf(0.975, units - 1)
   for est, se, want in [
     (r.estimate["g"], r.stderr["g"], exact),
     (r.estimate["v"], r.stderr["v"], [exact, 2 * exact]),
   ]:
-    assert np.all(np.asarray(se) <= 1e-3 * np.abs(est))
+    assert np.all(q * np.asarray(se) <= 2e-3 * np.abs(est) * (1 + 1e-5))
     assert np.all(np.abs(np.asarray(est) - want) < 4.5 * np.asarray(se) + 1e-6)
   # Stopped at the first doubling that met the tolerance: half the points did
   # not meet it (unless the first block, 2**17 points in 3 dimensions, did).
   if int(r.n) > 2**17:
     half = jax.jit(lambda k: integrate(f, k, n=int(r.n) // 2, **box))(jax.random.key(0))
-    assert float(half.stderr["g"]) > 1e-3 * abs(float(half.estimate["g"]))
+    q_half = stats.t.ppf(0.975, int(half.dof))
+    assert q_half * float(half.stderr["g"]) > 2e-3 * abs(float(half.estimate["g"]))
 
   # rtol = 0 is never met: one block, two, four, then max_n stops it. The
   # result at that size is integrate's: the stream continues across doublings.
@@ -395,12 +406,28 @@ def test_confidence_interval_levels():
   ci = confidence_interval(r, level=0.99)
   assert isinstance(ci, Interval)  # the type mle.confidence_intervals returns
   z = special.ndtri(0.995)
+  # Without dof (a result built by hand): the normal quantile.
   np.testing.assert_allclose([ci.lower["a"], ci.upper["a"]], [2 - 0.5 * z, 2 + 0.5 * z], rtol=1e-6)
   lo, hi = ci
   assert lo is ci.lower and hi is ci.upper
   for level in (0.0, 1.0, 1.5):
     with pytest.raises(ValueError, match="level"):
       confidence_interval(r, level=level)
+  with pytest.raises(ValueError, match="level must be a concrete number"):
+    jax.jit(lambda lv: confidence_interval(r, level=lv))(0.9)
+
+
+def test_confidence_interval_student_t():
+  # Every dof from 1 to infinity, under jit and vmap, against SciPy's t quantile.
+  dofs = np.array([1, 2, 3, 4, 5, 7, 15, 31, 63, 127, 1000, 10**6, 2**31 - 1])
+  est, se = jnp.full(dofs.shape, 1.0), jnp.full(dofs.shape, 0.1)
+  for level in (0.5, 0.95, 0.999):
+    lo, hi = jax.jit(jax.vmap(lambda e, s, d: confidence_interval(MCResult(e, s, 0, d), level)))(
+      est, se, jnp.asarray(dofs, jnp.int32)
+    )
+    q = stats.t.ppf((1 + level) / 2, dofs)
+    np.testing.assert_allclose(np.asarray(hi) - 1, 0.1 * q, rtol=2e-5)
+    np.testing.assert_allclose(1 - np.asarray(lo), 0.1 * q, rtol=2e-5)
 
 
 def test_errors():
