@@ -28,7 +28,7 @@ from jaxsoft.montecarlo import (
   integrate,
   integrate_to_tolerance,
 )
-from jaxsoft.qmc import halton, sobol
+from jaxsoft.qmc import halton, lattice, sobol
 from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
   "integrate",
   "integrate_to_tolerance",
   "halton",
+  "lattice",
   "sobol",
   "cross_entropy",
   "entropy",

@@ -26,7 +26,7 @@ from jaxsoft.montecarlo import (
   integrate_to_tolerance,
 )
 
-METHODS = ["mc", "antithetic", "stratified", "sobol", "halton"]
+METHODS = ["mc", "antithetic", "stratified", "sobol", "halton", "lattice"]
 
 # ---------------------------------------------------------------- references
 # Genz (1984) test families on [0, 1]^3 with fixed parameters; closed forms in
@@ -81,7 +81,7 @@ def test_genz_families(method, plain_genz):
     assert np.isfinite(se) and se > 0, (name, se)
     # 4.5 sigma, plus float32 rounding of the mean for the tiny QMC errors.
     assert abs(est - exact) <= 4.5 * se + 2e-6 * abs(exact), (name, est, exact, se)
-  if method in ("sobol", "halton", "stratified"):
+  if method in ("sobol", "halton", "lattice", "stratified"):
     # A smooth integrand: much smaller error bars than plain Monte Carlo.
     assert float(r.stderr["gaussian"]) < 0.2 * float(plain_genz.stderr["gaussian"])
 
@@ -203,14 +203,20 @@ def test_same_key_same_result_and_key_kinds():
     assert abs(float(r.estimate) - GAUSS_EXACT(2)) < 4.5 * float(r.stderr)
 
 
-def test_qmc_replicate_is_the_public_point_set():
-  from jaxsoft.qmc import sobol
+@pytest.mark.parametrize("method", ["sobol", "lattice"])
+def test_qmc_replicate_is_the_public_point_set(method):
+  from jaxsoft import qmc
 
   key = jax.random.key(9)
-  box = dict(lower=jnp.zeros(2), upper=jnp.ones(2), n=2 * 256, method="sobol", replicates=2)
+  box = dict(lower=jnp.zeros(2), upper=jnp.ones(2), n=2 * 256, method=method, replicates=2)
   r = jax.jit(lambda k: integrate(gauss8, k, **box))(key)
-  points = jax.jit(jax.vmap(lambda i: sobol(256, 2, key=jax.random.fold_in(key, i))))(jnp.arange(2))
-  means = [np.mean(np.exp(-np.sum(x**2, axis=1))) for x in np.asarray(points, np.float64)]
+  points = jax.jit(jax.vmap(lambda i: getattr(qmc, method)(256, 2, key=jax.random.fold_in(key, i))))(
+    jnp.arange(2)
+  )
+  points = np.asarray(points, np.float64)
+  if method == "lattice":
+    points = 1 - np.abs(2 * points - 1)  # the tent transform
+  means = [np.mean(np.exp(-np.sum(x**2, axis=1))) for x in points]
   np.testing.assert_allclose(float(r.estimate), np.mean(means), rtol=1e-6)
   np.testing.assert_allclose(float(r.stderr), abs(means[0] - means[1]) / 2, rtol=1e-3)
 
@@ -343,7 +349,7 @@ def test_importance_sampling_tail_probability():
 # ---------------------------------------------------------------- adaptive
 
 
-@pytest.mark.parametrize("method", ["mc", "antithetic", "sobol", "halton"])
+@pytest.mark.parametrize("method", ["mc", "antithetic", "sobol", "halton", "lattice"])
 def test_integrate_to_tolerance(method):
   # A vector leaf with the relative error of the scalar one: both meet the
   # tolerance at the same n.
