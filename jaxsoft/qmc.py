@@ -182,8 +182,8 @@ def _sobol_ints(start, n: int, v, shift, *, aligned: bool):
 
 
 def _check_common(fn, n, dim, skip, max_dim):
-  n = V.check_int(fn, "n", n, minimum=1)
-  dim = V.check_int(fn, "dim", dim, minimum=1)
+  n = V.check_int(fn, "n", n, minimum=0)
+  dim = V.check_int(fn, "dim", dim, minimum=0)
   if dim > max_dim:
     V.fail(fn, "dim", f"be <= {max_dim} (the supported maximum)", dim)
   skip = V.check_int(fn, "skip", skip, minimum=0)
@@ -241,6 +241,8 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
   """
   n, dim, skip = _check_common("sobol", n, dim, skip, SOBOL_MAX_DIM)
   dtype = _float_dtype("sobol", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
   if skip + n > 2**_BITS:
     V.fail("sobol", "skip + n", f"be <= 2**{_BITS}", skip + n)
   if n & (n - 1):
@@ -374,6 +376,8 @@ def halton(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Arra
   """
   n, dim, skip = _check_common("halton", n, dim, skip, HALTON_MAX_DIM)
   dtype = _float_dtype("halton", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
   max_index = skip + n - 1
   if max_index >= np.iinfo(np.int64 if jax.config.jax_enable_x64 else np.int32).max:
     V.fail("halton", "skip + n", "fit the integer dtype", skip + n)
@@ -489,6 +493,8 @@ def lattice(n: int, dim: int, *, key=None, skip: int = 0, generating_vector=None
   """
   n, dim, skip = _check_common("lattice", n, dim, skip, math.inf)
   dtype = _float_dtype("lattice", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
   if skip + n > 2**_LATTICE_BITS:
     V.fail("lattice", "skip + n", f"be <= 2**{_LATTICE_BITS}", skip + n)
   z = _generating_vector("lattice", dim, generating_vector)

@@ -75,14 +75,24 @@ def test_halton_float32_close_to_scipy_and_below_one():
 def test_errors(fn, max_dim):
   with pytest.raises(ValueError, match="dim"):
     fn(8, max_dim + 1)
-  with pytest.raises(ValueError, match="n must be >= 1"):
-    fn(0, 2)
+  with pytest.raises(ValueError, match="n must be >= 0"):
+    fn(-1, 2)
   with pytest.raises(TypeError, match="n must be a Python int"):
     fn(8.0, 2)
   with pytest.raises(ValueError, match="skip"):
     fn(8, 2, skip=-1)
   with pytest.raises(TypeError, match="dtype"):
     fn(8, 2, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("fn", [sobol, halton, lattice])
+def test_empty_point_sets(fn):
+  # As SciPy: no points, or points of no coordinates, are empty arrays of that shape.
+  for n, d in [(0, 3), (5, 0), (0, 0)]:
+    for key in (None, jax.random.key(0)):
+      x = fn(n, d, key=key)
+      assert x.shape == (n, d) and x.dtype == jnp.float32
+  assert sqmc.Sobol(0).random(4).shape == (4, 0) and sqmc.Halton(3).random(0).shape == (0, 3)
 
 
 def test_sobol_warns_for_non_power_of_two_and_checks_capacity():
