@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,15 +42,32 @@ class ConfigError(ValueError):
   """A config file or command-line option that does not fit the config."""
 
 
+def require(experiment: str, ok: bool, option: str, expectation: str, got) -> None:
+  """Raises ConfigError "<experiment>: --<option> must be <expectation>, got <got>"
+  unless ``ok``. Configs call it from ``__post_init__``, so that a bad value is
+  rejected when the config is built, before any data or run directory exists."""
+  if not ok:
+    raise ConfigError(f"{experiment}: --{option} must be {expectation}, got {got!r}")
+
+
 # ----------------------------------------------------------------------------
 # Atomic files
 # ----------------------------------------------------------------------------
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+  """Writes ``path`` through a temporary file and a rename, with the mode a plain
+  ``open`` would give (0666 less the umask; ``mkstemp`` alone makes it 0600)."""
   path = Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -265,6 +283,7 @@ def environment() -> dict:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "git": _git_state(),
   }
   for mod in ("optax", "numpy", "jaxsoft"):
     try:
@@ -272,6 +291,25 @@ def environment() -> dict:
     except Exception:  # noqa: BLE001 - a missing package is recorded, not fatal
       env[mod] = None
   return env
+
+
+def _git_state() -> dict | None:
+  """The commit of the checkout the experiments run from and whether it has
+  uncommitted changes; None outside a git checkout or without git."""
+  root = Path(__file__).resolve().parents[1]
+
+  def git(*args):
+    return subprocess.run(
+      ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    ).stdout.strip()
+
+  try:
+    return {
+      "commit": git("rev-parse", "HEAD"),
+      "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+  except (OSError, subprocess.SubprocessError):
+    return None
 
 
 def new_run_dir(root, experiment: str) -> Path:

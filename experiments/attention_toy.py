@@ -13,6 +13,7 @@ attention and reports the largest difference between the two training curves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "attention_toy"
 HEADLINE = ("test_accuracy", "test_nll", "train_loss", "implementations_max_abs_diff")
@@ -56,6 +58,37 @@ class Config:
       "help": "also train with the other implementation and report the max training-curve difference"
     },
   )
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for f in ("n_pairs", "n_keys", "n_values", "d_model", "num_heads", "layers", "steps", "batch_size"):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    for f in ("test_size", "log_every", "checkpoint_every"):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    need(self.n_pairs <= self.n_keys, "n_pairs", f"at most n_keys ({self.n_keys})", self.n_pairs)
+    need(
+      self.d_model % self.num_heads == 0,
+      "d_model",
+      f"a multiple of num_heads ({self.num_heads})",
+      self.d_model,
+    )
+    need(self.steps % self.log_every == 0, "steps", f"a multiple of log_every ({self.log_every})", self.steps)
+    need(
+      self.checkpoint_every % self.log_every == 0,
+      "checkpoint_every",
+      f"a multiple of log_every ({self.log_every})",
+      self.checkpoint_every,
+    )
+    need(
+      0 <= self.warmup_steps < self.steps, "warmup_steps", f"in [0, steps={self.steps})", self.warmup_steps
+    )
+    need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
+    need(
+      self.implementation in ("dense", "chunked"),
+      "implementation",
+      "'dense' or 'chunked'",
+      self.implementation,
+    )
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
@@ -145,7 +178,7 @@ def apply_model(params, tokens, *, implementation, causal, return_weights=False)
   for blk in params["blocks"]:
     h = _layer_norm(blk["ln1"], x)
     if return_weights:
-      h, w = jaxsoft.multi_head_attention(
+      h, w, _ = jaxsoft.multi_head_attention(
         blk["attn"], h, implementation=implementation, is_causal=causal, return_weights=True
       )
       weights.append(w)
@@ -206,18 +239,6 @@ def _train(config, ctx, implementation, *, log_prefix="", checkpoint=True):
 
 
 def run(config: Config, ctx) -> dict:
-  if config.steps % config.log_every or config.checkpoint_every % config.log_every:
-    raise ValueError(
-      f"attention_toy: steps ({config.steps}) and checkpoint_every "
-      f"({config.checkpoint_every}) must be multiples of log_every "
-      f"({config.log_every})"
-    )
-  if not 0 <= config.warmup_steps < config.steps:
-    raise ValueError(
-      f"attention_toy: warmup_steps must be in [0, steps={config.steps}), got {config.warmup_steps}"
-    )
-  if config.n_pairs > config.n_keys:
-    raise ValueError(f"attention_toy: n_pairs must be <= n_keys ({config.n_keys}), got {config.n_pairs}")
   params = _train(config, ctx, config.implementation)
   # Held-out sequences come from a key never used for training batches.
   test_tokens, test_targets = make_batch(

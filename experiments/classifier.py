@@ -10,6 +10,7 @@ with ``jax.sharding`` (gradients all-reduced by XLA), parameters replicated.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "classifier"
 HEADLINE = (
@@ -46,6 +48,33 @@ class Config:
   devices: int = dataclasses.field(
     default=1, metadata={"help": "data-parallel over this many devices (0: all)"}
   )
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for f in ("steps", "batch_size", "hidden", "log_every", "checkpoint_every", "ece_bins"):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    need(self.steps % self.log_every == 0, "steps", f"a multiple of log_every ({self.log_every})", self.steps)
+    need(
+      self.checkpoint_every % self.log_every == 0,
+      "checkpoint_every",
+      f"a multiple of log_every ({self.log_every})",
+      self.checkpoint_every,
+    )
+    need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
+    need(self.weight_decay >= 0, "weight_decay", "non-negative", self.weight_decay)
+    for f in ("val_fraction", "test_fraction"):
+      need(0 < getattr(self, f) < 1, f, "in (0, 1)", getattr(self, f))
+    need(
+      self.val_fraction + self.test_fraction < 1,
+      "val_fraction",
+      f"below 1 - test_fraction ({1 - self.test_fraction:g})",
+      self.val_fraction,
+    )
+    need(self.devices >= 0, "devices", "0 (all) or a positive integer", self.devices)
+    if self.devices != 1:  # the device count initializes jax: only asked when it matters
+      n = jax.device_count() if self.devices == 0 else self.devices
+      need(n <= jax.device_count(), "devices", f"at most jax.device_count() = {jax.device_count()}", n)
+      need(self.batch_size % n == 0, "batch_size", f"a multiple of the device count {n}", self.batch_size)
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
@@ -149,9 +178,7 @@ def evaluate(params, x, y, n_bins):
 
 
 def _mesh(devices):
-  n = jax.device_count() if devices == 0 else devices
-  if n > jax.device_count():
-    raise ValueError(f"classifier: devices must be <= {jax.device_count()} (jax.device_count()), got {n}")
+  n = jax.device_count() if devices == 0 else devices  # Config checked n <= jax.device_count()
   return jax.sharding.Mesh(np.array(jax.devices()[:n]), ("data",)), n
 
 
@@ -196,17 +223,7 @@ def make_train_chunk(config, x_train, y_train, optimizer, mesh):
 
 
 def run(config: Config, ctx) -> dict:
-  if config.steps % config.log_every or config.checkpoint_every % config.log_every:
-    raise ValueError(
-      f"classifier: steps ({config.steps}) and checkpoint_every "
-      f"({config.checkpoint_every}) must be multiples of log_every "
-      f"({config.log_every})"
-    )
   mesh, n_dev = _mesh(config.devices)
-  if config.batch_size % n_dev:
-    raise ValueError(
-      f"classifier: batch_size must be a multiple of the device count {n_dev}, got {config.batch_size}"
-    )
   (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = load_data(config.seed, config.val_fraction, config.test_fraction)
   n_in, n_classes = x_tr.shape[1], 10
   key = jax.random.key(config.seed)

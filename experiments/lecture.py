@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "lecture"
 HEADLINE = ("rows_matching", "rows_total", "cross_entropy", "status.softmax.1")
@@ -30,6 +31,9 @@ class Config:
   mc_samples: int = dataclasses.field(
     default=2**20, metadata={"help": "Monte Carlo points for the estimate of pi"}
   )
+
+  def __post_init__(self):
+    _runs.require(NAME, self.mc_samples >= 1, "mc_samples", "a positive integer", self.mc_samples)
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.

@@ -1,4 +1,4 @@
-"""Next-word model on Python's own docs: full vs fused linear vs sampled softmax.
+"""Next-word model on Python's own docs: full vs fused linear vs sampled vs adaptive softmax.
 
 The corpus is English text that ships with CPython: every docstring of the
 standard library (read with ``ast``, never imported) and the documentation
@@ -6,15 +6,20 @@ topics of ``pydoc_data``. Documents are split train/validation by a seeded
 permutation; the vocabulary is every lower-cased word seen at least twice in
 training (the rest map to ``<unk>``). The model reads the ``context`` previous
 words (embeddings concatenated), one tanh hidden layer, and a softmax over the
-vocabulary. It is trained three times from the same initialization and the
+vocabulary. It is trained four times from the same initialization and the
 same batches:
 
 * ``full``: ``jaxsoft.cross_entropy`` on materialized logits;
 * ``linear``: ``jaxsoft.linear_cross_entropy`` (chunked, never ``[B, V]``);
 * ``sampled``: ``jaxsoft.sampled_softmax_cross_entropy`` (log-uniform
-  proposal over frequency-sorted word ids).
+  proposal over frequency-sorted word ids);
+* ``adaptive``: ``jaxsoft.adaptive_log_softmax`` (Grave et al., 2017), its own
+  output layer: a shortlist of the ``cutoffs[0]`` most frequent words plus one
+  logit per tail cluster, each cluster a low-rank softmax.
 
-Validation perplexity is always the full softmax. ``full`` and ``linear``
+Validation perplexity is the full softmax's for the first three and the
+adaptive softmax's own (also normalized over the whole vocabulary) for the
+fourth. ``full`` and ``linear``
 compute the same function, so they reach the same perplexity up to float32
 rounding. The summary holds deterministic figures (perplexities, XLA's
 memory estimate of each training step); wall-clock training times go to
@@ -26,6 +31,7 @@ from __future__ import annotations
 import ast
 import collections
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -39,6 +45,7 @@ import numpy as np
 import optax
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "vocab_softmax"
 HEADLINE = (
@@ -47,8 +54,12 @@ HEADLINE = (
   "sampled.val_perplexity",
   "full_vs_linear_relative_difference",
 )
-METHODS = ("full", "linear", "sampled")
+METHODS = ("full", "linear", "sampled", "adaptive")
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def _cutoffs(config) -> tuple[int, ...]:
+  return tuple(int(c) for c in config.cutoffs.split(","))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,22 +76,59 @@ class Config:
   val_fraction: float = 0.1
   min_count: int = 2
   eval_tokens: int = 20_000
+  corpus_files: int = 0  # read only the first this many stdlib files (sorted paths); 0 reads all
+  cutoffs: str = "512,2048"  # adaptive softmax: shortlist size, then cluster boundaries (word ranks)
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for f in (
+      "context",
+      "embed",
+      "hidden",
+      "batch_size",
+      "steps",
+      "num_samples",
+      "chunk_size",
+      "eval_tokens",
+    ):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    need(self.min_count >= 1, "min_count", "a positive integer", self.min_count)
+    need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
+    need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
+    need(self.corpus_files >= 0, "corpus_files", "0 (every file) or a positive integer", self.corpus_files)
+    try:
+      cuts = _cutoffs(self)
+    except ValueError:
+      cuts = ()
+    need(
+      len(cuts) >= 1 and all(a < b for a, b in zip((0, *cuts), cuts)),
+      "cutoffs",
+      "comma-separated increasing positive integers",
+      self.cutoffs,
+    )
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
-SMOKE = Config(steps=20, batch_size=64, eval_tokens=2000, num_samples=64)
+SMOKE = Config(steps=20, batch_size=64, eval_tokens=2000, num_samples=64, corpus_files=300)
 
 # -- corpus ---------------------------------------------------------------------
 
 
-def stdlib_documents() -> list[str]:
-  """Docstrings of the standard library's modules, classes and functions, and pydoc topics."""
+def stdlib_documents(max_files: int = 0) -> list[str]:
+  """Docstrings of the standard library's modules, classes and functions, and pydoc topics.
+
+  Files are read in sorted order; ``max_files > 0`` stops after that many.
+  """
   root = Path(sysconfig.get_paths()["stdlib"])
+  top_level_skip = {"site-packages", "test", "idlelib", "lib2to3"}
+  paths = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    top = dirpath == str(root)
+    dirnames[:] = [d for d in dirnames if d != "tests" and not (top and d in top_level_skip)]
+    paths += [Path(dirpath, f) for f in filenames if f.endswith(".py")]
+  paths.sort()
   docs = []
-  for path in sorted(root.rglob("*.py")):
-    rel = path.relative_to(root).parts
-    if rel[0] in ("site-packages", "test", "idlelib", "lib2to3") or "tests" in rel:
-      continue
+  for path in paths[:max_files] if max_files > 0 else paths:
     try:
       tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, UnicodeDecodeError, ValueError):
@@ -96,9 +144,9 @@ def stdlib_documents() -> list[str]:
   return docs
 
 
-def build_corpus(seed, val_fraction, min_count):
+def build_corpus(seed, val_fraction, min_count, max_files=0):
   """Token ids of the train and validation streams, and the vocabulary (by frequency)."""
-  docs = [_WORD.findall(d.lower()) for d in stdlib_documents()]
+  docs = [_WORD.findall(d.lower()) for d in stdlib_documents(max_files)]
   docs = [d for d in docs if d]
   perm = np.random.default_rng(seed).permutation(len(docs))
   n_val = int(round(val_fraction * len(docs)))
@@ -125,6 +173,8 @@ def windows(stream, context):
 
 
 def init_params(key, vocab, config):
+  """The shared model; ``"adaptive"`` holds the adaptive softmax's own output
+  layer (PyTorch's layout), used by that method in place of ``w_out``/``b_out``."""
   k1, k2, k3 = jax.random.split(key, 3)
   fan_in = config.context * config.embed
   return {
@@ -133,6 +183,9 @@ def init_params(key, vocab, config):
     "b1": jnp.zeros((config.hidden,)),
     "w_out": jax.random.normal(k3, (config.hidden, vocab)) / np.sqrt(config.hidden),
     "b_out": jnp.zeros((vocab,)),
+    "adaptive": jaxsoft.init_adaptive_softmax(
+      jax.random.fold_in(key, 3), config.hidden, vocab, _cutoffs(config)
+    ),
   }
 
 
@@ -147,6 +200,10 @@ def make_loss(method, config):
   if method == "linear":
     return lambda p, ctx, y, key: jaxsoft.linear_cross_entropy(
       features(p, ctx), p["w_out"], y, bias=p["b_out"], chunk_size=config.chunk_size
+    )
+  if method == "adaptive":
+    return lambda p, ctx, y, key: (
+      jaxsoft.adaptive_log_softmax(features(p, ctx), p["adaptive"], y, cutoffs=_cutoffs(config)).loss
     )
   return lambda p, ctx, y, key: jaxsoft.sampled_softmax_cross_entropy(
     features(p, ctx), p["w_out"], y, key, num_samples=config.num_samples, bias=p["b_out"]
@@ -184,19 +241,27 @@ def train(method, config, params, data, optimizer, ctx_run):
   return state[0], time.perf_counter() - t0, memory
 
 
-def perplexity(params, ctx, y, chunk):
-  """exp of the full-softmax cross-entropy, in chunks of examples."""
+def perplexity(params, ctx, y, chunk, cutoffs=None):
+  """exp of the model's cross-entropy (the full softmax's, or the adaptive
+  softmax's when ``cutoffs`` are given: both are normalized over the whole
+  vocabulary), in chunks of examples."""
   total = 0.0
-  f = jax.jit(
-    lambda p, c, t: jaxsoft.cross_entropy(features(p, c) @ p["w_out"] + p["b_out"], t, reduction="sum")
-  )
+  if cutoffs is None:
+    nll = lambda p, c, t: jaxsoft.cross_entropy(features(p, c) @ p["w_out"] + p["b_out"], t, reduction="sum")
+  else:
+    nll = lambda p, c, t: (
+      -jnp.sum(jaxsoft.adaptive_log_softmax(features(p, c), p["adaptive"], t, cutoffs=cutoffs).log_prob)
+    )
+  f = jax.jit(nll)
   for s in range(0, len(y), chunk):
     total += float(f(params, ctx[s : s + chunk], y[s : s + chunk]))
   return float(np.exp(total / len(y)))
 
 
 def run(config: Config, ctx) -> dict:
-  train_ids, val_ids, vocab = build_corpus(config.seed, config.val_fraction, config.min_count)
+  train_ids, val_ids, vocab = build_corpus(
+    config.seed, config.val_fraction, config.min_count, config.corpus_files
+  )
   x_tr, y_tr = windows(train_ids, config.context)
   x_va, y_va = windows(val_ids, config.context)
   # A fixed, seeded subset keeps evaluation cheap and deterministic.
@@ -214,12 +279,14 @@ def run(config: Config, ctx) -> dict:
   timing = {}
   for method in METHODS:
     params, seconds, memory = train(method, config, params0, data, optimizer, ctx)
-    summary[f"{method}.val_perplexity"] = perplexity(params, x_ev, y_ev, 4096)
+    cutoffs = _cutoffs(config) if method == "adaptive" else None
+    summary[f"{method}.val_perplexity"] = perplexity(params, x_ev, y_ev, 4096, cutoffs)
     summary[f"{method}.train_perplexity"] = perplexity(
-      params, x_tr[: config.eval_tokens], y_tr[: config.eval_tokens], 4096
+      params, x_tr[: config.eval_tokens], y_tr[: config.eval_tokens], 4096, cutoffs
     )
     summary[f"{method}.step_temp_bytes"] = memory
     timing[f"{method}.train_seconds"] = seconds
+    timing[f"{method}.ms_per_step"] = 1e3 * seconds / config.steps
   summary["full_vs_linear_relative_difference"] = abs(
     summary["full.val_perplexity"] / summary["linear.val_perplexity"] - 1
   )

@@ -15,13 +15,13 @@ over ``(B, K)``: XLA's CPU dots are several times slower on other layouts.
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
 forward loop), and per key block ``j`` the range of query blocks that may
-(the backward loop), both computed from the static structure by
-:func:`key_block_ranges` and its transpose :func:`query_block_ranges`.
-Inside a visited block every pair is still masked element by element
-(:func:`_block_logits`), so a range may hold blocks without an allowed pair
-(wasted work) but must hold every block with one. A new structured mask
-extends those two places: which pairs of a block are allowed, and which
-blocks can hold an allowed pair.
+(the backward loop), both computed by :func:`block_ranges` from the
+structure (:mod:`jaxsoft._attention_structure`: the causal/window band,
+lengths and segment ids, all given as data, never as a ``[T, S]`` array).
+The ranges are shared by the batch rows, so they cover the union of the
+rows' allowed blocks. Inside a visited block every pair is still masked
+element by element (:func:`_block_logits`), so a range may hold blocks
+without an allowed pair (wasted work) but must hold every block with one.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from jaxsoft import _attention_structure as structure
 from jaxsoft import _online_logsumexp as online
 
 # ----------------------------------------------------------------------------
@@ -73,11 +73,9 @@ def bernoulli(key, p, shape):
   return jax.random.bernoulli(key, p, (math.prod(shape),)).reshape(shape)
 
 
-def causal_allowed(t0, s0, tq, sk):
-  """Top-left aligned causal mask of a [tq, sk] block starting at (t0, s0)."""
-  rows = t0 + lax.broadcasted_iota(jnp.int32, (tq, sk), 0)
-  cols = s0 + lax.broadcasted_iota(jnp.int32, (tq, sk), 1)
-  return rows >= cols
+def soft_cap(x, cap):
+  """``cap * tanh(x / cap)`` (Gemma 2's logit soft-capping), or ``x`` when ``cap`` is None."""
+  return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 # ----------------------------------------------------------------------------
@@ -85,13 +83,14 @@ def causal_allowed(t0, s0, tq, sk):
 
 
 class BlockPlan(NamedTuple):
-  """The static tiling of one call: block sizes, true lengths and the structure."""
+  """The static tiling of one call: block sizes, true lengths, the band and the soft cap."""
 
   bq: int  # query block
   bk: int  # key block
   t: int  # true query length (before padding to whole blocks)
   s: int  # true key length
-  causal: bool
+  band: structure.Band
+  cap: float | None  # logit soft cap
 
   @property
   def nq(self) -> int:
@@ -102,26 +101,10 @@ class BlockPlan(NamedTuple):
     return -(-self.s // self.bk)
 
 
-def key_block_ranges(plan: BlockPlan) -> np.ndarray:
-  """``[nq, 2]``: per query block, the ``[first, last)`` key blocks that may hold an allowed pair."""
-  ranges = np.zeros((plan.nq, 2), np.int32)
-  ranges[:, 1] = plan.nk
-  if plan.causal:
-    # The last (unpadded) row of query block i sees the keys up to itself.
-    ends = np.minimum((np.arange(plan.nq) + 1) * plan.bq, plan.t)
-    ranges[:, 1] = np.minimum(plan.nk, -(-ends // plan.bk))
-  return ranges
-
-
-def query_block_ranges(key_ranges: np.ndarray, nk: int) -> np.ndarray:
-  """``[nk, 2]``: per key block, the ``[first, last)`` hull of the query blocks whose range holds it."""
-  j = np.arange(nk)
-  needs = (key_ranges[:, :1] <= j) & (j < key_ranges[:, 1:])  # [nq, nk]
-  nq = needs.shape[0]
-  any_ = needs.any(axis=0)
-  first = np.where(any_, needs.argmax(axis=0), 0)
-  last = np.where(any_, nq - needs[::-1].argmax(axis=0), 0)
-  return np.stack([first, last], axis=1).astype(np.int32)
+def block_ranges(st: structure.Structure, plan: BlockPlan):
+  """``(key_ranges [nq, 2], query_ranges [nk, 2])``: the blocks each loop visits."""
+  mask = structure.block_mask(st, plan.band, plan.t, plan.s, plan.bq, plan.bk)
+  return structure.ranges(mask), structure.ranges(mask.T)
 
 
 # ----------------------------------------------------------------------------
@@ -139,23 +122,28 @@ def _slice_pair(x, i, j, plan: BlockPlan):
   return x
 
 
-def _block_logits(qi, kj, bias, mask, i, j, plan: BlockPlan):
-  """Logits [B,K,G,bq,bk] of query block i against key block j, -inf where not allowed."""
-  s = qk(qi, kj)
+def _block_allowed(mask, st, i, j, plan: BlockPlan):
+  """Allowed pairs [B|1,K|1,G|1,bq,bk] of block (i, j), or None when all are."""
+  s_true = plan.s if plan.s % plan.bk else None  # padded keys at the end of the last block
+  a = structure.allowed(st, plan.band, i * plan.bq, j * plan.bk, plan.bq, plan.bk, s_true)
+  if a is not None:
+    a = a[:, None, None] if a.ndim == 3 else a
+  m = _slice_pair(mask, i, j, plan)
+  if m is None:
+    return a
+  return m if a is None else m & a
+
+
+def _block_logits(qi, kj, bias, i, j, plan: BlockPlan):
+  """Logits [B,K,G,bq,bk] of query block i against key block j (before masking), and the raw q.k.
+
+  With a soft cap ``c`` the logits are ``c * tanh(q.k / c) + bias``; the raw
+  product is returned for the backward pass, which needs ``tanh`` again.
+  """
+  raw = qk(qi, kj)
+  s = soft_cap(raw, plan.cap)
   b = _slice_pair(bias, i, j, plan)
-  if b is not None:
-    s = s + b
-  allowed = _slice_pair(mask, i, j, plan)
-  if plan.causal:
-    causal = causal_allowed(i * plan.bq, j * plan.bk, plan.bq, plan.bk)
-    allowed = causal if allowed is None else allowed & causal
-  if plan.s % plan.bk:  # padded keys at the end of the last block
-    cols = j * plan.bk + lax.broadcasted_iota(jnp.int32, (1, plan.bk), 1)
-    valid = cols < plan.s
-    allowed = valid if allowed is None else allowed & valid
-  if allowed is not None:
-    s = jnp.where(allowed, s, -jnp.inf)
-  return s
+  return (s if b is None else s + b), raw
 
 
 def _dropout_scale(key, i, j, shape, rate):
@@ -169,7 +157,14 @@ def _dropout_scale(key, i, j, shape, rate):
 # Forward, backward, custom VJP
 
 
-def _forward(q, k, v, bias, mask, dropout_key, key_ranges, plan: BlockPlan, rate):
+def sink_state(sink, shape, dtype):
+  """The online state of the sink logit alone (``exp(sink - sink) = 1``), or of nothing."""
+  if sink is None:
+    return online.empty(shape, dtype)
+  return online.Partial(jnp.broadcast_to(sink, shape), jnp.ones(shape, dtype))
+
+
+def _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
   """-> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
@@ -183,13 +178,14 @@ def _forward(q, k, v, bias, mask, dropout_key, key_ranges, plan: BlockPlan, rate
       state, acc = carry
       kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
       vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
-      block, p = online.reduce(_block_logits(qi, kj, bias, mask, i, j, plan), -1)
+      logits, _ = _block_logits(qi, kj, bias, i, j, plan)
+      block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan))
       state, alpha, beta = online.merge(state, block)
       if rate > 0.0:
         p = p * _dropout_scale(dropout_key, i, j, p.shape, rate)
       return state, acc * alpha + pv(p, vj) * beta
 
-    init = (online.empty((B, K, G, bq, 1), q.dtype), jnp.zeros((B, K, G, bq, Hv), q.dtype))
+    init = (sink_state(sink, (B, K, G, bq, 1), q.dtype), jnp.zeros((B, K, G, bq, Hv), q.dtype))
     state, acc = lax.fori_loop(key_ranges[i, 0], key_ranges[i, 1], key_block, init)
     out = lax.dynamic_update_slice_in_dim(out, acc / online.safe(state.s), i * bq, axis=3)
     lse = lax.dynamic_update_slice_in_dim(lse, online.log_normalizer(state)[..., 0], i * bq, axis=3)
@@ -205,10 +201,15 @@ def _reduce_to(x, shape):
   return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
 
-def _backward(q, k, v, bias, mask, dropout_key, query_ranges, out, lse, g, need_dbias, plan, rate):
+def _backward(
+  q, k, v, bias, mask, sink, st, dropout_key, query_ranges, out, lse, g, g_lse, need_dbias, plan, rate
+):
   bq, bk = plan.bq, plan.bk
-  # delta_i = <dO_i, O_i> = sum_j P_ij dP_ij: the softmax-Jacobian term per row.
+  # delta_i = <dO_i, O_i> = sum_j P_ij dP_ij: the softmax-Jacobian term per
+  # row; the log-normalizer's cotangent enters as d lse / d logit_ij = P_ij.
   delta = jnp.sum(g * out, axis=-1)
+  if g_lse is not None:
+    delta = delta - g_lse
 
   def key_block(j, carry):
     dq, dk, dv, dbias = carry
@@ -221,8 +222,12 @@ def _backward(q, k, v, bias, mask, dropout_key, query_ranges, out, lse, g, need_
       gi = lax.dynamic_slice_in_dim(g, i * bq, bq, axis=3)
       lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
       delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
-      # The log-normalizer is finite, so a row with nothing allowed gets exp(-inf) = 0.
-      p = jnp.exp(_block_logits(qi, kj, bias, mask, i, j, plan) - lse_i[..., None])
+      logits, raw = _block_logits(qi, kj, bias, i, j, plan)
+      # The log-normalizer is finite, so a row with nothing allowed gets p = 0.
+      p = jnp.exp(logits - lse_i[..., None])
+      allowed = _block_allowed(mask, st, i, j, plan)
+      if allowed is not None:
+        p = jnp.where(allowed, p, 0)
       dp = qk(gi, vj)
       if rate > 0.0:
         z = _dropout_scale(dropout_key, i, j, p.shape, rate)
@@ -231,13 +236,15 @@ def _backward(q, k, v, bias, mask, dropout_key, query_ranges, out, lse, g, need_
       else:
         dvj = dvj + _tp(p, gi)
       ds = p * (dp - delta_i[..., None])
-      dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=3)
-      dq = lax.dynamic_update_slice_in_dim(dq, dqi + pv(ds, kj), i * bq, axis=3)
-      dkj = dkj + _tp(ds, qi)
       if need_dbias:
         start = [0, 0, 0, i * bq if bias.shape[3] != 1 else 0, j * bk if bias.shape[4] != 1 else 0]
         old = _slice_pair(dbias, i, j, plan)
         dbias = lax.dynamic_update_slice(dbias, old + _reduce_to(ds, old.shape), start)
+      if plan.cap is not None:
+        ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
+      dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=3)
+      dq = lax.dynamic_update_slice_in_dim(dq, dqi + pv(ds, kj), i * bq, axis=3)
+      dkj = dkj + _tp(ds, qi)
       return dq, dkj, dvj, dbias
 
     init = (dq, jnp.zeros_like(kj), jnp.zeros_like(vj), dbias)
@@ -248,31 +255,43 @@ def _backward(q, k, v, bias, mask, dropout_key, query_ranges, out, lse, g, need_
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
   init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
-  return lax.fori_loop(0, plan.nk, key_block, init)
+  dq, dk, dv, dbias = lax.fori_loop(0, plan.nk, key_block, init)
+  dsink = None
+  if sink is not None:
+    # d out / d sink = -P_sink out and d lse / d sink = P_sink, per row.
+    p_sink = jnp.exp(sink[..., 0] - lse)
+    dsink = _reduce_to(-p_sink * delta, sink.shape[:-1])[..., None]
+  return dq, dk, dv, dbias, dsink
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9))
-def _kernel(q, k, v, bias, mask, dropout_key, key_ranges, query_ranges, plan, rate):
-  return _forward(q, k, v, bias, mask, dropout_key, key_ranges, plan, rate)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
+def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
+  return _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
-def _kernel_fwd(q, k, v, bias, mask, dropout_key, key_ranges, query_ranges, plan, rate):
+def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
   # Optional arguments that are None arrive as None, the others wrapped.
-  args = [None if a is None else a.value for a in (q, k, v, bias, mask, dropout_key)]
-  out, lse = _forward(*args, key_ranges.value, plan, rate)
+  value = lambda a: None if a is None else a.value
+  args = [value(a) for a in (q, k, v, bias, mask, sink)]
+  st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
+  out, lse = _forward(*args, st, dropout_key, key_ranges.value, plan, rate)
   # The pytree structure of the flag ((), or None) tells the backward pass,
   # statically, whether the bias is differentiated: a constant bias (ALiBi,
   # padding) then costs no T x S gradient.
   flag = () if (bias is not None and bias.perturbed) else None
-  return out, (*args, query_ranges.value, out, lse, flag)
+  return (out, lse), (*args, st, dropout_key, query_ranges.value, out, lse, flag)
 
 
-def _kernel_bwd(plan, rate, res, g):
-  *args, query_ranges, out, lse, flag = res
-  if isinstance(g, SymbolicZero):
-    return (None,) * 8
-  dq, dk, dv, dbias = _backward(*args, query_ranges, out, lse, g, flag is not None, plan, rate)
-  return dq, dk, dv, dbias, None, None, None, None
+def _kernel_bwd(plan, rate, res, cotangents):
+  *args, st, dropout_key, query_ranges, out, lse, flag = res
+  g, g_lse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
+  if g is None and g_lse is None:
+    return (None,) * 10
+  if g is None:
+    g = jnp.zeros_like(out)
+  grads = _backward(*args, st, dropout_key, query_ranges, out, lse, g, g_lse, flag is not None, plan, rate)
+  dq, dk, dv, dbias, dsink = grads
+  return dq, dk, dv, dbias, None, dsink, None, None, None, None
 
 
 _kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
@@ -302,25 +321,37 @@ def _pad_ts(x, bq, bk):
   return x
 
 
-def attention(q, k, v, bias, mask, dropout_key, *, causal: bool, dropout_rate: float, blocks):
-  """Head-major q, k, v (see the module docstring) -> out [B,K,G,T,Hv].
+def _pad_rows(x, multiple):
+  return None if x is None else _pad_axis(x, 1, multiple)
 
-  ``blocks`` is the (query block, key block) pair; ``dropout_key`` is unused
-  when ``dropout_rate`` is 0.
+
+def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks):
+  """Head-major q, k, v (see the module docstring) -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
+
+  ``sink`` is None or ``[1,K,G,1,1]``; ``st`` a
+  :class:`~jaxsoft._attention_structure.Structure`; ``band`` its static
+  band; ``cap`` the soft cap or None; ``blocks`` the (query block, key block)
+  pair; ``dropout_key`` is unused when ``dropout_rate`` is 0. The
+  log-normalizer is finite: the dtype's lowest number where a row has
+  nothing allowed (and no sink).
   """
   T, S = q.shape[3], k.shape[2]
   if T == 0 or S == 0:
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
-    return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype)
-  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded much.
-  plan = BlockPlan(min(blocks[0], -(-T // 8) * 8), min(blocks[1], -(-S // 8) * 8), T, S, bool(causal))
-  key_ranges = key_block_ranges(plan)
-  query_ranges = query_block_ranges(key_ranges, plan.nk)
-  # The loop indices come from these ranges: in the default integer type, as
-  # the other slice offsets.
-  key_ranges, query_ranges = jnp.asarray(key_ranges, dtype=int), jnp.asarray(query_ranges, dtype=int)
-  q = _pad_axis(q, 3, plan.bq)
-  k, v = _pad_axis(k, 2, plan.bk), _pad_axis(v, 2, plan.bk)
-  bias, mask = _pad_ts(bias, plan.bq, plan.bk), _pad_ts(mask, plan.bq, plan.bk)
-  out = _kernel(q, k, v, bias, mask, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate))
-  return out[:, :, :, :T]
+    lse = jnp.full(q.shape[:4], jnp.finfo(q.dtype).min, q.dtype)
+    if sink is not None:
+      lse = jnp.broadcast_to(sink[..., 0], lse.shape)
+    return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
+  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded
+  # much, and a length under 8 (one decoding query) is one unpadded block.
+  bq, bk = (n if n < 8 else min(b, -(-n // 8) * 8) for n, b in ((T, blocks[0]), (S, blocks[1])))
+  plan = BlockPlan(bq, bk, T, S, band, cap)
+  key_ranges, query_ranges = block_ranges(st, plan)
+  q = _pad_axis(q, 3, bq)
+  k, v = _pad_axis(k, 2, bk), _pad_axis(v, 2, bk)
+  bias, mask = _pad_ts(bias, bq, bk), _pad_ts(mask, bq, bk)
+  st = st._replace(q_seg=_pad_rows(st.q_seg, bq), kv_seg=_pad_rows(st.kv_seg, bk))
+  out, lse = _kernel(
+    q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate)
+  )
+  return out[:, :, :, :T], lse[:, :, :, :T]

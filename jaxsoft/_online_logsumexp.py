@@ -66,10 +66,23 @@ def empty(shape, dtype) -> Partial:
   return Partial(jnp.full(shape, jnp.finfo(dtype).min, dtype), jnp.zeros(shape, dtype))
 
 
-def reduce(x, axis) -> tuple[Partial, jax.Array]:
-  """The state of ``x`` over ``axis`` (kept as size 1), and ``exp(x - m)``."""
-  m = shift(x, axis)
-  p = jnp.exp(x - m)
+def reduce(x, axis, where=None) -> tuple[Partial, jax.Array]:
+  """The state of ``x`` over ``axis`` (kept as size 1), and ``exp(x - m)``.
+
+  With ``where`` (boolean, broadcastable to ``x``) only the entries where it
+  is True count, and the others get ``exp = 0``, without an infinite
+  intermediate: an excluded entry is replaced by the floor before the max and
+  its exponential by 0 after it, so ``x - m`` is never ``finite - lowest``
+  (which overflows).
+  """
+  if where is None:
+    m = shift(x, axis)
+    p = jnp.exp(x - m)
+  else:
+    lowest = jnp.finfo(x.dtype).min
+    x = jnp.where(where, x, lowest)
+    m = lax.stop_gradient(jnp.max(x, axis, keepdims=True, initial=lowest))
+    p = jnp.where(where, jnp.exp(x - m), 0)
   return Partial(m, jnp.sum(p, axis, keepdims=True)), p
 
 

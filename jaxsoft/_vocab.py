@@ -22,6 +22,7 @@ from jax import lax
 
 from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
+from jaxsoft._classification import check_lm_options, is_zero, soft_cap
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._labels import class_labels
 from jaxsoft._reduction import REDUCTIONS, reduce_loss
@@ -62,114 +63,191 @@ def _start(i, chunk: int, n: int):
   return jnp.minimum(i * chunk, n - chunk)
 
 
+# Half-precision (bf16/f16) operands of the block matmuls: either fed to the
+# matmul as they are with float32 accumulation (preferred_element_type), or
+# upcast to float32 first. Per platform, the faster one: on the CPU, XLA's
+# bf16 matmul measured 1.22x the float32 time and the upcast 1.06x
+# (``python -m benchmarks.bench_vocab``), so the CPU upcasts; GPUs and TPUs
+# multiply bf16 natively with float32 accumulation (not measured here). The
+# loss and gradients agree with float32 to bf16 rounding either way. A
+# platform not listed keeps half operands.
+UPCAST_HALF_OPERANDS = {"cpu": True, "gpu": False, "tpu": False}
+
+
+def _upcast() -> bool:
+  return UPCAST_HALF_OPERANDS.get(jax.default_backend(), False)
+
+
+def _matmul(a, b, dtype):
+  """``a @ b`` accumulated in ``dtype``, half operands upcast or not per platform."""
+  if _upcast():
+    return jnp.dot(a.astype(dtype), b.astype(dtype))
+  return jnp.dot(a, b, preferred_element_type=dtype)
+
+
 def _block_logits(h_i, w, b, v0, tv, dtype):
   """Logits of one block, ``h_i @ weight[:, v0:v0+tv] + bias[v0:v0+tv]``, in ``dtype``."""
   w_j = lax.dynamic_slice_in_dim(w, v0, tv, axis=1)
   b_j = lax.dynamic_slice_in_dim(b, v0, tv)
-  z = jnp.dot(h_i, w_j, preferred_element_type=dtype)
+  z = _matmul(h_i, w_j, dtype)
   return z.astype(dtype) + b_j.astype(dtype), w_j
 
 
-def _chunked_lse(h, w, b, tn, tv, dtype):
-  """Per-token logsumexp of ``h @ w + b`` by the online logsumexp over vocabulary chunks."""
+def _chunked_stats(h, w, b, cw, cap, tn, tv, dtype, need_u, need_h):
+  """Per-token statistics of the logits ``z = cap(h @ w + b)``, vocabulary chunk by chunk.
+
+  Returns ``(lse, u, H)``: the logsumexp by the online logsumexp, ``u =
+  sum_c cw_c z_c`` (when ``need_u``) and the entropy ``H = lse - sum_c p_c
+  z_c`` (when ``need_h``), carried as ``t = sum_c e^{z_c - m} z_c`` and
+  rescaled with the running max like the sum ``s``. The others are None.
+  """
   n, vocab = h.shape[0], w.shape[1]
   cols = jnp.arange(tv)
 
   def token_chunk(_, i):
     h_i = lax.dynamic_slice_in_dim(h, _start(i, tn, n), tn, axis=0)
 
-    def vocab_chunk(state, j):
+    def vocab_chunk(carry, j):
+      state, t, u = carry
       v0 = _start(j, tv, vocab)
       z, _ = _block_logits(h_i, w, b, v0, tv, dtype)
+      z = soft_cap(z, cap)
       # Columns of a moved-back last chunk were counted by the chunk before.
-      z = jnp.where(v0 + cols >= j * tv, z, -jnp.inf)
-      state, _, _ = online.merge(state, online.reduce(z, 1)[0])
-      return state, None
+      ok = v0 + cols >= j * tv
+      z = jnp.where(ok, z, -jnp.inf)
+      part, e = online.reduce(z, 1)
+      state, alpha, beta = online.merge(state, part)
+      if need_h:
+        # e = 0 at a -inf logit (a class masked by its bias): its term is 0, not 0 * -inf.
+        t = t * alpha + beta * jnp.sum(jnp.where(e > 0, e * z, 0), 1, keepdims=True)
+      if need_u:
+        u = u + jnp.sum(jnp.where(ok, lax.dynamic_slice_in_dim(cw, v0, tv) * z, 0), 1, keepdims=True)
+      return (state, t, u), None
 
-    state, _ = lax.scan(vocab_chunk, online.empty((tn, 1), dtype), jnp.arange(-(-vocab // tv)))
-    return None, online.logsumexp(state)[:, 0]
+    zeros = jnp.zeros((tn, 1), dtype)
+    (state, t, u), _ = lax.scan(
+      vocab_chunk, (online.empty((tn, 1), dtype), zeros, zeros), jnp.arange(-(-vocab // tv))
+    )
+    lse = online.logsumexp(state)
+    ent = lse - t / online.safe(state.s)
+    return None, (lse[:, 0], u[:, 0], ent[:, 0])
 
   _, parts = lax.scan(token_chunk, None, jnp.arange(-(-n // tn)))
-  return _assemble(parts, n, tn)
+  lse, u, ent = (_assemble(x, n, tn) for x in parts)
+  return lse, u if need_u else None, ent if need_h else None
 
 
-def _fused_forward(h, w, b, y, eps, tn, tv):
+def _stats_forward(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
   dtype = compute_dtype(jnp.result_type(h, w))
-  lse = _chunked_lse(h, w, b, tn, tv, dtype)
-  # The label logit and the sum of all logits (for smoothing) are cheap in
-  # closed form: one gathered column per token, and h @ (sum of columns).
+  cap = cap.astype(dtype) if cap is not None else None
+  # With a soft cap, sum_c cw_c z_c is not linear in h and is accumulated by
+  # the chunks; without one it is h @ (W cw) + b . cw, in closed form.
+  chunk_u = need_u and cap is not None
+  lse, u, ent = _chunked_stats(h, w, b, cw.astype(dtype), cap, tn, tv, dtype, chunk_u, need_h)
+  if need_u and cap is None:
+    cw_ = cw.astype(dtype)
+    u = jnp.dot(h.astype(dtype), jnp.dot(w.astype(dtype), cw_)) + jnp.dot(b.astype(dtype), cw_)
+  # The label logit is one gathered column per token.
   w_y = jnp.take(w, y, axis=1).astype(dtype)
-  z_y = jnp.sum(h.astype(dtype) * w_y.T, axis=1) + b[y].astype(dtype)
-  z_sum = jnp.dot(h.astype(dtype), jnp.sum(w.astype(dtype), axis=1)) + jnp.sum(b.astype(dtype))
-  eps = eps.astype(dtype)
-  # eps = 0 must not turn a -inf logit (a class masked by its bias) into NaN.
-  loss = lse - (1 - eps) * z_y - jnp.where(eps == 0, 0, eps / w.shape[1] * z_sum)
-  return loss, lse
+  z_y = soft_cap(jnp.sum(h.astype(dtype) * w_y.T, axis=1) + b[y].astype(dtype), cap)
+  zeros = jnp.zeros_like(lse)
+  return (lse, z_y, zeros if u is None else u, zeros if ent is None else ent), (lse, ent)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fused_nll(h, w, b, y, eps, tn, tv):
-  """Per-token smoothed cross-entropy of ``h @ w + b``; never holds ``[N, V]``."""
-  return _fused_forward(h, w, b, y, eps, tn, tv)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
+def _fused_stats(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
+  """Per token, for ``z = cap(h @ w + b)``: ``(lse, z_y, sum_c cw_c z_c, entropy)``; never holds ``[N, V]``.
 
-
-def _fused_nll_fwd(h, w, b, y, eps, tn, tv):
-  loss, lse = _fused_forward(h, w, b, y, eps, tn, tv)
-  return loss, (h, w, b, y, eps, lse)
-
-
-def _fused_nll_bwd(tn, tv, res, g):
-  """dlogits = g * (softmax - (1 - eps) onehot - eps / V), block by block.
-
-  The outer loop runs over vocabulary chunks so that each chunk of ``weight``
-  and its gradient are visited once; the token chunks inside it recompute the
-  block's logits from the saved logsumexp.
+  ``u`` and the entropy are zeros unless ``need_u`` / ``need_h``. Every loss
+  term, reduction and option outside this is plain JAX, differentiated by
+  autodiff through these four outputs.
   """
-  h, w, b, y, eps, lse = res
+  return _stats_forward(h, w, b, y, cw, cap, tn, tv, need_u, need_h)[0]
+
+
+def _fused_stats_fwd(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
+  out, (lse, ent) = _stats_forward(h, w, b, y, cw, cap, tn, tv, need_u, need_h)
+  return out, (h, w, b, y, cw, cap, lse, ent)
+
+
+def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
+  """The block gradient ``dz_c = p_c g_lse + [c = y] g_zy + cw_c g_u - p_c (z_c - lse + H) g_H``.
+
+  (``d lse / dz = p``, ``d H / dz_c = -p_c (z_c - lse + H)``), then through
+  the cap: ``dz_raw = dz (1 - tanh^2)``, ``dcap = sum dz (tanh(r) - r (1 -
+  tanh^2(r)))`` with ``r = z_raw / cap``. The outer loop runs over
+  vocabulary chunks so that each chunk of ``weight`` and its gradient are
+  visited once; the token chunks inside it recompute the block's logits from
+  the saved logsumexp.
+  """
+  h, w, b, y, cw, cap, lse, ent = res
+  g_lse, g_zy, g_u, g_h = g
   n, d = h.shape
   vocab = w.shape[1]
   dtype = lse.dtype
-  g = g.astype(dtype)
-  eps = eps.astype(dtype)
+  g_lse, g_zy, g_u, g_h = (x.astype(dtype) for x in (g_lse, g_zy, g_u, g_h))
+  cw_c = cw.astype(dtype)
+  cap_c = cap.astype(dtype) if cap is not None else None
   rows, cols = jnp.arange(tn), jnp.arange(tv)
 
   def vocab_chunk(carry, j):
-    dh, dw, db = carry
+    dh, dw, db, dcw, dcap = carry
     v0 = _start(j, tv, vocab)
     col_ok = v0 + cols >= j * tv
+    cw_j = lax.dynamic_slice_in_dim(cw_c, v0, tv)
 
     def token_chunk(acc, i):
-      dw_j, db_j = acc
+      dw_j, db_j, dcw_j, dcap_acc = acc
       t0 = _start(i, tn, n)
       h_i = lax.dynamic_slice_in_dim(h, t0, tn, axis=0)
+      piece = lambda x: lax.dynamic_slice_in_dim(x, t0, tn)
       # Rows of a moved-back last token chunk were done by the chunk before.
-      g_i = jnp.where(t0 + rows >= i * tn, lax.dynamic_slice_in_dim(g, t0, tn), 0)
-      lse_i = lax.dynamic_slice_in_dim(lse, t0, tn)
-      y_i = lax.dynamic_slice_in_dim(y, t0, tn)
-      z, w_j = _block_logits(h_i, w, b, v0, tv, dtype)
-      p = jnp.exp(z - lse_i[:, None])
-      target = (1 - eps) * (y_i[:, None] == v0 + cols[None, :]) + eps / vocab
-      dz = jnp.where(col_ok, g_i[:, None] * (p - target), 0)
-      dz_in = dz.astype(h.dtype)
-      dw_j = dw_j + jnp.dot(h_i.T, dz_in, preferred_element_type=dtype)
+      row_ok = (t0 + rows >= i * tn)[:, None]
+      lse_i = piece(lse)[:, None]
+      z_raw, w_j = _block_logits(h_i, w, b, v0, tv, dtype)
+      z = soft_cap(z_raw, cap_c)
+      p = jnp.exp(z - lse_i)
+      dz = p * piece(g_lse)[:, None] + jnp.where(
+        piece(y)[:, None] == v0 + cols[None, :], piece(g_zy)[:, None], 0
+      )
+      if need_u:
+        dz = dz + piece(g_u)[:, None] * cw_j[None, :]
+        dcw_j = dcw_j + jnp.sum(jnp.where(row_ok & col_ok, piece(g_u)[:, None] * z, 0), axis=0)
+      if need_h:
+        dz = dz - jnp.where(p > 0, p * (z - lse_i + piece(ent)[:, None]), 0) * piece(g_h)[:, None]
+      dz = jnp.where(row_ok & col_ok, dz, 0)
+      if cap_c is not None:
+        tanh = z / cap_c
+        dcap_acc = dcap_acc + jnp.sum(dz * (tanh - z_raw / cap_c * (1 - tanh * tanh)))
+        dz = dz * (1 - tanh * tanh)
+      dz_in = dz if _upcast() else dz.astype(h.dtype)
+      dw_j = dw_j + _matmul(h_i.T, dz_in, dtype)
       db_j = db_j + jnp.sum(dz, axis=0)
-      dh_i = jnp.dot(dz_in, w_j.T, preferred_element_type=dtype)
-      return (dw_j, db_j), dh_i
+      dh_i = _matmul(dz_in, w_j.T, dtype)
+      return (dw_j, db_j, dcw_j, dcap_acc), dh_i
 
-    init = (jnp.zeros((d, tv), dtype), jnp.zeros((tv,), dtype))
-    (dw_j, db_j), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
+    init = (jnp.zeros((d, tv), dtype), jnp.zeros((tv,), dtype), jnp.zeros((tv,), dtype), jnp.zeros((), dtype))
+    (dw_j, db_j, dcw_j, dcap_j), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
     dh = dh + _assemble(dh_parts, n, tn)
     # Columns outside col_ok got dz = 0, so adding keeps the earlier chunk's values.
-    dw = lax.dynamic_update_slice_in_dim(dw, lax.dynamic_slice_in_dim(dw, v0, tv, axis=1) + dw_j, v0, axis=1)
-    db = lax.dynamic_update_slice_in_dim(db, lax.dynamic_slice_in_dim(db, v0, tv) + db_j, v0, axis=0)
-    return (dh, dw, db), None
+    add = lambda x, x_j, axis: lax.dynamic_update_slice_in_dim(
+      x, lax.dynamic_slice_in_dim(x, v0, tv, axis=axis) + x_j, v0, axis=axis
+    )
+    return (dh, add(dw, dw_j, 1), add(db, db_j, 0), add(dcw, dcw_j, 0), dcap + dcap_j), None
 
-  init = (jnp.zeros((n, d), dtype), jnp.zeros((d, vocab), dtype), jnp.zeros((vocab,), dtype))
-  (dh, dw, db), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
-  return (dh.astype(h.dtype), dw.astype(w.dtype), db.astype(b.dtype), None, jnp.zeros_like(eps))
+  init = (
+    jnp.zeros((n, d), dtype),
+    jnp.zeros((d, vocab), dtype),
+    jnp.zeros((vocab,), dtype),
+    jnp.zeros((vocab,), dtype),
+    jnp.zeros((), dtype),
+  )
+  (dh, dw, db, dcw, dcap), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
+  dcap = None if cap is None else dcap.astype(cap.dtype)
+  return (dh.astype(h.dtype), dw.astype(w.dtype), db.astype(b.dtype), None, dcw.astype(cw.dtype), dcap)
 
 
-_fused_nll.defvjp(_fused_nll_fwd, _fused_nll_bwd)
+_fused_stats.defvjp(_fused_stats_fwd, _fused_stats_bwd)
 
 
 def _chunk_sizes(fn, chunk_size, n, vocab):
@@ -230,30 +308,42 @@ def linear_cross_entropy(
   *,
   bias=None,
   chunk_size=None,
+  class_weight=None,
   ignore_index=None,
   label_smoothing=0.0,
   where=None,
   reduction="mean",
+  z_loss=0.0,
+  logit_soft_cap=None,
+  return_aux=False,
 ):
   r"""Cross-entropy of a linear output layer, without materializing the logits.
 
-  Equals ``cross_entropy(hidden @ weight + bias, labels, ...)``: per token
+  Equals ``cross_entropy(hidden @ weight + bias, labels, ...)`` on every
+  option: per token, with :math:`z = \mathrm{cap}(h W + b)`, class weights
+  :math:`w` (``class_weight``) and :math:`\mathrm{lse}_i = \log \sum_c e^{z_{ic}}`,
 
   .. math::
-    \ell_i = \log \sum_c e^{z_{ic}} - (1 - \varepsilon) z_{i y_i}
-      - \frac{\varepsilon}{V} \sum_c z_{ic},
-    \qquad z = h W + b,
+    \ell_i = (1 - \varepsilon)\, w_{y_i} (\mathrm{lse}_i - z_{i y_i})
+      + \frac{\varepsilon}{V} \sum_c w_c (\mathrm{lse}_i - z_{ic})
+      + \lambda_z \mathrm{lse}_i^2,
+    \qquad \mathrm{cap}(x) = c \tanh(x / c),
 
-  with the ``ignore_index``, ``where``, ``label_smoothing`` and ``reduction``
-  semantics of :func:`jaxsoft.cross_entropy` (``"mean"`` divides by the
-  number of counted tokens, and is 0 when none count). The logits are
-  computed in blocks of ``token_chunk x vocab_chunk`` inside ``lax.scan``:
-  the forward pass keeps only a running max and sum per token, and a custom
-  VJP recomputes each block in the backward pass to form
-  ``dlogits = g (softmax - (1-eps) onehot - eps/V)`` and accumulate
-  ``dhidden += dlogits @ W_chunk.T``, ``dW_chunk += hidden_chunk.T @ dlogits``.
-  Memory is ``O(N d + d V + token_chunk * vocab_chunk)``, never ``N x V``; the
-  gradients equal the dense ones to rounding.
+  with the ``ignore_index``, ``where``, ``label_smoothing``, ``reduction``,
+  ``z_loss``, ``logit_soft_cap`` and ``return_aux`` semantics of
+  :func:`jaxsoft.cross_entropy` (its ``weight`` is ``class_weight`` here:
+  ``weight`` is the projection; ``"mean"`` divides by :math:`\sum w_{y_i}`
+  over the counted tokens, the z-loss term by their number, and is 0 when
+  none count). The logits are computed in blocks of ``token_chunk x
+  vocab_chunk`` inside ``lax.scan``: the forward pass keeps only a running
+  max and sum per token (and, for ``return_aux``, the running
+  :math:`\sum_c e^{z_c - m} z_c` that gives the entropy; with a soft cap and
+  smoothing, :math:`\sum_c w_c z_c`), and a custom VJP recomputes each block
+  in the backward pass to form ``dlogits`` and accumulate ``dhidden +=
+  dlogits @ W_chunk.T``, ``dW_chunk += hidden_chunk.T @ dlogits``. Memory is
+  ``O(N d + d V + token_chunk * vocab_chunk)``, never ``N x V``; the
+  gradients (also in ``class_weight``, ``label_smoothing``, ``z_loss`` and
+  ``logit_soft_cap``) equal the dense ones to rounding.
 
   Args:
     hidden: floating ``[..., d]`` (usually ``[N, d]``), the last hidden layer.
@@ -266,16 +356,22 @@ def linear_cross_entropy(
       larger than the sizes are capped, and sizes that do not divide ``N``
       or ``V`` are evened out (``V=32000, 4096 -> 8 chunks of 4000``). A
       static Python value.
+    class_weight: optional floating ``[V]``, per-class weights.
     ignore_index: optional label value whose tokens are skipped.
     label_smoothing: in ``[0, 1]``, mixes the target with the uniform one.
     where: optional boolean broadcastable to ``labels.shape``; False skips a
       token like ``ignore_index``, whatever its label.
     reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    z_loss: :math:`\lambda_z \ge 0` (PaLM uses 1e-4).
+    logit_soft_cap: None, or :math:`c > 0` (Gemma 2 uses 30).
+    return_aux: also return per-token ``{"lse", "log_prob", "entropy"}``,
+      computed in the same chunked pass.
 
   Returns:
     A scalar, or the per-token losses ``labels.shape`` for ``"none"``
     (skipped tokens 0), in the dtype of ``hidden`` (half precision is
-    computed in float32).
+    computed in float32). With ``return_aux``, ``(loss, aux)`` as in
+    :func:`jaxsoft.cross_entropy`.
 
   Raises:
     ValueError: shape mismatches, bad options, or (when concrete) counted
@@ -292,6 +388,9 @@ def linear_cross_entropy(
     6.0564
     >>> print(cross_entropy(h @ w, y).round(4))
     6.0564
+    >>> loss, aux = linear_cross_entropy(h, w, y, z_loss=1e-4, logit_soft_cap=30.0, return_aux=True)
+    >>> print(aux["log_prob"].shape, round(float(loss), 4))
+    (6,) 6.0236
 
   References:
     Wijmans et al., 2024, "Cut Your Losses in Large-Vocabulary Language
@@ -302,17 +401,80 @@ def linear_cross_entropy(
   fn = "linear_cross_entropy"
   hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
   V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
+  check_lm_options(fn, z_loss, logit_soft_cap, return_aux)
   n, vocab = labels.size, weight.shape[1]
   tn, tv = _chunk_sizes(fn, chunk_size, n, vocab)
+  cw = _check_class_weight(fn, class_weight, vocab)
   y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(hidden.dtype)
+  need_u = not is_zero(label_smoothing)
   if n == 0:
-    per = jnp.zeros(labels.shape, dtype)
+    lse = z_y = u = ent = jnp.zeros(labels.shape, dtype)
   else:
-    eps = jnp.asarray(label_smoothing, dtype)
-    per = _fused_nll(hidden.reshape(n, -1), weight, bias, y.index.reshape(n), eps, tn, tv)
-    per = per.reshape(labels.shape)
-  return reduce_loss(y.loss(per), y.keep.astype(per.dtype), reduction).astype(hidden.dtype)
+    cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
+    cw_in = jnp.ones((vocab,), dtype) if cw is None else cw
+    stats = _fused_stats(
+      hidden.reshape(n, -1), weight, bias, y.index.reshape(n), cw_in, cap, tn, tv, need_u, return_aux
+    )
+    lse, z_y, u, ent = (x.reshape(labels.shape) for x in stats)
+  return _lm_loss(
+    y,
+    lse,
+    z_y,
+    vocab=vocab,
+    u=u if need_u else None,
+    ent=ent,
+    class_weight=cw,
+    label_smoothing=label_smoothing,
+    z_loss=z_loss,
+    reduction=reduction,
+    return_aux=return_aux,
+    dtype=hidden.dtype,
+  )
+
+
+def _check_class_weight(fn, class_weight, vocab):
+  if class_weight is None:
+    return None
+  V.check_array(fn, "class_weight", class_weight)
+  class_weight = jnp.asarray(class_weight)
+  V.check_floating(fn, "class_weight", class_weight)
+  V.check_shape(fn, "class_weight", class_weight, (vocab,), " (one per class, weight.shape[1])")
+  return class_weight
+
+
+def _lm_loss(
+  y, lse, z_y, *, vocab, u, ent, class_weight, label_smoothing, z_loss, reduction, return_aux, dtype
+):
+  """The loss, its reduction and the aux outputs from the per-token statistics.
+
+  Per counted token ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - u)``
+  (``W = sum_c w_c``, ``u = sum_c w_c z_c``; PyTorch's weighted smoothing),
+  the mean dividing by ``sum w_y``, plus ``z_loss * lse**2`` averaged over the
+  counted tokens. Plain JAX: autodiff carries the gradients to the statistics.
+  """
+  cdt = lse.dtype
+  # Skipped tokens become 0 before any product, so no 0 * inf (a -inf label
+  # logit gathered at the safe index) reaches a gradient.
+  lse_k, zy_k = jnp.where(y.keep, lse, 0), jnp.where(y.keep, z_y, 0)
+  w_y = jnp.ones(lse.shape, cdt) if class_weight is None else class_weight.astype(cdt)[y.index]
+  main = w_y * (lse_k - zy_k)
+  if u is not None:
+    eps = jnp.asarray(label_smoothing, cdt)
+    total = vocab if class_weight is None else jnp.sum(class_weight.astype(cdt))
+    # A -inf logit (a class masked by its bias) makes u -inf: with eps = 0 it
+    # must not become 0 * -inf = NaN.
+    u_k = jnp.where(y.keep & (jnp.isfinite(u) | (eps != 0)), u, 0)
+    main = (1 - eps) * main + eps / vocab * (total * lse_k - u_k)
+  per = y.loss(main)
+  loss = reduce_loss(per, jnp.where(y.keep, w_y, 0), reduction)
+  if not is_zero(z_loss):
+    loss = loss + reduce_loss(z_loss * jnp.square(lse_k), y.keep.astype(cdt), reduction)
+  loss = loss.astype(dtype)
+  if not return_aux:
+    return loss
+  aux = {"lse": lse_k, "log_prob": zy_k - lse_k, "entropy": jnp.where(y.keep, ent, 0)}
+  return loss, {k: v.astype(dtype) for k, v in aux.items()}
 
 
 def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
@@ -355,7 +517,12 @@ def sampled_softmax_cross_entropy(
   bias=None,
   sampler="log_uniform",
   remove_accidental_hits=True,
+  ignore_index=None,
+  where=None,
   reduction="mean",
+  z_loss=0.0,
+  logit_soft_cap=None,
+  return_aux=False,
 ):
   r"""Sampled softmax cross-entropy with the log-Q correction (a training loss).
 
@@ -393,11 +560,20 @@ def sampled_softmax_cross_entropy(
     bias: optional ``[V]``.
     sampler: ``"log_uniform"`` or ``"uniform"``.
     remove_accidental_hits: mask draws equal to a token's own label.
-    reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+    ignore_index, where, reduction, z_loss, logit_soft_cap: as in
+      :func:`jaxsoft.cross_entropy` (the cap applies to the logits before
+      the log-Q correction; ``z_loss`` squares the estimated normalizer).
+    return_aux: also return per-token ``{"lse", "log_prob", "entropy"}``,
+      here estimates: the estimated normalizer
+      :math:`\widehat{\mathrm{lse}}_i` (the log of the sum above),
+      :math:`z_{iy_i} - \widehat{\mathrm{lse}}_i`, and
+      :math:`\widehat{\mathrm{lse}}_i - \sum_j \pi_{ij} z_{ij}` with
+      :math:`\pi_i` the softmax of the corrected logits inside the log (the
+      self-normalized importance-sampling estimate of the entropy).
 
   Returns:
     A scalar, or per-token losses ``labels.shape`` for ``"none"``, in the
-    dtype of ``hidden``.
+    dtype of ``hidden``; with ``return_aux``, ``(loss, aux)``.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -417,10 +593,12 @@ def sampled_softmax_cross_entropy(
   """
   fn = "sampled_softmax_cross_entropy"
   hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
+  check_lm_options(fn, z_loss, logit_soft_cap, return_aux)
   vocab = weight.shape[1]
   key = _check_sampling(fn, key, num_samples, sampler, remove_accidental_hits, vocab)
-  y = class_labels(fn, labels, vocab)
+  y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(jnp.result_type(hidden, weight))
+  cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
 
   ids, log_q = _draw_candidates(key, sampler, num_samples, vocab)
   h = hidden.astype(dtype)
@@ -430,10 +608,29 @@ def sampled_softmax_cross_entropy(
   w_cols = jnp.take(weight, cols, axis=1).astype(dtype)
   b_cols = bias[cols].astype(dtype)
   n = labels.size
-  z_y = jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(labels.shape)
-  z_s = jnp.dot(h, w_cols[:, n:]) + b_cols[n:]
-  z_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
+  z_y = soft_cap(jnp.sum(h * w_cols[:, :n].T.reshape(h.shape), -1) + b_cols[:n].reshape(labels.shape), cap)
+  z_s = soft_cap(jnp.dot(h, w_cols[:, n:]) + b_cols[n:], cap)
+  a_s = z_s - (math.log(num_samples) + log_q.astype(dtype))
   if remove_accidental_hits:
-    z_s = jnp.where(ids == y.index[..., None], -jnp.inf, z_s)
-  per = logsumexp(jnp.concatenate([z_y[..., None], z_s], axis=-1), -1) - z_y
-  return reduce_loss(y.loss(per), y.keep.astype(per.dtype), reduction).astype(hidden.dtype)
+    a_s = jnp.where(ids == y.index[..., None], -jnp.inf, a_s)
+  a = jnp.concatenate([z_y[..., None], a_s], axis=-1)
+  lse = logsumexp(a, -1)
+  ent = None
+  if return_aux:
+    pi = jnp.exp(a - lse[..., None])
+    z = jnp.concatenate([z_y[..., None], z_s], axis=-1)
+    ent = lse - jnp.sum(jnp.where(pi > 0, pi * z, 0), -1)
+  return _lm_loss(
+    y,
+    lse,
+    z_y,
+    vocab=vocab,
+    u=None,
+    ent=ent,
+    class_weight=None,
+    label_smoothing=0.0,
+    z_loss=z_loss,
+    reduction=reduction,
+    return_aux=return_aux,
+    dtype=hidden.dtype,
+  )

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsoft import _attention_structure as structure
 from jaxsoft import _chunked_attention as chunked
+from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
-from jaxsoft.softmax import softmax
 
 __all__ = [
   "AttentionResult",
@@ -48,36 +49,73 @@ _DENSE_MAX_ELEMENTS = 256 * 512
 
 
 class AttentionResult(NamedTuple):
-  """Attention output and the weights that produced it.
+  """Attention output, and the weights and log-normalizers that produced it when requested.
 
   Attributes:
     output: ``[B..., T, N, H_v]``.
-    weights: ``[B..., N, T, S]``, the softmax weights after dropout.
+    weights: ``[B..., N, T, S]``, the softmax weights after dropout
+      (``return_weights``), else None.
+    lse: ``[B..., T, N]``, the natural log of each row's softmax normalizer,
+      sink term included, ``-inf`` for a row with nothing allowed and no sink
+      (``return_residual``), else None. Float32 (float64 for float64 inputs).
   """
 
   output: jax.Array
-  weights: jax.Array
+  weights: jax.Array | None = None
+  lse: jax.Array | None = None
 
 
 # ----------------------------------------------------------------------------
 # Dense path (head-major, as the kernel: see jaxsoft._chunked_attention)
 
 
-def _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key):
-  """Head-major q, k, v -> out [B,K,G,T,Hv], weights [B,K,G,T,S]."""
-  logits = chunked.qk(q, k)
+# The softmax over keys with an optional sink logit, and its log-normalizer. The
+# derivative of the formulas is right for finite logits but gives 0 * inf =
+# NaN for excluded entries and rows with nothing allowed; this rule states it
+# directly (d lse = sum_s w_s dl_s + w_sink d sink, d w_s = w_s (dl_s - d lse))
+# and keeps it exactly 0 there. It is linear in the tangents, so reverse mode
+# is its transpose.
+@jax.custom_jvp
+def _normalize(logits, allowed, sink):
+  """Weights [..., S] and the finite log-normalizer [...] (see the online logsumexp)."""
+  state, p = online.reduce(logits, -1, allowed)
+  if sink is not None:
+    state, alpha, _ = online.merge(state, chunked.sink_state(sink, state.m.shape, logits.dtype))
+    p = p * alpha
+  return p / online.safe(state.s), online.log_normalizer(state)[..., 0]
+
+
+@_normalize.defjvp
+def _normalize_jvp(primals, tangents):
+  logits, allowed, sink = primals
+  t, _, t_sink = tangents
+  w, lse = _normalize(logits, allowed, sink)
+  dlse = jnp.sum(w * t, axis=-1)
+  if sink is not None:
+    dlse = dlse + jnp.exp(sink[..., 0] - lse) * t_sink[..., 0]
+  return (w, lse), (w * (t - dlse[..., None]), dlse)
+
+
+def _dense(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate):
+  """Head-major q, k, v -> out [B,K,G,T,Hv], weights [B,K,G,T,S], log-normalizer [B,K,G,T].
+
+  Every excluded pair is excluded by a select, never by a ``-inf`` logit, so
+  an input without infinities creates none (``jax.debug_infs``).
+  """
+  T, S = q.shape[3], k.shape[2]
+  logits = chunked.soft_cap(chunked.qk(q, k), cap)
   if bias is not None:
     logits = logits + bias
-  if is_causal:
-    causal = chunked.causal_allowed(0, 0, q.shape[3], k.shape[2])
-    mask = causal if mask is None else mask & causal
-  # The softmax's empty-slice rule: a row with no allowed key (or no key at
-  # all) gets zero weights, and zero gradients through its custom JVP.
-  weights = softmax(logits, where=mask)
+  allowed = structure.allowed(st, band, 0, 0, T, S)
+  if allowed is not None:
+    allowed = allowed[:, None, None] if allowed.ndim == 3 else allowed
+  if mask is not None:
+    allowed = mask if allowed is None else mask & allowed
+  weights, lse = _normalize(logits, allowed, sink)
   if dropout_rate > 0.0:
     keep = chunked.bernoulli(dropout_key, 1.0 - dropout_rate, weights.shape)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  return chunked.pv(weights, v), weights
+  return chunked.pv(weights, v), weights, lse
 
 
 # ----------------------------------------------------------------------------
@@ -112,24 +150,53 @@ def _parse_blocks(fn, block_size):
   return (b, b)
 
 
-def _check_arguments(
-  fn,
-  query,
-  key,
-  value,
-  bias,
-  mask,
-  is_causal,
-  dropout_rate,
-  dropout_key,
-  return_weights,
-  implementation,
-  block_size,
-):
+def _check_lengths(fn, name, lengths, batch, B):
+  """Sequence lengths: an integer array of shape ``batch``, >= 0 when concrete; returned as ``[B]``."""
+  V.check_array(fn, name, lengths)
+  V.check_integer(fn, name, lengths)
+  V.check_shape(fn, name, lengths, batch, " (the batch dimensions of query)")
+  values = V.concrete(lengths)
+  if values is not None and values.size and values.min() < 0:
+    V.fail(fn, name, "be >= 0", int(values.min()))
+  return jnp.asarray(lengths).reshape(B)
+
+
+def _check_segments(fn, segment_ids, batch, B, T, S):
+  """One array ``[B..., T]`` (self-attention, T == S) or a pair; returned as ``[B, T]`` and ``[B, S]``."""
+  if isinstance(segment_ids, (tuple, list)):
+    if len(segment_ids) != 2:
+      V.fail(
+        fn, "segment_ids", "be an array or a (query_segment_ids, key_segment_ids) pair", repr(segment_ids)
+      )
+    pair = (("segment_ids[0]", segment_ids[0], T, "T"), ("segment_ids[1]", segment_ids[1], S, "S"))
+  else:
+    if T != S:
+      V.fail(fn, "segment_ids", f"be a (query_segment_ids, key_segment_ids) pair when T ({T}) != S", S)
+    pair = (("segment_ids", segment_ids, T, "T"),) * 2
+  out = []
+  for name, ids, n, letter in pair:
+    V.check_array(fn, name, ids)
+    V.check_integer(fn, name, ids)
+    V.check_shape(fn, name, ids, batch + (n,), f" ([B..., {letter}])")
+    out.append(jnp.asarray(ids).reshape(B, n))
+  return out
+
+
+def _check_window(fn, window):
+  """``local_window_size``: an int ``w`` (meaning ``(w, w)``) or a ``(left, right)`` pair, each >= 0."""
+  sides = window if isinstance(window, (tuple, list)) else (window, window)
+  if len(sides) != 2:
+    V.fail(fn, "local_window_size", "be an int or a (left, right) pair", repr(window))
+  return tuple(V.check_int(fn, "local_window_size", w, minimum=0) for w in sides)
+
+
+def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
   """The argument checks of :func:`scaled_dot_product_attention`, with errors labelled ``fn``.
 
-  Returns ``query``, ``key`` and ``value`` as arrays, the dropout key (None
-  without dropout) and the ``(query_block, key_block)`` sizes.
+  Returns ``query``, ``key`` and ``value`` as arrays and ``options`` checked:
+  the structure as a :class:`~jaxsoft._attention_structure.Structure` with
+  its band, the dropout key (None without dropout), the ``(query_block,
+  key_block)`` sizes and the sinks as an array.
   """
   for name, x in (("query", query), ("key", key), ("value", value)):
     V.check_array(fn, name, x)
@@ -141,14 +208,23 @@ def _check_arguments(
   if value.dtype != query.dtype:
     V.fail(fn, "value", f"have the dtype of query ({query.dtype})", value.dtype, exc=TypeError)
   *batch, T, N, H = query.shape
-  batch = tuple(batch)
-  if key.ndim != query.ndim or key.shape[:-3] != batch or key.shape[-1] != H:
-    V.fail(fn, "key", f"have shape {batch + ('S', 'K', H)} (batch and head_dim of query)", key.shape)
+  try:  # the batch dimensions of query and key/value broadcast (as PyTorch's)
+    batch = tuple(np.broadcast_shapes(tuple(batch), key.shape[:-3]))
+  except ValueError:
+    batch = None
+  if batch is None or key.shape[-1] != H:
+    want = f"have shape (B..., S, K, {H}) with batch dimensions broadcastable with query's {query.shape[:-3]}"
+    V.fail(fn, "key", want, key.shape)
   S, K = key.shape[-3:-1]
   if N % K:
     V.fail(fn, "key", f"have a number of heads that divides the query's {N}", K)
   if value.shape[:-1] != key.shape[:-1]:
     V.fail(fn, "value", f"have shape {key.shape[:-1] + ('H_v',)} (key's but the last axis)", value.shape)
+  query = jnp.broadcast_to(query, batch + query.shape[-3:])
+  key, value = (
+    jnp.broadcast_to(key, batch + key.shape[-3:]),
+    jnp.broadcast_to(value, batch + value.shape[-3:]),
+  )
   target = batch + (N, T, S)
   if mask is not None:
     V.check_array(fn, "mask", mask)
@@ -158,59 +234,58 @@ def _check_arguments(
     V.check_array(fn, "bias", bias)
     V.check_floating(fn, "bias", bias)
     V.check_broadcastable(fn, "bias", np.shape(bias), target, " ([B..., N, T, S])")
-  if not isinstance(is_causal, (bool, np.bool_)):
-    V.fail(fn, "is_causal", "be a Python bool", repr(is_causal), exc=TypeError)
-  V.check_range(fn, "dropout_rate", dropout_rate, 0.0, 1.0, hi_open=True)
-  if not isinstance(dropout_rate, (int, float, np.number)):
-    V.fail(fn, "dropout_rate", "be a Python float", type(dropout_rate).__name__, exc=TypeError)
-  if dropout_rate == 0:
-    dropout_key = None
-  elif dropout_key is None:
+  if not (isinstance(is_causal, (bool, np.bool_)) or is_causal == "bottom_right"):
+    V.fail(fn, "is_causal", 'be a Python bool or "bottom_right"', repr(is_causal), exc=TypeError)
+  o = dict(options)
+  B = math.prod(batch)
+  st = structure.Structure()
+  if o["query_seq_lengths"] is not None:
+    st = st._replace(q_len=_check_lengths(fn, "query_seq_lengths", o["query_seq_lengths"], batch, B))
+  if o["key_value_seq_lengths"] is not None:
+    st = st._replace(kv_len=_check_lengths(fn, "key_value_seq_lengths", o["key_value_seq_lengths"], batch, B))
+  if o["segment_ids"] is not None:
+    q_seg, kv_seg = _check_segments(fn, o["segment_ids"], batch, B, T, S)
+    st = st._replace(q_seg=q_seg, kv_seg=kv_seg)
+  window = None if o["local_window_size"] is None else _check_window(fn, o["local_window_size"])
+  o["structure"], o["band"] = st, structure.band(is_causal, window, T, S)
+  cap = o["logit_soft_cap"]
+  if cap is not None:
+    number = V.as_number(fn, "logit_soft_cap", cap)
+    if number is None:
+      V.fail(fn, "logit_soft_cap", "be a Python float (static)", type(cap).__name__, exc=TypeError)
+    V.check_positive(fn, "logit_soft_cap", number)
+    o["logit_soft_cap"] = number
+  if o["sink_logits"] is not None:
+    V.check_array(fn, "sink_logits", o["sink_logits"])
+    V.check_floating(fn, "sink_logits", o["sink_logits"])
+    V.check_shape(fn, "sink_logits", o["sink_logits"], (N,), " ([N], one per query head)")
+    o["sink_logits"] = jnp.asarray(o["sink_logits"])
+  rate = o["dropout_rate"]
+  V.check_range(fn, "dropout_rate", rate, 0.0, 1.0, hi_open=True)
+  if not isinstance(rate, (int, float, np.number)):
+    V.fail(fn, "dropout_rate", "be a Python float", type(rate).__name__, exc=TypeError)
+  if rate == 0:
+    o["dropout_key"] = None
+  elif o["dropout_key"] is None:
     V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
   else:
-    dropout_key = V.check_key(fn, "dropout_key", dropout_key)
-  V.check_option(fn, "implementation", implementation, (None, "dense", "chunked"))
-  blocks = _parse_blocks(fn, block_size)
-  if return_weights and implementation == "chunked":
+    o["dropout_key"] = V.check_key(fn, "dropout_key", o["dropout_key"])
+  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked"))
+  o["block_size"] = _parse_blocks(fn, o["block_size"])
+  if o["return_weights"] and o["implementation"] == "chunked":
     V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
-  return query, key, value, dropout_key, blocks
+  return query, key, value, o
 
 
-def _attention(
-  fn,
-  query,
-  key,
-  value,
-  bias,
-  mask,
-  is_causal,
-  scale,
-  dropout_rate,
-  dropout_key,
-  return_weights,
-  implementation,
-  block_size,
-):
+def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
   """:func:`scaled_dot_product_attention`, with errors labelled ``fn`` (the public function called)."""
-  query, key, value, dropout_key, blocks = _check_arguments(
-    fn,
-    query,
-    key,
-    value,
-    bias,
-    mask,
-    is_causal,
-    dropout_rate,
-    dropout_key,
-    return_weights,
-    implementation,
-    block_size,
-  )
+  query, key, value, o = _check_arguments(fn, query, key, value, bias, mask, is_causal, options)
   *batch, T, N, H = query.shape
   batch = tuple(batch)
   S, K, Hv = key.shape[-3], key.shape[-2], value.shape[-1]
+  implementation = o["implementation"]
   if implementation is None:
-    implementation = "dense" if (return_weights or T * S <= _DENSE_MAX_ELEMENTS) else "chunked"
+    implementation = "dense" if (o["return_weights"] or T * S <= _DENSE_MAX_ELEMENTS) else "chunked"
 
   cdtype = compute_dtype(query.dtype)
   B = math.prod(batch)
@@ -227,17 +302,37 @@ def _attention(
     mask = _split_heads_mask(jnp.asarray(mask), batch, B, N, K)
   if bias is not None:
     bias = _split_heads_mask(jnp.asarray(bias).astype(cdtype), batch, B, N, K)
+  sink = o["sink_logits"]
+  if sink is not None:
+    sink = sink.astype(cdtype).reshape(1, K, G, 1, 1)
 
+  args = (q, k, v, bias, mask, sink, o["structure"], o["dropout_key"])
+  kwargs = dict(band=o["band"], cap=o["logit_soft_cap"], dropout_rate=o["dropout_rate"])
   if implementation == "dense":
-    out, weights = _dense(q, k, v, bias, mask, is_causal, dropout_rate, dropout_key)
+    out, weights, lse = _dense(*args, **kwargs)
   else:
-    out = chunked.attention(
-      q, k, v, bias, mask, dropout_key, causal=is_causal, dropout_rate=dropout_rate, blocks=blocks
-    )
+    try:
+      out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+    except TypeError as e:
+      # The chunked kernel has a custom VJP (its memory-lean backward pass),
+      # and JAX differentiates such a function in reverse mode only.
+      if "forward-mode" not in str(e):
+        raise
+      got = '"chunked"' if o["implementation"] else '"chunked" (picked by implementation=None)'
+      want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian)'
+      V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
-  if return_weights:
-    return AttentionResult(out, weights.reshape(batch + (N, T, S)).astype(query.dtype))
-  return out
+  if not (o["return_weights"] or o["return_residual"]):
+    return out
+  result = AttentionResult(out)
+  if o["return_weights"]:
+    result = result._replace(weights=weights.reshape(batch + (N, T, S)).astype(query.dtype))
+  if o["return_residual"]:
+    # The finite log-normalizer is the lowest number exactly where a row has
+    # nothing allowed and no sink: there it is -inf.
+    lse = jnp.where(lse == jnp.finfo(lse.dtype).min, -jnp.inf, lse)
+    result = result._replace(lse=jnp.transpose(lse, (0, 3, 1, 2)).reshape(batch + (T, N)))
+  return result
 
 
 def scaled_dot_product_attention(
@@ -247,11 +342,18 @@ def scaled_dot_product_attention(
   *,
   bias: jax.Array | None = None,
   mask: jax.Array | None = None,
-  is_causal: bool = False,
+  is_causal: bool | str = False,
   scale: float | None = None,
+  query_seq_lengths: jax.Array | None = None,
+  key_value_seq_lengths: jax.Array | None = None,
+  segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
+  local_window_size: int | tuple[int, int] | None = None,
+  logit_soft_cap: float | None = None,
+  sink_logits: jax.Array | None = None,
   dropout_rate: float = 0.0,
   dropout_key: jax.Array | None = None,
   return_weights: bool = False,
+  return_residual: bool = False,
   implementation: str | None = None,
   block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array | AttentionResult:
@@ -259,12 +361,15 @@ def scaled_dot_product_attention(
 
   .. math::
     \mathrm{out}_{tn} = \sum_s w_{nts} v_{s,k(n)}, \quad
-    w_{nts} = \frac{a_{nts}\, e^{\ell_{nts}}}{\sum_{s'} a_{nts'}\, e^{\ell_{nts'}}}, \quad
-    \ell_{nts} = \mathrm{scale}\; q_{tn} \cdot k_{s,k(n)} + \mathrm{bias}_{nts}
+    w_{nts} = \frac{a_{nts}\, e^{\ell_{nts}}}{e^{c_n} + \sum_{s'} a_{nts'}\, e^{\ell_{nts'}}}, \quad
+    \ell_{nts} = \mathrm{cap}\big(\mathrm{scale}\; q_{tn} \cdot k_{s,k(n)}\big) + \mathrm{bias}_{nts}
 
-  where :math:`a_{nts} \in \{0, 1\}` combines ``mask`` and ``is_causal``, and
-  :math:`k(n) = \lfloor n / (N/K) \rfloor` is the key head that query head
-  :math:`n` reads.
+  where :math:`a_{nts} \in \{0, 1\}` is the logical AND of ``mask``,
+  ``is_causal`` and the structure options below, :math:`k(n) = \lfloor n /
+  (N/K) \rfloor` is the key head that query head :math:`n` reads,
+  :math:`\mathrm{cap}(x) = c \tanh(x / c)` with ``logit_soft_cap`` ``c``
+  (the identity without it), and :math:`e^{c_n}` is the sink term of head
+  :math:`n` (absent without ``sink_logits``).
 
   A query row with no allowed key (every ``a`` is 0, every bias entry is
   ``-inf``, or ``S = 0``) outputs zeros and receives zero gradients; nothing
@@ -272,31 +377,71 @@ def scaled_dot_product_attention(
   there; PyTorch's ``scaled_dot_product_attention`` returns zeros too since
   version 2.5 (NaN before).
 
-  ``is_causal`` lets query ``t`` attend to keys ``s <= t`` (top-left aligned,
-  as in PyTorch and ``jax.nn``). When ``T > S`` the queries ``t >= S`` see every
-  key; when ``T < S`` the keys ``s > T - 1`` are seen by no query. For a
-  decoding-style bottom-right alignment pass an explicit ``mask``.
+  **Structure without a dense mask.** A padded, packed and windowed batch is
+  described by ``query_seq_lengths``, ``key_value_seq_lengths``,
+  ``segment_ids`` and ``local_window_size`` (the names and meanings of
+  ``jax.nn``), never by a ``[T, S]`` array: the chunked path computes from
+  them which (query block, key block) pairs hold an allowed pair and visits
+  only those, forward and backward, so its cost follows the allowed blocks.
+  The visited key blocks of a query block are a range shared by the batch
+  rows (the hull of their allowed blocks). A dense ``mask`` and ``bias`` still
+  work but do not drive the skipping.
+
+  ``is_causal=True`` lets query ``t`` attend to keys ``s <= t`` (top-left
+  aligned, as in PyTorch and ``jax.nn``): when ``T > S`` the queries ``t >=
+  S`` see every key; when ``T < S`` the keys ``s > T - 1`` are seen by no
+  query. ``is_causal="bottom_right"`` lets it attend ``s <= t + S - T``
+  (FlashAttention 2.1+, PyTorch's ``causal_lower_right``): the alignment of
+  decoding and chunked prefill. ``local_window_size`` is centred on the same
+  diagonal: on ``t + S - T`` under ``"bottom_right"``, on ``t`` otherwise.
 
   ``implementation="chunked"`` never materializes the weights: it runs an
   online softmax over ``block_size`` key blocks for each query block and its
   custom VJP recomputes the blocks in the backward pass (memory
-  :math:`O(T + S)` per head). Under dropout the two implementations draw
-  different (equally distributed) random masks.
+  :math:`O(T + S)` per head). Reverse mode and second order through it
+  (``jax.hessian``, forward over reverse) work; forward mode alone
+  (``jax.jvp``, ``jax.jacfwd``) does not, because JAX gives a function with a
+  custom VJP no forward rule: use ``implementation="dense"`` there (an eager
+  call says so; under ``jit`` JAX's own message appears). Under dropout the
+  two implementations draw different (equally distributed) random masks.
+
+  The batch dimensions of ``query`` and of ``key``/``value`` broadcast
+  against each other (a key/value batch of 1 serves every query row).
 
   Args:
     query: ``[B..., T, N, H]``, floating.
-    key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``.
+    key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``; its batch
+      dimensions broadcast with the query's.
     value: ``[B..., S, K, H_v]``, same dtype.
-    bias: additive logits broadcastable to ``[B..., N, T, S]``; may hold
-      ``-inf``. Differentiable.
+    bias: additive logits broadcastable to ``[B..., N, T, S]``, added after
+      the soft cap; may hold ``-inf``. Differentiable.
     mask: boolean, broadcastable to ``[B..., N, T, S]``, True where attention
       is allowed.
-    is_causal: apply a top-left aligned causal mask (see above).
+    is_causal: ``False``, ``True`` (top-left aligned) or ``"bottom_right"``
+      (see above).
     scale: logit scale; default ``1 / sqrt(H)``.
+    query_seq_lengths: int ``[B...]``: query positions ``>= length`` are
+      padding (they output zeros).
+    key_value_seq_lengths: int ``[B...]``: key positions ``>= length`` are
+      never attended.
+    segment_ids: int ``[B..., T]`` (needs ``T == S``), or a pair
+      ``(query_segment_ids [B..., T], key_segment_ids [B..., S])``: query
+      ``t`` attends key ``s`` only when their ids are equal (packed
+      documents).
+    local_window_size: an int ``w`` or ``(left, right)``: query ``t``
+      attends keys ``t - left <= s <= t + right`` (``w`` means ``(w, w)``),
+      aligned as ``is_causal``.
+    logit_soft_cap: a float ``c > 0``: the logits become ``c * tanh(scale *
+      q.k / c)`` before the bias (Gemma 2).
+    sink_logits: float ``[N]``: one extra logit per head in each row's
+      normalizer, whose value vector is zero (attention sinks, gpt-oss).
+      Differentiable.
     dropout_rate: probability of dropping each weight; kept weights are scaled
       by ``1 / (1 - dropout_rate)``.
     dropout_key: a ``jax.random`` key, required when ``dropout_rate > 0``.
     return_weights: also return the weights (dense implementation only).
+    return_residual: also return the log of each row's normalizer
+      (differentiable).
     implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when the
       weights are requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
@@ -304,9 +449,8 @@ def scaled_dot_product_attention(
 
   Returns:
     The output ``[B..., T, N, H_v]`` in the dtype of ``query`` (half precision
-    is computed in float32); with ``return_weights=True`` an
-    :class:`AttentionResult` ``(output, weights)`` with weights
-    ``[B..., N, T, S]`` (after dropout).
+    is computed in float32); with ``return_weights`` or ``return_residual`` an
+    :class:`AttentionResult` ``(output, weights, lse)``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -318,12 +462,25 @@ def scaled_dot_product_attention(
     >>> print(out[:, 0, 0])
     [1.7310586 0.       ]
 
+    Two sequences of lengths 3 and 2, the second padded, causal:
+
+    >>> x = jnp.arange(12.0).reshape(2, 3, 1, 2) / 10  # B=2, T=3, N=1, H=2
+    >>> res = scaled_dot_product_attention(
+    ...   x, x, x, is_causal=True, query_seq_lengths=jnp.array([3, 2]), return_residual=True)
+    >>> print(res.output[1, :, 0, 0])
+    [0.6       0.7119633 0.       ]
+    >>> print(", ".join(f"{v:.5f}" for v in res.lse[1, :, 0].tolist()))
+    0.60104, 1.60545, -inf
+
   References:
     Vaswani et al., `Attention Is All You Need
     <https://arxiv.org/abs/1706.03762>`_, 2017.
     Rabe & Staats, `Self-attention Does Not Need O(n^2) Memory
     <https://arxiv.org/abs/2112.05682>`_, 2021.
     Dao et al., `FlashAttention <https://arxiv.org/abs/2205.14135>`_, 2022.
+    Gemma Team, `Gemma 2 <https://arxiv.org/abs/2408.00118>`_, 2024 (soft cap).
+    Xiao et al., `Efficient Streaming Language Models with Attention Sinks
+    <https://arxiv.org/abs/2309.17453>`_, 2023.
   """
   return _attention(
     "scaled_dot_product_attention",
@@ -334,11 +491,18 @@ def scaled_dot_product_attention(
     mask,
     is_causal,
     scale,
-    dropout_rate,
-    dropout_key,
-    return_weights,
-    implementation,
-    block_size,
+    query_seq_lengths=query_seq_lengths,
+    key_value_seq_lengths=key_value_seq_lengths,
+    segment_ids=segment_ids,
+    local_window_size=local_window_size,
+    logit_soft_cap=logit_soft_cap,
+    sink_logits=sink_logits,
+    dropout_rate=dropout_rate,
+    dropout_key=dropout_key,
+    return_weights=return_weights,
+    return_residual=return_residual,
+    implementation=implementation,
+    block_size=block_size,
   )
 
 
@@ -492,12 +656,21 @@ def multi_head_attention(
   x: jax.Array,
   context: jax.Array | None = None,
   *,
+  bias: jax.Array | None = None,
   mask: jax.Array | None = None,
-  is_causal: bool = False,
+  is_causal: bool | str = False,
+  query_seq_lengths: jax.Array | None = None,
+  key_value_seq_lengths: jax.Array | None = None,
+  segment_ids: jax.Array | tuple[jax.Array, jax.Array] | None = None,
+  local_window_size: int | tuple[int, int] | None = None,
+  logit_soft_cap: float | None = None,
+  sink_logits: jax.Array | None = None,
   dropout_rate: float = 0.0,
   dropout_key: jax.Array | None = None,
   return_weights: bool = False,
+  return_residual: bool = False,
   implementation: str | None = None,
+  block_size: int | tuple[int, int] | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Multi-head attention layer over a params dict from :func:`init_multi_head_attention`.
 
@@ -511,17 +684,16 @@ def multi_head_attention(
     params: the dict returned by :func:`init_multi_head_attention`.
     x: queries' features ``[B..., T, d_model]``.
     context: keys' and values' features ``[B..., S, d_model]``; default ``x``.
-    mask: boolean, broadcastable to ``[B..., N, T, S]``, True where allowed.
-    is_causal: top-left aligned causal mask (see
-      :func:`scaled_dot_product_attention`).
-    dropout_rate: dropout on the attention weights.
-    dropout_key: a ``jax.random`` key, required when ``dropout_rate > 0``.
-    return_weights: also return the weights ``[B..., N, T, S]``.
-    implementation: as in :func:`scaled_dot_product_attention`.
+    bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths,
+      segment_ids, local_window_size, logit_soft_cap, sink_logits,
+      dropout_rate, dropout_key, return_weights, return_residual,
+      implementation, block_size: as in
+      :func:`scaled_dot_product_attention`, applied to the projected heads.
 
   Returns:
     ``[B..., T, d_out]`` in the dtype of ``x``, or an :class:`AttentionResult`
-    with the weights when ``return_weights`` is True.
+    ``(output, weights, lse)`` when ``return_weights`` or ``return_residual``
+    is True.
 
   Examples:
     >>> import jax
@@ -542,11 +714,30 @@ def multi_head_attention(
   k = project(params["key"], context)
   v = project(params["value"], context)
   res = _attention(
-    fn, q, k, v, None, mask, is_causal, None, dropout_rate, dropout_key, return_weights, implementation, None
+    fn,
+    q,
+    k,
+    v,
+    bias,
+    mask,
+    is_causal,
+    None,
+    query_seq_lengths=query_seq_lengths,
+    key_value_seq_lengths=key_value_seq_lengths,
+    segment_ids=segment_ids,
+    local_window_size=local_window_size,
+    logit_soft_cap=logit_soft_cap,
+    sink_logits=sink_logits,
+    dropout_rate=dropout_rate,
+    dropout_key=dropout_key,
+    return_weights=return_weights,
+    return_residual=return_residual,
+    implementation=implementation,
+    block_size=block_size,
   )
-  attn = res.output if return_weights else res
+  attn = res.output if isinstance(res, AttentionResult) else res
   po = params["out"]
   out = jnp.einsum("...nh,nho->...o", attn, po["kernel"].astype(x.dtype))
   if "bias" in po:
     out = out + po["bias"].astype(x.dtype)
-  return AttentionResult(out, res.weights) if return_weights else out
+  return res._replace(output=out) if isinstance(res, AttentionResult) else out

@@ -8,6 +8,9 @@
   labels)`` without materializing the ``[tokens, vocab]`` logits, and
   :func:`sampled_softmax_cross_entropy` estimates the normalizer from a few
   sampled classes.
+* :func:`adaptive_log_softmax` and :func:`adaptive_log_prob` are the
+  adaptive softmax (Grave et al., 2017) with PyTorch's parameter layout,
+  made by :func:`init_adaptive_softmax`.
 
 Integer labels mean the same to every loss that takes them: a counted label
 outside ``[0, C)`` raises when the labels are concrete and gives a NaN loss
@@ -16,7 +19,13 @@ loss offers them) contributes exactly 0 whatever its label; a ``"mean"`` over
 no counted example is 0.
 """
 
-from jaxsoft._classification import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft._adaptive_softmax import (
+  AdaptiveSoftmaxOutput,
+  adaptive_log_prob,
+  adaptive_log_softmax,
+  init_adaptive_softmax,
+)
+from jaxsoft._classification import cross_entropy, entropy, generalized_kl_divergence, kl_divergence, nll_loss
 from jaxsoft._vocab import linear_cross_entropy, sampled_softmax_cross_entropy
 
 __all__ = [
@@ -24,6 +33,11 @@ __all__ = [
   "nll_loss",
   "entropy",
   "kl_divergence",
+  "generalized_kl_divergence",
   "linear_cross_entropy",
   "sampled_softmax_cross_entropy",
+  "AdaptiveSoftmaxOutput",
+  "adaptive_log_softmax",
+  "adaptive_log_prob",
+  "init_adaptive_softmax",
 ]

@@ -15,6 +15,7 @@ Half precision inputs are computed in float32 and returned in their own dtype.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ def _prepare(fn, x, axis, where, temperature):
   V.check_array(fn, "x", x)
   x = jnp.asarray(x)
   V.check_floating(fn, "x", x)
-  axes = V.normalize_axes(fn, "axis", axis, x.ndim)
+  axes = V.normalize_axes(fn, "axis", tuple(range(x.ndim)) if axis is None else axis, x.ndim)
   V.check_positive(fn, "temperature", temperature)
   out_dtype = x.dtype
   x = x.astype(compute_dtype(x.dtype))
@@ -99,6 +100,32 @@ def _logsumexp_jvp(axes, primals, tangents):
   return _logsumexp(x, axes), jnp.sum(_softmax(x, axes) * t, axes)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _logsumexp_scaled(x, b, axes):
+  """``(log |sum b e^x|, sign of the sum)``; entries with ``b = 0`` are left out of the max."""
+  # A huge x under b = 0 must not set the shift, or every other entry underflows.
+  m = online.shift(jnp.where(b != 0, x, -jnp.inf), axes)
+  s = jnp.sum(jnp.where(b != 0, b * jnp.exp(x - m), 0), axes, keepdims=True)
+  return jnp.squeeze(m + jnp.log(jnp.abs(s)), axes), jnp.squeeze(jnp.sign(s), axes)
+
+
+@_logsumexp_scaled.defjvp
+def _logsumexp_scaled_jvp(axes, primals, tangents):
+  (x, b), (tx, tb) = primals, tangents
+  out = _logsumexp_scaled(x, b, axes)
+  m = online.shift(jnp.where(b != 0, x, -jnp.inf), axes)
+  e = jnp.where(b != 0, jnp.exp(x - m), 0)  # b = 0 entries may overflow: keep them out of b * e
+  s = jnp.sum(b * e, axes, keepdims=True)
+  # d log|s| = ds / s, with ds = sum_i b_i e_i dx_i + e_i db_i. An entry with
+  # b = 0 still has d/db = e^{x - lse} (not 0); it is capped at the largest
+  # finite number so that a zero tangent times it stays 0. An empty sum gets a
+  # zero tangent.
+  e_b = jnp.exp(jnp.minimum(x - m, math.log(jnp.finfo(x.dtype).max)))
+  ds = b * e * tx + e_b * tb
+  t = jnp.where(s == 0, 0, jnp.sum(ds, axes, keepdims=True) / jnp.where(s == 0, 1, s))
+  return out, (jnp.squeeze(t, axes), jnp.zeros_like(out[1]))
+
+
 def softmax(x, axis=-1, *, where=None, temperature=1.0):
   r"""Softmax: exponentials normalized to sum to one along ``axis``.
 
@@ -111,7 +138,7 @@ def softmax(x, axis=-1, *, where=None, temperature=1.0):
 
   Args:
     x: floating logits, any shape.
-    axis: int or tuple of ints to normalize over.
+    axis: int, tuple of ints, or None (every axis) to normalize over.
     where: optional boolean mask broadcastable to ``x``; False entries are
       excluded (probability 0). A slice with nothing allowed gives all zeros.
     temperature: positive scalar dividing the logits (``> 1`` flattens,
@@ -145,7 +172,7 @@ def log_softmax(x, axis=-1, *, where=None, temperature=1.0):
 
   Args:
     x: floating logits, any shape.
-    axis: int or tuple of ints to normalize over.
+    axis: int, tuple of ints, or None (every axis) to normalize over.
     where: optional boolean mask broadcastable to ``x``.
     temperature: positive scalar dividing the logits.
 
@@ -163,25 +190,33 @@ def log_softmax(x, axis=-1, *, where=None, temperature=1.0):
   return _log_softmax(x, axes).astype(dtype)
 
 
-def logsumexp(x, axis=-1, *, where=None, keepdims=False):
-  r"""Log of the sum of exponentials along ``axis``, without overflow.
+def logsumexp(x, axis=-1, *, b=None, where=None, keepdims=False, return_sign=False):
+  r"""Log of the sum of (scaled) exponentials along ``axis``, without overflow.
 
   .. math::
-    \mathrm{logsumexp}(x) = m + \log \sum_{j \in W} \exp(x_j - m),
-    \qquad m = \max_{j \in W} x_j
+    \mathrm{logsumexp}(x) = m + \log \Big|\sum_{j \in W} b_j \exp(x_j - m)\Big|,
+    \qquad m = \max_{j \in W,\, b_j \ne 0} x_j
 
-  An empty slice (nothing allowed by ``where``, or all ``-inf``) gives
-  ``-inf`` with zero gradient. Unlike :func:`jax.nn.logsumexp` there is no
-  ``b`` scaling argument.
+  with :math:`b = 1` by default. An empty slice (nothing allowed by
+  ``where``, all ``-inf``, or all :math:`b_j = 0`) gives ``-inf`` with zero
+  gradient. The scale ``b`` and ``return_sign`` are :func:`jax.nn.logsumexp`'s:
+  ``b`` may be negative, and then the sum's sign is returned by
+  ``return_sign=True`` (without it, a negative sum gives NaN). The gradient
+  in ``b`` is :math:`\mathrm{sign} \cdot e^{x_j - \mathrm{lse}}`, also where
+  :math:`b_j = 0`. Unlike :func:`jax.nn.logsumexp`, ``axis`` defaults to the
+  last axis; ``axis=None`` reduces every axis.
 
   Args:
     x: floating array.
-    axis: int or tuple of ints to reduce.
+    axis: int, tuple of ints, or None (every axis) to reduce.
+    b: optional scale broadcastable to ``x``.
     where: optional boolean mask broadcastable to ``x``.
     keepdims: keep the reduced axes with size 1.
+    return_sign: return ``(log |sum|, sign)`` instead of ``log sum``.
 
   Returns:
-    ``x`` reduced over ``axis``, in the dtype of ``x``.
+    ``x`` reduced over ``axis``, in the dtype of ``x``; with ``return_sign``,
+    also the sign of the sum (1, -1, or 0 for an empty slice).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -190,9 +225,27 @@ def logsumexp(x, axis=-1, *, where=None, keepdims=False):
     1.8641
     >>> print(logsumexp(jnp.array([1e30, 1e30])))
     1e+30
+    >>> lse, sign = logsumexp(jnp.array([0.0, 1.0]), b=jnp.array([1.0, -1.0]), return_sign=True)
+    >>> print(lse.round(4), sign)
+    0.5413 -1.0
   """
   x, axes, dtype = _prepare("logsumexp", x, axis, where, 1.0)
-  out = _logsumexp(x, axes)
+  if not isinstance(return_sign, bool):
+    V.fail("logsumexp", "return_sign", "be a bool", repr(return_sign), exc=TypeError)
+  if b is None:
+    out = _logsumexp(x, axes)
+    sign = jnp.where(out == -jnp.inf, 0, 1).astype(out.dtype)
+  else:
+    V.check_array("logsumexp", "b", b)
+    b = jnp.asarray(b)
+    if not (jnp.issubdtype(b.dtype, jnp.floating) or jnp.issubdtype(b.dtype, jnp.integer)):
+      V.fail("logsumexp", "b", "have a numeric dtype", b.dtype, exc=TypeError)
+    V.check_broadcastable("logsumexp", "b", b.shape, x.shape, " (the shape of x)")
+    out, sign = _logsumexp_scaled(x, jnp.broadcast_to(b.astype(x.dtype), x.shape), axes)
+    if not return_sign:
+      out = jnp.where(sign < 0, jnp.nan, out)
   if keepdims:
-    out = jnp.expand_dims(out, axes)
+    out, sign = jnp.expand_dims(out, axes), jnp.expand_dims(sign, axes)
+  if return_sign:
+    return out.astype(dtype), sign.astype(dtype)
   return out.astype(dtype)

@@ -41,15 +41,29 @@ def _run(tmp_path, name, *args):
   assert config["experiment"] == name and "seed" in config["config"]
   env = json.loads((run_dir / "environment.json").read_text())
   assert {"python", "jax", "jaxlib", "optax", "devices", "platform"} <= set(env)
+  # The code a run came from (None only outside a git checkout).
+  assert env["git"] is None or (len(env["git"]["commit"]) == 40 and isinstance(env["git"]["dirty"], bool))
+  # Files get the mode of a plain open(): readable by others unless the umask says otherwise.
+  umask = os.umask(0)
+  os.umask(umask)
+  for f in run_dir.iterdir():
+    assert f.stat().st_mode & 0o777 == 0o666 & ~umask, (f.name, oct(f.stat().st_mode))
   for line in (run_dir / "metrics.jsonl").read_text().splitlines():
     assert "step" in json.loads(line)
   return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
-def _subprocess_env(**extra):
-  env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
-  env.pop("XLA_FLAGS", None) if "XLA_FLAGS" not in extra else None
-  return env
+def _subprocess_env(xla_flags=""):
+  """The test process's environment (its XLA flags included, so that a run in a
+  subprocess compiles as the in-process runs it is compared with) plus ``xla_flags``."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+  return dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=flags)
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory):
+  """One smoke run of the classifier, shared by the tests that inspect or rerun it."""
+  return _run(tmp_path_factory.mktemp("runs"), "classifier", "--smoke")
 
 
 # -- experiments ------------------------------------------------------------------
@@ -71,8 +85,8 @@ def test_lecture(tmp_path):
   assert s["rows_matching"] == s["rows_total"] > 0
 
 
-def test_classifier(tmp_path):
-  _, s = _run(tmp_path, "classifier", "--smoke")
+def test_classifier(classifier_run):
+  _, s = classifier_run
   for m in ("mlp", "softmax_regression"):
     assert 0.5 < s[f"{m}.test_accuracy"] <= 1.0
     assert s[f"{m}.test_nll"] > 0
@@ -84,12 +98,14 @@ def test_classifier(tmp_path):
   assert "log-likelihood" in s["note"]
 
 
+@pytest.mark.xdist_group("test_attention_toy_dense_equals_chunked")
 def test_attention_toy_dense_equals_chunked(tmp_path):
   _, s = _run(tmp_path, "attention_toy", "--smoke")
   assert 0.0 <= s["test_accuracy"] <= 1.0
   assert s["implementations_max_rel_diff"] < 1e-4
 
 
+@pytest.mark.xdist_group("test_monte_carlo")
 def test_monte_carlo(tmp_path):
   _, s = _run(tmp_path, "monte_carlo", "--smoke")
   for m in ("mc", "antithetic", "sobol", "halton"):
@@ -97,6 +113,7 @@ def test_monte_carlo(tmp_path):
   assert -0.9 < s["gaussian.mc.slope"] < -0.2
 
 
+@pytest.mark.xdist_group("test_mle_heights")
 def test_mle_heights(tmp_path):
   _, s = _run(tmp_path, "mle_heights", "--smoke")
   assert s["loc"] == pytest.approx(168.344, abs=1e-3)
@@ -104,34 +121,45 @@ def test_mle_heights(tmp_path):
   assert 0.0 <= s["coverage.loc_wald"] <= 1.0
 
 
+@pytest.mark.xdist_group("test_vocab_softmax")
 def test_vocab_softmax(tmp_path):
   _, s = _run(tmp_path, "vocab_softmax", "--smoke")
   assert s["corpus.vocab"] > 1000 and s["corpus.train_tokens"] > 100_000
   # Full and chunked linear cross-entropy train the same model to float32 rounding.
   assert s["full_vs_linear_relative_difference"] < 1e-5
-  for m in ("full", "linear", "sampled"):
+  for m in ("full", "linear", "sampled", "adaptive"):
     assert 1.0 < s[f"{m}.val_perplexity"] < s["corpus.vocab"]
 
 
 # -- rerun and resume -------------------------------------------------------------
 
 
-def test_rerun_is_identical_and_detects_a_difference(tmp_path, capsys):
-  run_dir, _ = _run(tmp_path, "classifier", "--smoke")
+def test_rerun_is_identical_and_detects_a_difference(classifier_run, capsys, monkeypatch):
+  run_dir, _ = classifier_run
   original = (run_dir / "summary.json").read_text()
   assert main(["rerun", str(run_dir)]) == 0
   assert "summaries identical" in capsys.readouterr().out
-  assert len(list((tmp_path / "classifier").iterdir())) == 2
+  reruns = [d for d in run_dir.parent.iterdir() if d != run_dir]
+  assert len(reruns) == 1
   assert (run_dir / "summary.json").read_text() == original  # never overwritten
 
+  # A stored figure that the rerun does not reproduce is reported, with exit 1.
+  # The rerun's computation was just shown to be exact, so it is replayed here
+  # from the rerun directory instead of being computed a second time.
+  rerun_summary = json.loads((reruns[0] / "summary.json").read_text())
+  monkeypatch.setattr(_runs, "execute", lambda *a, **k: rerun_summary)
   s = json.loads(original)
   s["mlp.test_accuracy"] = 0.0
   _runs.write_json(run_dir / "summary.json", s)
-  assert main(["rerun", str(run_dir)]) == 1
+  try:
+    assert main(["rerun", str(run_dir)]) == 1
+  finally:
+    _runs.write_json(run_dir / "summary.json", json.loads(original))
   out = capsys.readouterr().out
   assert "DIFFERS" in out and "mlp.test_accuracy" in out
 
 
+@pytest.mark.xdist_group("test_resume_after_sigkill_matches_uninterrupted")
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
   # Long enough to be killed between checkpoints, short enough to rerun straight.
   args = ["--smoke", "--steps", "1000", "--log_every", "10", "--checkpoint_every", "50"]
@@ -168,6 +196,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
   assert (run_dir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
 
 
+@pytest.mark.xdist_group("test_data_parallel_four_devices_matches_one")
 def test_data_parallel_four_devices_matches_one(tmp_path):
   code = (
     "import dataclasses, json, sys, tempfile, pathlib, matplotlib; matplotlib.use('Agg')\n"
@@ -184,7 +213,7 @@ def test_data_parallel_four_devices_matches_one(tmp_path):
     cwd=ROOT,
     capture_output=True,
     text=True,
-    env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+    env=_subprocess_env("--xla_force_host_platform_device_count=4"),
     timeout=300,
   )
   assert r.returncode == 0, r.stderr
@@ -219,6 +248,26 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
 
 
 @pytest.mark.parametrize(
+  "name, args, expected",
+  [
+    ("classifier", ["--steps", "-5"], "classifier: --steps must be a positive integer, got -5"),
+    ("classifier", ["--val_fraction", "1.5"], "--val_fraction must be in (0, 1), got 1.5"),
+    ("classifier", ["--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+    ("classifier", ["--devices", "64"], "--devices must be at most jax.device_count()"),
+    ("attention_toy", ["--steps", "30"], "--steps must be a multiple of log_every (50), got 30"),
+    ("attention_toy", ["--warmup_steps", "1000"], "--warmup_steps must be in [0, steps=1000), got 1000"),
+    ("vocab_softmax", ["--val_fraction", "0"], "--val_fraction must be in (0, 1), got 0.0"),
+    ("lecture", ["--mc_samples", "0"], "--mc_samples must be a positive integer, got 0"),
+  ],
+)
+def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, name, args, expected):
+  assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 2
+  err = capsys.readouterr().err
+  assert expected in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / name).exists()  # no run directory for a rejected config
+
+
+@pytest.mark.parametrize(
   "content, expected",
   [
     ({"hiden": 3}, "unknown config field 'hiden'; did you mean 'hidden'"),
@@ -240,10 +289,10 @@ def test_config_file_then_command_line_override():
   import tempfile
 
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-    json.dump({"hidden": 7, "steps": 40, "learning_rate": 1}, f)
-  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "80"])
+    json.dump({"hidden": 7, "steps": 100, "learning_rate": 1}, f)
+  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "200"])
   os.unlink(f.name)
-  assert (config.hidden, config.steps, config.learning_rate) == (7, 80, 1.0)
+  assert (config.hidden, config.steps, config.learning_rate) == (7, 200, 1.0)
   config, _ = _runs.parse_config(module, ["--batch-size", "32"])  # dashes work too
   assert config.batch_size == 32
 

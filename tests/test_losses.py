@@ -14,12 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _grad_check import check_grads as check_grads_compiled
 from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 from scipy import special
 
-from jaxsoft.losses import cross_entropy, entropy, kl_divergence, nll_loss
+from jaxsoft.losses import cross_entropy, entropy, generalized_kl_divergence, kl_divergence, nll_loss
 
 # --- float64 NumPy references ------------------------------------------------
 
@@ -426,7 +427,344 @@ def test_out_of_range_labels_under_jit_give_nan():
   assert g.shape == x.shape
 
 
+# --- gradients with respect to probability labels -------------------------------
+
+
+def test_label_gradient_is_minus_log_p_where_the_label_is_zero():
+  # optax's SoftmaxCrossEntropyTest inputs: d loss / d labels = -log_softmax,
+  # also where a label is 0 (the 0 log 0 rule must not zero it there).
+  x = np.array([[10.0, 1.0, -2.0], [1.0, 4.0, 0.2]], np.float32)
+  t = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], np.float32)
+  g = jax.grad(lambda t: cross_entropy(x, t, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  g = jax.grad(lambda t: nll_loss(np_log_softmax(x).astype(np.float32), t, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  # With weights and smoothing: d/dt_c = -(1 - eps) w_c log p_c.
+  w = np.array([0.5, 2.0, 1.0], np.float32)
+  g = jax.grad(lambda t: cross_entropy(x, t, weight=w, label_smoothing=0.1, reduction="sum"))(jnp.asarray(t))
+  assert_close(g, -0.9 * w * np_log_softmax(x), rtol=1e-5, atol=1e-5)
+  # Where log p is -inf and the label is 0, the term (and its gradients) is 0, never NaN.
+  x = np.array([[0.0, -np.inf, 1.0]], np.float32)
+  t = jnp.array([[0.5, 0.0, 0.5]])
+  loss, (gx, gt) = jax.value_and_grad(lambda x, t: cross_entropy(x, t), (0, 1))(jnp.asarray(x), t)
+  assert np.isfinite(loss) and np.all(np.isfinite(gx)) and np.all(np.isfinite(gt))
+  assert_close(gt, np.where(np.isinf(x), 0.0, -np.nan_to_num(np_log_softmax(x), neginf=0.0)))
+  # A label with mass on a class ruled out by the logits: the loss is inf.
+  assert cross_entropy(x, jnp.array([[0.0, 1.0, 0.0]])) == np.inf
+
+
+def test_check_grads_with_respect_to_labels_and_weights():
+  # One compiled check for every loss that takes probabilities: cross_entropy
+  # and nll_loss in their labels and weights, entropy, KL and generalized KL in
+  # both arguments. Zeros among the labels are where the old rule failed.
+  x = rand((3, 4), seed=60, scale=1.0)
+  t = rand_probs((3, 4), seed=61)
+  t[0] = [0.0, 1.0, 0.0, 0.0]
+  q = rand_probs((3, 4), seed=62)
+  w = np.array([0.5, 1.0, 2.0, 1.5], np.float32)
+
+  def f(t, w, q):
+    lp = jax.nn.log_softmax(x)
+    return (
+      cross_entropy(x, t, weight=w, label_smoothing=0.2, reduction="sum")
+      + nll_loss(lp, t, weight=w, reduction="sum")
+      + cross_entropy(x, np.array([0, 3, 1]), weight=w, label_smoothing=0.2)
+      + jnp.sum(kl_divergence(t + 0.1, q) + generalized_kl_divergence(2 * q, t + 0.1) + entropy(q))
+    )
+
+  check_grads_compiled(f, (t, w, q), order=1, eps=1e-3, atol=2e-2, rtol=2e-2)
+
+
+# --- language-model options: class_where, tuple axis, z-loss, soft cap, aux -----
+
+
+def np_ce_lm(
+  x,
+  y,
+  *,
+  weight=None,
+  ignore_index=None,
+  label_smoothing=0.0,
+  where=None,
+  class_where=None,
+  reduction="mean",
+  z_loss=0.0,
+  cap=None,
+):
+  """Loss and aux of cross_entropy with every option, per example from the formulas, in float64 ([N, C])."""
+  x = np.asarray(x, np.float64)
+  N, C = x.shape
+  if cap is not None:
+    x = cap * np.tanh(x / cap)
+  allowed = np.ones(x.shape, bool) if class_where is None else np.broadcast_to(class_where, x.shape)
+  x = np.where(allowed, x, -np.inf)
+  w = np.ones(C) if weight is None else np.asarray(weight, np.float64)
+  eps = label_smoothing
+  y = np.asarray(y)
+  probs = np.issubdtype(y.dtype, np.floating)
+  keep = np.ones(N, bool) if where is None else np.broadcast_to(where, (N,)).copy()
+  keep &= allowed.any(-1)
+  if ignore_index is not None:
+    keep &= y != ignore_index
+  per, den = np.zeros(N), np.zeros(N)
+  aux = {k: np.zeros(N) for k in ("lse", "log_prob", "entropy")}
+  for i in range(N):
+    if not keep[i]:
+      continue
+    a = allowed[i]
+    lse = np.log(np.sum(np.exp(x[i][a])))
+    lp = x[i] - lse
+    n = a.sum()
+    if probs:
+      t = np.where(a, y[i] * (1 - eps) + eps / n, 0.0)
+      per[i] = -np.sum(t[a] * w[a] * lp[a])
+      den[i] = 1.0
+      aux["log_prob"][i] = np.sum(y[i][a] * lp[a])
+    else:
+      per[i] = (1 - eps) * w[y[i]] * -lp[y[i]] + eps / n * -np.sum(w[a] * lp[a])
+      den[i] = w[y[i]]
+      aux["log_prob"][i] = lp[y[i]]
+    aux["lse"][i] = lse
+    aux["entropy"][i] = -np.sum(np.exp(lp[a]) * lp[a])
+  zl = z_loss * aux["lse"] ** 2
+  if reduction == "none":
+    loss = per + zl
+  elif reduction == "sum":
+    loss = per.sum() + zl.sum()
+  else:
+    loss = _safe_div(per.sum(), den.sum()) + _safe_div(zl.sum(), keep.sum())
+  return loss, aux
+
+
+LM_CASES = [
+  dict(z_loss=0.1),
+  dict(cap=2.0),
+  dict(z_loss=0.05, cap=1.5, label_smoothing=0.2),
+  dict(class_where="mask", label_smoothing=0.1),
+  dict(class_where="mask", z_loss=0.1, cap=3.0, weighted=True, where=True),
+  dict(weighted=True, label_smoothing=0.3, z_loss=0.2, ignore_index=True),
+]
+
+
+def _lm_inputs(case, probs):
+  case = dict(case)
+  x = rand((N, C), seed=80)
+  rng = np.random.default_rng(81)
+  y = rand_probs((N, C), seed=82) if probs else rng.integers(0, C, size=N)
+  kw = {}
+  if case.pop("weighted", False):
+    kw["weight"] = np.array([0.5, 1.0, 2.0, 1.5, 1.0], np.float32)
+  if case.pop("where", False):
+    kw["where"] = np.array([True, False, True, True, True, False])
+  if case.pop("ignore_index", False) and not probs:
+    y[1] = -100
+    kw["ignore_index"] = -100
+  if case.get("class_where") == "mask":
+    m = rng.random((N, C)) < 0.7
+    m[3] = False  # an example with no allowed class is skipped
+    if not probs:
+      m[np.arange(N), y] = True  # the label stays allowed (else its loss is inf)
+      m[3] = False
+    case["class_where"] = m
+  return x, y, case | kw
+
+
+@pytest.mark.parametrize("probs", [False, True])
+@pytest.mark.parametrize("case", range(len(LM_CASES)))
+def test_lm_options_match_reference(case, probs):
+  x, y, kw = _lm_inputs(LM_CASES[case], probs)
+  cap = kw.pop("cap", None)
+  for reduction in ("mean", "sum", "none"):
+    loss, aux = cross_entropy(x, y, reduction=reduction, logit_soft_cap=cap, return_aux=True, **kw)
+    want, want_aux = np_ce_lm(x, y, reduction=reduction, cap=cap, **kw)
+    assert_close(loss, want, rtol=2e-5, atol=2e-5)
+    for k in want_aux:
+      assert aux[k].shape == (N,) and aux[k].dtype == jnp.float32
+      assert_close(aux[k], want_aux[k], rtol=2e-5, atol=2e-5)
+  # Without return_aux: the same loss, alone.
+  assert_close(cross_entropy(x, y, logit_soft_cap=cap, **kw), np_ce_lm(x, y, cap=cap, **kw)[0], rtol=2e-5)
+
+
+def test_class_where_matches_optax_rules():
+  # optax's test_mask: probability labels with classes masked out equal the
+  # loss on the remaining classes alone; per_logit_mask: a row with no class is 0.
+  x, t = rand((8,), seed=83), rand_probs((8,), seed=84)
+  m = np.array([True, False, True, True, False, True, True, False])
+  assert_close(cross_entropy(x, t, class_where=m), np_cross_entropy(x[m], t[m] / 1.0), rtol=2e-5)
+  ys = np.array([[10.0, 1.0, -2.0], [1.0, 4.0, 0.2]], np.float32)
+  per_logit = np.array([[1, 0, 0], [0, 0, 0]], bool)
+  for labels in (np.array([0, 0]), np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], np.float32)):
+    out, g = jax.value_and_grad(
+      lambda x: jnp.sum(cross_entropy(x, labels, class_where=per_logit, reduction="none"))
+    )(jnp.asarray(ys))
+    assert out == 0 and np.all(np.isfinite(g))
+    np.testing.assert_array_equal(g[1], 0.0)
+  # The per-example where keeps its meaning beside class_where.
+  both = cross_entropy(
+    ys, np.array([0, 1]), where=np.array([True, False]), class_where=np.array([True, True, False])
+  )
+  assert_close(both, np_cross_entropy(ys[:1, :2], np.array([0])))
+  # A label on an excluded class has probability 0: the loss is inf.
+  assert cross_entropy(ys, np.array([2, 1]), class_where=np.array([True, True, False])) == np.inf
+
+
+@pytest.mark.parametrize("axis", [(3, 0, -3)])
+def test_tuple_axis_flattens_classes_in_the_order_given(axis):
+  # optax's test_axes: an integer label is a flat index into the class axes, in the order given.
+  shape = (2, 3, 4, 5)
+  axes = tuple(a % 4 for a in axis)
+  batch = tuple(a for a in range(4) if a not in axes)
+  x = rand(shape, seed=85)
+  flat = x.transpose(batch + axes).reshape(tuple(shape[a] for a in batch) + (-1,))
+  y = np.random.default_rng(86).integers(0, flat.shape[-1], size=flat.shape[:-1])
+  w = np.random.default_rng(87).random(tuple(shape[a] for a in axes)).astype(np.float32)
+  kw = dict(label_smoothing=0.1, reduction="none")
+  assert_close(
+    cross_entropy(x, y, axis=axis, weight=w, **kw),
+    np_cross_entropy(flat, y, weight=w.ravel(), **kw),
+    rtol=2e-5,
+  )
+  t = rand_probs(flat.shape, seed=88)
+  inv = np.argsort(batch + axes)
+  t_nd = t.reshape(tuple(shape[a] for a in batch + axes)).transpose(inv)
+  assert_close(cross_entropy(x, t_nd, axis=axis, **kw), np_cross_entropy(flat, t, **kw), rtol=2e-5)
+
+
+def test_tuple_axis_optax_example():
+  logits = jnp.arange(24, dtype=jnp.float32).reshape(1, 2, 3, 4)
+  labels = jnp.ravel_multi_index((jnp.array([[1, 2]]), jnp.array([[1, 3]])), (3, 4))
+  assert_close(cross_entropy(logits, labels, axis=(2, 3), reduction="none"), [[6.4587, 0.4587]], atol=1e-4)
+
+
+def _lm_loss_of(probs):
+  """One jitted loss of (logits, z_loss, cap, weight, labels) with every option, shared by the gradient tests."""
+  x, y, kw = _lm_inputs(LM_CASES[4], probs)
+
+  def f(x, z_loss, cap, w, t):
+    labels = t if probs else y
+    loss, aux = cross_entropy(
+      x,
+      labels,
+      weight=w,
+      where=kw["where"],
+      class_where=kw["class_where"],
+      label_smoothing=0.1,
+      z_loss=z_loss,
+      logit_soft_cap=cap,
+      return_aux=True,
+    )
+    return loss + jnp.sum(aux["lse"] * 0.3 + aux["log_prob"] * 0.7 - aux["entropy"])
+
+  args = (x, np.float32(0.1), np.float32(3.0), kw["weight"], rand_probs((N, C), seed=82))
+  return f, args, kw
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_lm_options_gradients(probs):
+  # Every float option is differentiable (logits, z_loss, soft cap, class
+  # weights, probability labels), through the loss and the aux outputs.
+  f, args, kw = _lm_loss_of(probs)
+  check_grads_compiled(f, args, order=1, eps=1e-3, atol=3e-2, rtol=3e-2)
+  # Skipped examples (where False, no allowed class) get exactly zero gradients.
+  g = jax.jit(jax.grad(f))(*args)
+  skipped = ~kw["where"] | ~kw["class_where"].any(-1)
+  np.testing.assert_array_equal(np.asarray(g)[skipped], 0.0)
+  # d/d z_loss of the mean is the mean of lse^2 over the counted examples.
+  x, z, cap, w, t = args
+  _, aux = np_ce_lm(
+    x,
+    t if probs else _lm_inputs(LM_CASES[4], probs)[1],
+    cap=3.0,
+    **{k: kw[k] for k in ("where", "class_where")},
+  )
+  gz = jax.grad(
+    lambda z: cross_entropy(
+      x,
+      t if probs else _lm_inputs(LM_CASES[4], probs)[1],
+      where=kw["where"],
+      class_where=kw["class_where"],
+      logit_soft_cap=3.0,
+      z_loss=z,
+    )
+  )(0.1)
+  assert_close(gz, np.sum(aux["lse"] ** 2) / np.sum(~skipped), rtol=1e-5)
+
+
+def test_lm_options_errors():
+  x, y = jnp.zeros((2, 3)), jnp.array([0, 1])
+  with pytest.raises(ValueError, match="cross_entropy: z_loss must be >= 0"):
+    cross_entropy(x, y, z_loss=-1e-4)
+  for cap in (0.0, -30.0):
+    with pytest.raises(ValueError, match="cross_entropy: logit_soft_cap must be > 0"):
+      cross_entropy(x, y, logit_soft_cap=cap)
+  with pytest.raises(TypeError, match="return_aux"):
+    cross_entropy(x, y, return_aux=1)
+  with pytest.raises(ValueError, match="class_where"):
+    cross_entropy(x, y, class_where=jnp.ones((2, 4), bool))
+  with pytest.raises(TypeError, match="class_where"):
+    cross_entropy(x, y, class_where=jnp.ones(3))
+  with pytest.raises(ValueError, match=r"weight must have shape \(2, 3\)"):
+    cross_entropy(jnp.zeros((1, 2, 3)), jnp.array([0]), axis=(1, 2), weight=jnp.ones(6))
+
+
 # --- entropy and KL -------------------------------------------------------------
+
+
+def test_kl_where_and_generalized_match_optax_numbers():
+  # optax's KLDivergenceTest / GeneralizedKLDivergenceTest inputs; optax's
+  # (log_predictions, targets) is (targets, exp(log_predictions)) here.
+  log_ps = np.array(
+    [
+      [-2.9957, -3.5066, -3.9120, -1.2040, -0.6931, -2.3026],
+      [-1.6094, -1.6094, -1.6094, -2.3026, -1.8971, -1.8971],
+    ]
+  )
+  qs = np.array([[0.2, 0.2, 0.2, 0.1, 0.15, 0.15], [0.05, 0.03, 0.02, 0.3, 0.5, 0.0]])
+  assert_close(kl_divergence(qs, np.exp(log_ps)), [0.8875577, 0.7592807], atol=1e-4)
+  assert_close(generalized_kl_divergence(qs, np.exp(log_ps)), [0.88757247, 0.859308], atol=1e-4)
+  # where: the masked entries drop out of the sum, as if absent (optax's test_mask).
+  p, q = rand_probs((2, 6), seed=63), rand((2, 6), seed=64) ** 2
+  m = np.array([[True, False, True, True, False, True], [False] * 6])
+  for fn, ref in (
+    (kl_divergence, lambda p, q: special.rel_entr(p, q)),
+    (generalized_kl_divergence, lambda p, q: special.kl_div(p, q)),
+  ):
+    want = np.where(m, ref(p.astype(np.float64), q.astype(np.float64)), 0).sum(-1)
+    assert_close(fn(p, q, where=m), want)
+    # A masked inf (q = 0 under p > 0) changes nothing, and its gradient is 0.
+    q0 = q.copy()
+    q0[0, 1] = 0.0
+    assert_close(fn(p, q0, where=m), want)
+    g = jax.grad(lambda q: jnp.sum(fn(p, q, where=m)))(jnp.asarray(q0))
+    assert np.all(np.asarray(g)[~m] == 0) and np.all(np.isfinite(g))
+  assert np.isinf(kl_divergence(np.array([0.5, 0.5]), np.array([1.0, 0.0])))
+  # Unnormalized measures: D >= 0, 0 at p = q, and KL when both sum to one.
+  assert_close(generalized_kl_divergence(q, q), np.zeros(2), atol=1e-6)
+  assert_close(generalized_kl_divergence(p, rand_probs((2, 6), 65)), kl_divergence(p, rand_probs((2, 6), 65)))
+  with pytest.raises(ValueError, match="generalized_kl_divergence: where"):
+    generalized_kl_divergence(p, q, where=np.ones(5, bool))
+
+
+def test_entropy_and_kl_gradients_at_zero_probability_are_finite():
+  # d(p log p)/dp is taken as 0 at p = 0, so the chain rule through an
+  # underflowed softmax stays finite; d KL / d p = log(p / q) + 1, and -log q at p = 0
+  # (the generalized KL's -p adds -1).
+  z = jnp.array([0.0, -200.0, 1.0])
+  g = jax.grad(lambda z: entropy(jax.nn.softmax(z)))(z)
+  p = np.exp(np_log_softmax(np.asarray(z)))
+  with np.errstate(divide="ignore"):
+    want = -p * (np.log(p) - np.sum(p * np.where(p > 0, np.log(p), 0)))  # dH/dz = -p (log p - E log p)
+  assert_close(g, np.where(p > 0, want, 0))
+  p = np.array([0.0, 0.25, 0.75])
+  q = np.array([0.2, 0.3, 0.5])
+  assert_close(
+    jax.grad(lambda p: kl_divergence(p, q))(jnp.asarray(p)),
+    [-np.log(0.2), np.log(0.25 / 0.3) + 1, np.log(0.75 / 0.5) + 1],
+  )
+  assert_close(
+    jax.grad(lambda p: generalized_kl_divergence(p, q))(jnp.asarray(p)),
+    [-np.log(0.2) - 1, np.log(0.25 / 0.3), np.log(0.75 / 0.5)],
+  )
 
 
 def test_entropy_kl_match_reference_and_axes():

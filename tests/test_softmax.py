@@ -66,6 +66,13 @@ def assert_close(got, want, rtol=2e-6, atol=1e-6):
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol)
 
 
+def np_logsumexp_scaled(x, b, axis=-1):
+  """``(log |sum b e^x|, sign)`` in float64, straight from the definition (no shift needed: small x)."""
+  s = np.sum(np.asarray(b, np.float64) * np.exp(np.asarray(x, np.float64)), axis=axis)
+  with np.errstate(divide="ignore"):
+    return np.log(np.abs(s)), np.sign(s)
+
+
 # --- closed forms ------------------------------------------------------------
 
 
@@ -433,6 +440,58 @@ def test_property_log_softmax_consistent(x, mask):
 # --- errors ------------------------------------------------------------------
 
 
+# --- logsumexp: jax.nn's b, return_sign, and axis=None -------------------------
+
+
+def test_logsumexp_scale_sign_and_axis_none():
+  x = rand((3, 4), seed=70, scale=1.0)
+  b = rand((3, 4), seed=71, scale=1.0)
+  b[0, 1] = 0.0
+  b[2] = 0.0  # all zero: -inf, sign 0
+  want, want_sign = np_logsumexp_scaled(x, b)
+  out, sign = logsumexp(x, b=b, return_sign=True)
+  assert_close(out, want, atol=1e-5)
+  np.testing.assert_array_equal(sign, want_sign)
+  # Without return_sign a negative sum is NaN (jax.nn's rule).
+  np.testing.assert_array_equal(np.isnan(logsumexp(x, b=b)), want_sign < 0)
+  # axis=None reduces every axis, with b and without; a broadcast b.
+  assert_close(logsumexp(x, axis=None), np_logsumexp(x, (0, 1)), atol=1e-5)
+  assert_close(logsumexp(x, axis=None, b=np.abs(b)), np_logsumexp_scaled(x, np.abs(b), (0, 1))[0], atol=1e-5)
+  assert_close(logsumexp(x, b=np.float32(2.0)), np_logsumexp(x) + np.log(2.0), atol=1e-5)
+  assert_close(softmax(x, axis=None), np_softmax(x, (0, 1)))
+  # A huge x under b = 0 does not set the shift (the others would underflow).
+  y = np.array([1000.0, 0.0, 1.0], np.float32)
+  assert_close(logsumexp(y, b=np.array([0.0, 1.0, 1.0])), np.log(1 + np.e), atol=1e-6)
+  # where and b together; keepdims.
+  m = np.array([True, True, False, True])
+  got = logsumexp(x[:2], b=np.abs(b[:2]), where=m, keepdims=True, return_sign=True)
+  want = np_logsumexp_scaled(np.where(m, x[:2], -np.inf), np.abs(b[:2]))[0]
+  assert got[0].shape == (2, 1) and got[1].shape == (2, 1)
+  assert_close(got[0][:, 0], want, atol=1e-5)
+
+
+def test_logsumexp_scaled_gradients():
+  # d/dx_j = b_j e^{x_j} / s, d/db_j = e^{x_j} / s (also where b_j = 0), in float64.
+  x = rand((2, 4), seed=72, scale=1.0)
+  b = np.abs(rand((2, 4), seed=73, scale=1.0)) + 0.1
+  b[0, 2] = 0.0
+  b[1] *= np.array([1, -1, 1, 1], np.float32)
+  e = np.exp(x.astype(np.float64))
+  s = np.sum(b * e, -1, keepdims=True)
+  gx, gb = jax.grad(lambda x, b: jnp.sum(logsumexp(x, b=b, return_sign=True)[0]), (0, 1))(x, b)
+  assert_close(gx, b * e / s, atol=1e-5)
+  assert_close(gb, e / s, atol=1e-5)
+  check_grads_compiled(
+    lambda x, b: logsumexp(x, b=b, return_sign=True)[0], (x, b), order=1, eps=1e-3, atol=1e-2, rtol=1e-2
+  )
+  # All of b zero: -inf with zero gradients, never NaN.
+  g = jax.grad(lambda x: jnp.sum(logsumexp(x, b=jnp.zeros(4))))(x)
+  np.testing.assert_array_equal(g, 0.0)
+  # jit and vmap agree with the eager values.
+  f = jax.jit(jax.vmap(lambda x, b: logsumexp(x, b=b, return_sign=True)))
+  np.testing.assert_allclose(f(x, b)[0], logsumexp(x, b=b, return_sign=True)[0], rtol=1e-6)
+
+
 @pytest.mark.parametrize("fn", [softmax, log_softmax, logsumexp])
 def test_errors(fn):
   x = jnp.ones((2, 3))
@@ -457,6 +516,15 @@ def test_errors(fn):
 def test_non_positive_temperature(fn, temperature):
   with pytest.raises(ValueError, match="temperature"):
     fn(jnp.ones(3), temperature=temperature)
+
+
+def test_logsumexp_scale_errors():
+  with pytest.raises(ValueError, match="logsumexp: b must"):
+    logsumexp(jnp.zeros((2, 3)), b=jnp.ones(4))
+  with pytest.raises(TypeError, match="logsumexp: b must"):
+    logsumexp(jnp.zeros(3), b=jnp.ones(3, bool))
+  with pytest.raises(TypeError, match="return_sign"):
+    logsumexp(jnp.zeros(3), return_sign=1)
 
 
 def test_error_message_format():
