@@ -29,11 +29,12 @@ from jaxsoft.montecarlo import (
   ToleranceResult,
   confidence_interval,
   expectation,
+  gaussian_transform,
   importance_sampling,
   integrate,
   integrate_to_tolerance,
 )
-from jaxsoft.qmc import halton, sobol
+from jaxsoft.qmc import halton, lattice, sobol
 from jaxsoft.softmax import log_softmax, logsumexp, softmax
 
 __all__ = [
@@ -58,10 +59,12 @@ __all__ = [
   "ToleranceResult",
   "confidence_interval",
   "expectation",
+  "gaussian_transform",
   "importance_sampling",
   "integrate",
   "integrate_to_tolerance",
   "halton",
+  "lattice",
   "sobol",
   "cross_entropy",
   "entropy",

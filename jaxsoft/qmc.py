@@ -1,4 +1,4 @@
-"""Quasi-Monte Carlo point sets: Sobol' and Halton sequences, optionally randomized.
+"""Quasi-Monte Carlo point sets: Sobol', Halton and rank-1 lattice sequences, optionally randomized.
 
 Both functions are pure and jit-able (``n`` and ``dim`` are static Python
 ints). Without a key they return the classical sequences, identical to
@@ -14,12 +14,22 @@ Sobol' direction numbers are Joe and Kuo's ``new-joe-kuo-6.21201`` table,
 shipped as ``jaxsoft/data/sobol_direction_numbers.npz`` (21201 dimensions;
 copied from SciPy's ``scipy/stats/_sobol_direction_numbers.npz``, which is the
 same table: https://web.maths.unsw.edu.au/~fkuo/sobol/).
+
+The lattice generating vector is F. Y. Kuo's ``lattice-33002-1024-1048576.9125``
+(https://web.maths.unsw.edu.au/~fkuo/lattice/): an embedded rank-1 lattice
+sequence in base 2 for 2**10 to 2**20 points in up to 9125 dimensions, built
+by the component-by-component construction of Cools, Kuo and Nuyens (2006).
+It is shipped as ``jaxsoft/data/lattice_generating_vector.npz``, copied from
+qmcpy 2.4 (Apache-2.0), where it is
+``qmcpy/discrete_distribution/lattice/generating_vectors/kuo.lattice-33002-1024-1048576.9125.npy``
+and the default of ``qmcpy.Lattice``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import math
 import warnings
 
 import jax
@@ -29,13 +39,17 @@ from jax import lax
 
 from jaxsoft import _validate as V
 
-__all__ = ["sobol", "halton", "SOBOL_MAX_DIM", "HALTON_MAX_DIM"]
+__all__ = ["sobol", "halton", "lattice", "SOBOL_MAX_DIM", "HALTON_MAX_DIM", "LATTICE_MAX_DIM"]
 
 # Bits of resolution, as SciPy's default: at most 2**30 points per sequence.
 _BITS = 30
 SOBOL_MAX_DIM = 21201
 # Halton in high dimension is poor anyway; the cap keeps the prime table small.
 HALTON_MAX_DIM = 10000
+# Dimensions of the shipped lattice generating vector.
+LATTICE_MAX_DIM = 9125
+# Lattice points are exact 32-bit fractions: radical inverses times integers, modulo 2**32.
+_LATTICE_BITS = 32
 
 
 # ----------------------------------------------------------------------------
@@ -135,15 +149,15 @@ def _sobol_randomization(key, v):
   return v_new, shift
 
 
-def _to_unit(ints, dtype):
-  """Integer points (30 bits) to floats in [0, 1) without rounding up to 1."""
+def _to_unit(ints, dtype, bits: int = _BITS):
+  """Integer points (``bits`` bits) to floats in [0, 1) without rounding up to 1."""
   dtype = jnp.dtype(dtype)
   mantissa = jnp.finfo(dtype).nmant + 1
-  if mantissa >= _BITS:
-    return ints.astype(dtype) * dtype.type(2.0**-_BITS)
+  if mantissa >= bits:
+    return ints.astype(dtype) * dtype.type(2.0**-bits)
   # Keep the top bits only: rounding 30-bit integers to a 24-bit float could
   # give exactly 1.0.
-  return (ints >> (_BITS - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
+  return (ints >> (bits - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
 
 
 def _sobol_ints(start, n: int, v, shift, *, aligned: bool):
@@ -168,8 +182,8 @@ def _sobol_ints(start, n: int, v, shift, *, aligned: bool):
 
 
 def _check_common(fn, n, dim, skip, max_dim):
-  n = V.check_int(fn, "n", n, minimum=1)
-  dim = V.check_int(fn, "dim", dim, minimum=1)
+  n = V.check_int(fn, "n", n, minimum=0)
+  dim = V.check_int(fn, "dim", dim, minimum=0)
   if dim > max_dim:
     V.fail(fn, "dim", f"be <= {max_dim} (the supported maximum)", dim)
   skip = V.check_int(fn, "skip", skip, minimum=0)
@@ -227,6 +241,8 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
   """
   n, dim, skip = _check_common("sobol", n, dim, skip, SOBOL_MAX_DIM)
   dtype = _float_dtype("sobol", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
   if skip + n > 2**_BITS:
     V.fail("sobol", "skip + n", f"be <= 2**{_BITS}", skip + n)
   if n & (n - 1):
@@ -360,6 +376,8 @@ def halton(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Arra
   """
   n, dim, skip = _check_common("halton", n, dim, skip, HALTON_MAX_DIM)
   dtype = _float_dtype("halton", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
   max_index = skip + n - 1
   if max_index >= np.iinfo(np.int64 if jax.config.jax_enable_x64 else np.int32).max:
     V.fail("halton", "skip + n", "fit the integer dtype", skip + n)
@@ -381,12 +399,123 @@ def _halton_random_digits(dtype) -> int:
 
 
 # ----------------------------------------------------------------------------
+# Rank-1 lattices
+# ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _kuo_vector() -> np.ndarray:
+  path = importlib.resources.files("jaxsoft") / "data" / "lattice_generating_vector.npz"
+  with path.open("rb") as fh, np.load(fh) as data:
+    return data["z"].astype(np.uint32)
+
+
+def _bit_reverse(x):
+  """The 32 bits of uint32 ``x`` in reverse order: the base-2 radical inverse times 2**32."""
+  for shift, mask in ((1, 0x55555555), (2, 0x33333333), (4, 0x0F0F0F0F), (8, 0x00FF00FF)):
+    m = jnp.uint32(mask)
+    x = ((x >> shift) & m) | ((x & m) << shift)
+  return (x >> 16) | (x << 16)
+
+
+def _lattice_ints(indices, z, shift):
+  """``2**32 frac(phi_2(i) z + shift)`` for uint32 ``indices`` ``[m]``: ``[m, dim]`` uint32.
+
+  ``phi_2(i) = rev_32(i) / 2**32`` exactly, and uint32 products and sums wrap
+  modulo ``2**32``, which takes the fractional part.
+  """
+  return _bit_reverse(indices)[:, None] * z[None, :] + shift
+
+
+def _generating_vector(fn, dim, generating_vector):
+  if generating_vector is None:
+    if dim > LATTICE_MAX_DIM:
+      V.fail(fn, "dim", f"be <= {LATTICE_MAX_DIM} (the shipped generating vector)", dim)
+    return jnp.asarray(_kuo_vector()[:dim])
+  z = np.asarray(generating_vector)
+  if z.ndim != 1 or z.shape[0] < dim or not np.issubdtype(z.dtype, np.integer):
+    V.fail(fn, "generating_vector", f"be a 1-d integer array of length >= dim ({dim})", f"{z.dtype}{z.shape}")
+  if np.any(z[:dim] < 0) or np.any(z[:dim] >= 2**_LATTICE_BITS):
+    V.fail(fn, "generating_vector", f"have entries in [0, 2**{_LATTICE_BITS})", z[:dim])
+  return jnp.asarray(z[:dim].astype(np.uint32))
+
+
+def _lattice_shift(key, dim):
+  return jax.random.bits(key, (dim,), jnp.uint32)
+
+
+def lattice(n: int, dim: int, *, key=None, skip: int = 0, generating_vector=None, dtype=None) -> jax.Array:
+  r"""Rank-1 lattice points in radical-inverse (extensible) order, plain or randomly shifted.
+
+  Point :math:`i` is :math:`x_i = \{\phi_2(i)\, z + \Delta\}` (fractional
+  part, per coordinate), where :math:`\phi_2(i)` is the base-2 radical
+  inverse of :math:`i` (its binary digits mirrored about the point), ``z``
+  the integer generating vector and :math:`\Delta` the shift. For
+  :math:`n = 2^m` the first :math:`n` points are the lattice
+  :math:`\{ i z / n \}`, :math:`i < n`, point :math:`\mathrm{rev}_m(i)`
+  being :math:`\{ i z / n \}`; the first :math:`2n` points contain them, so
+  the rule extends by doubling. With ``key`` the shift :math:`\Delta` is
+  uniform on :math:`[0, 1)^{dim}` (on the grid of :math:`2^{-32}`), which
+  makes each point uniform and keeps the lattice structure.
+
+  Points are exact 32-bit fractions before the conversion to ``dtype``.
+
+  Args:
+    n: number of points (static, ``skip + n <= 2**32``).
+    dim: dimension (static); at most 9125 with the shipped vector.
+    key: optional ``jax.random`` key; ``None`` gives the unshifted lattice.
+    skip: index of the first point (static).
+    generating_vector: integer array ``[>= dim]`` with entries in
+      ``[0, 2**32)``; default: Kuo's embedded lattice sequence (Cools, Kuo and
+      Nuyens), constructed for ``n`` from 2**10 to 2**20 (larger ``n`` work,
+      but the vector was not optimized for them).
+    dtype: floating output dtype; default float32 (float64 with x64 on). In
+      float32 the 32-bit coordinates are truncated to 24 bits.
+
+  Returns:
+    ``[n, dim]`` array of points in ``[0, 1)``.
+
+  Examples:
+    >>> import jax
+    >>> from jaxsoft import lattice
+    >>> with jax.enable_x64(True):
+    ...   print(lattice(4, 2, generating_vector=[1, 3]))
+    [[0.   0.  ]
+     [0.5  0.5 ]
+     [0.25 0.75]
+     [0.75 0.25]]
+
+  References:
+    Cools, Kuo and Nuyens, "Constructing embedded lattice rules for
+    multivariate integration", SIAM J. Sci. Comput. 28, 2006.
+    Hickernell, Hong, L'Ecuyer and Lemieux, "Extensible lattice sequences for
+    quasi-Monte Carlo quadrature", SIAM J. Sci. Comput. 22, 2000.
+  """
+  n, dim, skip = _check_common("lattice", n, dim, skip, math.inf)
+  dtype = _float_dtype("lattice", dtype)
+  if n == 0 or dim == 0:
+    return jnp.zeros((n, dim), dtype)
+  if skip + n > 2**_LATTICE_BITS:
+    V.fail("lattice", "skip + n", f"be <= 2**{_LATTICE_BITS}", skip + n)
+  z = _generating_vector("lattice", dim, generating_vector)
+  shift = jnp.zeros((dim,), jnp.uint32) if key is None else _lattice_shift(key, dim)
+  return _lattice_points(jnp.uint32(skip), z, shift, n, dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _lattice_points(first, z, shift, n: int, dtype):
+  # One small program per (n, dim, dtype), also when called eagerly.
+  indices = first + lax.iota(jnp.uint32, n)
+  return _to_unit(_lattice_ints(indices, z, shift), dtype, _LATTICE_BITS)
+
+
+# ----------------------------------------------------------------------------
 # Chunks of randomized sequences (for integrators that stream the points)
 # ----------------------------------------------------------------------------
 
 
 def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
-  """Chunk ``c`` of randomization ``r`` of the ``"sobol"`` or ``"halton"`` sequence.
+  """Chunk ``c`` of randomization ``r`` of the ``"sobol"``, ``"halton"`` or ``"lattice"`` sequence.
 
   Returns ``(scramble, points)``. ``scramble(r)`` draws randomization ``r``
   (key ``fold_in(key, r)``) as a pytree of arrays, so it can be drawn once
@@ -394,8 +523,8 @@ def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
   ``points(scramble(r), c)`` is the ``[chunk, dim]`` block of indices
   ``c * chunk`` to ``(c + 1) * chunk - 1``, equal to
   ``sobol(chunk, dim, key=fold_in(key, r), skip=c * chunk, dtype=dtype)`` (or
-  ``halton``). ``r`` and ``c`` may be traced; ``chunk`` is a static power of
-  two.
+  ``halton``, ``lattice``). ``r`` and ``c`` may be traced; ``chunk`` is a
+  static power of two.
   """
   if method == "sobol":
     v = jnp.asarray(_direction_numbers(dim))
@@ -408,6 +537,14 @@ def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
     def points(scrambled, c):
       v_r, table = scrambled
       return _to_unit(table ^ _sobol_point(jnp.asarray(c * chunk).astype(jnp.uint32), v_r), dtype)
+  elif method == "lattice":
+    z = _generating_vector("integrate", dim, None)
+
+    def scramble(r):
+      return _lattice_shift(jax.random.fold_in(key, r), dim)
+
+    def points(shift, c):
+      return _lattice_points(jnp.asarray(c).astype(jnp.uint32) * jnp.uint32(chunk), z, shift, chunk, dtype)
   else:
     digits = _halton_random_digits(dtype)
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import special
 from scipy.stats import qmc as sqmc
 
-from jaxsoft.qmc import HALTON_MAX_DIM, SOBOL_MAX_DIM, halton, sobol
+from jaxsoft.qmc import HALTON_MAX_DIM, LATTICE_MAX_DIM, SOBOL_MAX_DIM, halton, lattice, sobol
 
 
 def scipy_sobol(n, d, skip=0):
@@ -68,18 +69,30 @@ def test_halton_float32_close_to_scipy_and_below_one():
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("fn,max_dim", [(sobol, SOBOL_MAX_DIM), (halton, HALTON_MAX_DIM)])
+@pytest.mark.parametrize(
+  "fn,max_dim", [(sobol, SOBOL_MAX_DIM), (halton, HALTON_MAX_DIM), (lattice, LATTICE_MAX_DIM)]
+)
 def test_errors(fn, max_dim):
   with pytest.raises(ValueError, match="dim"):
     fn(8, max_dim + 1)
-  with pytest.raises(ValueError, match="n must be >= 1"):
-    fn(0, 2)
+  with pytest.raises(ValueError, match="n must be >= 0"):
+    fn(-1, 2)
   with pytest.raises(TypeError, match="n must be a Python int"):
     fn(8.0, 2)
   with pytest.raises(ValueError, match="skip"):
     fn(8, 2, skip=-1)
   with pytest.raises(TypeError, match="dtype"):
     fn(8, 2, dtype=jnp.int32)
+
+
+@pytest.mark.parametrize("fn", [sobol, halton, lattice])
+def test_empty_point_sets(fn):
+  # As SciPy: no points, or points of no coordinates, are empty arrays of that shape.
+  for n, d in [(0, 3), (5, 0), (0, 0)]:
+    for key in (None, jax.random.key(0)):
+      x = fn(n, d, key=key)
+      assert x.shape == (n, d) and x.dtype == jnp.float32
+  assert sqmc.Sobol(0).random(4).shape == (4, 0) and sqmc.Halton(3).random(0).shape == (0, 3)
 
 
 def test_sobol_warns_for_non_power_of_two_and_checks_capacity():
@@ -92,7 +105,7 @@ def test_sobol_warns_for_non_power_of_two_and_checks_capacity():
 # ---------------------------------------------------------------- randomized
 
 
-@pytest.mark.parametrize("fn", [sobol, halton])
+@pytest.mark.parametrize("fn", [sobol, halton, lattice])
 def test_randomized_points_uniform_and_key_determined(fn):
   keys = jax.random.split(jax.random.key(0), 400)
   pts = jax.jit(jax.vmap(lambda k: fn(64, 3, key=k)))(keys)
@@ -127,6 +140,97 @@ def test_scrambled_discrepancy_below_random(fn):
     [sqmc.discrepancy(np.asarray(fn(n, d, key=jax.random.key(i)), np.float64)) for i in range(10)]
   )
   assert qmc_disc < 0.2 * random_disc
+
+
+# ---------------------------------------------------------------- lattice
+
+
+def _kuo_z(dim):
+  """The shipped generating vector, read independently of jaxsoft.qmc."""
+  import importlib.resources
+
+  path = importlib.resources.files("jaxsoft") / "data" / "lattice_generating_vector.npz"
+  with path.open("rb") as fh, np.load(fh) as data:
+    return data["z"][:dim].astype(np.int64)
+
+
+def _bit_reverse(i, m):
+  return int(format(i, f"0{m}b")[::-1], 2)
+
+
+def test_lattice_is_the_rank_1_rule_in_radical_inverse_order():
+  # Point rev_m(i) of the first n = 2**m points is frac(i z / n): float64 NumPy reference.
+  m, dim = 8, 7
+  n, z = 2**m, _kuo_z(7)
+  assert z[0] == 1 and np.all(z % 2 == 1) and np.all(z < 2**20)
+  with jax.enable_x64(True):
+    pts = np.asarray(lattice(2 * n, dim))
+    tail = np.asarray(lattice(5, dim, skip=n + 3))
+  ref = np.mod(np.arange(n)[:, None] * z[None, :], n) / n
+  order = [_bit_reverse(i, m) for i in range(n)]
+  np.testing.assert_array_equal(pts[order], ref)
+  # Extensible: the first 2n points are the rule with 2n points.
+  order2 = [_bit_reverse(i, m + 1) for i in range(2 * n)]
+  np.testing.assert_array_equal(pts[order2], np.mod(np.arange(2 * n)[:, None] * z, 2 * n) / (2 * n))
+  np.testing.assert_array_equal(tail, pts[n + 3 : n + 8])
+  # float32 keeps the top 24 bits of the 32-bit fractions.
+  np.testing.assert_array_equal(np.asarray(lattice(2 * n, dim)), pts.astype(np.float32))
+  # A user's generating vector.
+  with jax.enable_x64(True):
+    own = np.asarray(lattice(8, 2, generating_vector=np.array([1, 3])))
+  np.testing.assert_array_equal(
+    own[[_bit_reverse(i, 3) for i in range(8)]], np.mod(np.arange(8)[:, None] * [1, 3], 8) / 8
+  )
+
+
+def test_lattice_shift_keeps_the_lattice_and_integrates_dual_trig_polynomials():
+  # exp(2 pi i h.x) averages to 1 over the rule when h is in the dual lattice
+  # (h.z = 0 mod n) and to 0 (its integral) otherwise; a shift multiplies the
+  # average by a unit complex number.
+  n, dim = 64, 2
+  z = _kuo_z(dim)
+  with jax.enable_x64(True):
+    plain = np.asarray(lattice(n, dim))
+    shifted = np.asarray(lattice(n, dim, key=jax.random.key(5)))
+  delta = np.mod(shifted - plain, 1.0)
+  np.testing.assert_allclose(delta, np.broadcast_to(delta[0], delta.shape), atol=1e-12)
+  h = np.stack(np.meshgrid(np.arange(-20, 21), np.arange(-20, 21)), -1).reshape(-1, dim)
+  dual = np.mod(h @ z, n) == 0
+  assert 1 < dual.sum() < len(h)
+  for pts in (plain, shifted):
+    avg = np.abs(np.mean(np.exp(2j * np.pi * pts @ h.T), axis=0))
+    np.testing.assert_allclose(avg, dual.astype(float), atol=1e-9)
+
+
+def test_lattice_error_decays_at_least_as_fast_as_sobol():
+  # Smooth non-periodic integrand on [0, 1]^3; the lattice points go through
+  # the tent transform 1 - |2u - 1| (as integrate does); the Sobol' points are
+  # SciPy's, scrambled the same way as ours (matrix scramble and digital
+  # shift). Prefixes of 2**k points are rules of their own for both.
+  f = lambda x: np.exp(-np.sum((x - 0.3) ** 2, axis=-1))
+  exact = np.prod([np.sqrt(np.pi) / 2 * (special.erf(0.7) + special.erf(0.3))] * 3)
+  keys = jax.random.split(jax.random.key(0), 16)
+  with jax.enable_x64(True):
+    lat = np.asarray(jax.jit(jax.vmap(lambda k: lattice(2**12, 3, key=k)))(keys))
+  lat = 1 - np.abs(2 * lat - 1)
+  sob = np.stack([sqmc.Sobol(3, seed=i).random(2**12) for i in range(16)])
+  ns = [2**6, 2**8, 2**10, 2**12]
+  errs = {
+    name: [np.sqrt(np.mean((np.mean(f(p[:, :n]), axis=1) - exact) ** 2)) for n in ns]
+    for name, p in (("lattice", lat), ("sobol", sob))
+  }
+  slopes = {name: np.polyfit(np.log(ns), np.log(e), 1)[0] for name, e in errs.items()}
+  assert slopes["sobol"] < -1.2, slopes  # plain Monte Carlo: -0.5
+  assert slopes["lattice"] <= slopes["sobol"] and errs["lattice"][-1] < errs["sobol"][-1], (slopes, errs)
+
+
+def test_lattice_generating_vector_errors():
+  with pytest.raises(ValueError, match="generating_vector must be a 1-d integer array of length >= dim"):
+    lattice(8, 3, generating_vector=np.array([1, 3]))
+  with pytest.raises(ValueError, match="generating_vector must have entries in"):
+    lattice(8, 2, generating_vector=np.array([1, -3]))
+  with pytest.raises(ValueError, match="skip"):
+    lattice(8, 2, skip=2**32)
 
 
 def _assert_points_in_unit_cube(cases):
