@@ -26,11 +26,14 @@ from jaxsoft._objective import curvature_scale, inverse_information, objective
 from jaxsoft._optimize import minimize
 
 # Outer (root-finding) iterations, inner fit steps, and how far to look: an
-# endpoint farther than this many standard errors (in the unconstrained
-# coordinate) is reported as unbounded (+-inf, or the constraint's bound).
-_MAX_ITER = 40
-_INNER_STEPS = 500
+# endpoint farther than this many standard errors from the estimate (in the
+# unconstrained coordinate), or for a bounded parameter farther than _MAX_LOG
+# (a factor e^30 = 1e13 in a scale, odds or distance to a bound), is reported
+# as unbounded: +-inf, or the constraint's bound.
+_MAX_ITER = 30
+_INNER_STEPS = 200
 _MAX_SE = 1000.0
+_MAX_LOG = 30.0
 
 
 def _selected(fn: str, names, params, bijections) -> list[bool]:
@@ -148,6 +151,7 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
   se = jnp.where(jnp.isfinite(se) & (se > 0), se, scale * jnp.sqrt(w_sum))
   z_crit = jax.scipy.special.ndtri(0.5 + jnp.asarray(level, dtype) / 2)
   tol = 2 * jnp.sqrt(jnp.finfo(dtype).eps)
+  bounded = jnp.asarray(obj.bounded)
 
   # Static bookkeeping: which u coordinates to profile, and where each lands in
   # the flat constrained vector (a simplex leaf has one coordinate fewer there).
@@ -168,6 +172,8 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
     def at(t, v):
       return jnp.where(onehot, t, u_hat + scale * v)
 
+    d_max = jnp.where(bounded[j], jnp.minimum(_MAX_SE * se[j], _MAX_LOG), _MAX_SE * se[j])
+
     def solve(carry):
       it, d, d_lo, d_hi, v, r, _ = carry
       t = u_hat[j] + s * d
@@ -175,20 +181,24 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
       _, v, _, _, _ = minimize(mean_nll, v, u_hat, scale, None, _INNER_STEPS, 1e-6, 1e-8, 1e-5)
       u = at(t, v)
       p, dp = jax.value_and_grad(obj.total_nll)(u)
-      r = jnp.sqrt(2 * jnp.maximum(p - nll_hat, 0))
+      # A profile that cannot be evaluated there (overflow far out) counts as
+      # past the root: the bracket closes on the finite side.
+      r = jnp.where(jnp.isfinite(p), jnp.sqrt(2 * jnp.maximum(p - nll_hat, 0)), jnp.inf)
       d_lo = jnp.where(r < z_crit, d, d_lo)
       d_hi = jnp.where(r < z_crit, d_hi, d)
       # Newton on r(d) = z with dr/dd = (dP/dd) / r; bisection or doubling
       # when the step leaves the bracket.
       d_new = d - (r - z_crit) * r / (s * dp[j])
       inside = jnp.isfinite(d_new) & (d_new > d_lo) & (d_new < d_hi)
-      d_new = jnp.where(inside, d_new, jnp.where(jnp.isfinite(d_hi), 0.5 * (d_lo + d_hi), 2 * d))
+      # Doubling stops once at d_max before giving up on a bracket.
+      grow = jnp.where(d >= d_max, 2 * d, jnp.minimum(2 * d, d_max))
+      d_new = jnp.where(inside, d_new, jnp.where(jnp.isfinite(d_hi), 0.5 * (d_lo + d_hi), grow))
       done = jnp.abs(r - z_crit) <= tol * z_crit
       return it + 1, jnp.where(done, d, d_new), d_lo, d_hi, v, r, done
 
     def cond(carry):
       it, d, _, _, _, _, done = carry
-      return (it < _MAX_ITER) & ~done & (d <= _MAX_SE * se[j]) & jnp.isfinite(d)
+      return (it < _MAX_ITER) & ~done & (d <= d_max) & jnp.isfinite(d)
 
     inf = jnp.asarray(jnp.inf, dtype)
     zero = jnp.zeros((), dtype)
@@ -202,7 +212,7 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
       jnp.asarray(False),
     )
     _, d, _, _, _, _, done = jax.lax.while_loop(cond, solve, carry)
-    unbounded = ~done & (d > _MAX_SE * se[j])
+    unbounded = ~done & (d > d_max)
     t = jnp.where(done, u_hat[j] + s * d, jnp.where(unbounded, s * inf, jnp.nan))
     # Map the endpoint through the constraint (monotone per coordinate).
     return ravel_pytree(obj.to_leaves(jnp.where(onehot, t, u_hat)))[0]
