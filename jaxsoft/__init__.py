@@ -22,7 +22,19 @@ from jaxsoft.losses import (
   nll_loss,
   sampled_softmax_cross_entropy,
 )
-from jaxsoft.mle import MLEResult, aic, bic, confidence_intervals, fit, fit_distribution
+from jaxsoft.mle import (
+  MLEResult,
+  TestResult,
+  aic,
+  bic,
+  confidence_intervals,
+  fit,
+  fit_distribution,
+  likelihood_ratio_test,
+  profile_confidence_intervals,
+  score_test,
+  wald_test,
+)
 from jaxsoft.montecarlo import (
   ISResult,
   MCResult,
@@ -45,9 +57,14 @@ __all__ = [
   "multi_head_attention",
   "scaled_dot_product_attention",
   "MLEResult",
+  "TestResult",
   "aic",
   "bic",
   "confidence_intervals",
+  "profile_confidence_intervals",
+  "likelihood_ratio_test",
+  "wald_test",
+  "score_test",
   "distributions",
   "fit",
   "fit_distribution",

@@ -27,13 +27,17 @@ from jax.flatten_util import ravel_pytree
 from jaxsoft import _validate as V
 from jaxsoft import distributions
 from jaxsoft._constraints import Bijection, bijection, leaf_bijections
-from jaxsoft._dtypes import compute_dtype
+from jaxsoft._hypothesis_tests import TestResult, likelihood_ratio_test, score_test, wald_test
 from jaxsoft._interval import Interval
+from jaxsoft._objective import at_boundary, curvature_scale, group_index, inverse_information, objective
+from jaxsoft._optimize import Criterion, default_optimizer, gnorm, minimize
+from jaxsoft._profile import profile_confidence_intervals
 
 __all__ = [
   "Bijection",
   "bijection",
   "Criterion",
+  "CovType",
   "MLEResult",
   "Interval",
   "fit",
@@ -41,6 +45,11 @@ __all__ = [
   "aic",
   "bic",
   "confidence_intervals",
+  "profile_confidence_intervals",
+  "TestResult",
+  "likelihood_ratio_test",
+  "wald_test",
+  "score_test",
   "default_optimizer",
 ]
 
@@ -50,35 +59,22 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-class Criterion(enum.IntEnum):
-  """Why a fit stopped: the value held by ``MLEResult.criterion``.
-
-  ``MLEResult.criterion`` is an int32 array (so it passes through ``jit`` and
-  ``vmap``); ``Criterion(int(result.criterion))`` turns a single fit's value
-  back into the enum member, whose ``message`` says what happened.
+class CovType(enum.IntEnum):
+  """Which covariance ``MLEResult.covariance`` holds: the value of ``MLEResult.cov_type``.
 
   Attributes:
-    NONE: 0, no stopping rule was met (``converged`` is False).
-    GTOL: 1, the gradient's infinity norm fell to ``gtol`` or below.
-    CAUCHY: 2, the parameters and the objective stopped changing.
+    OBSERVED: 0, the inverse observed information :math:`H^{-1}`.
+    ROBUST: 1, the sandwich :math:`H^{-1} B H^{-1}` (statsmodels' ``HC0``).
+    CLUSTER: 2, the cluster-robust sandwich with statsmodels' small-sample correction.
 
   Examples:
-    >>> c = Criterion(2)
-    >>> print(c.name, int(c))
-    CAUCHY 2
-    >>> print(c.message)
-    the parameters and the objective stopped changing (the Cauchy criterion)
+    >>> print(CovType(1).name.lower(), int(CovType["CLUSTER"]))
+    robust 2
   """
 
-  def __new__(cls, value: int, message: str):
-    member = int.__new__(cls, value)
-    member._value_ = value
-    member.message = message
-    return member
-
-  NONE = 0, "no stopping rule was met (max_steps reached or a non-finite objective)"
-  GTOL = 1, "the gradient's infinity norm fell to gtol or below"
-  CAUCHY = 2, "the parameters and the objective stopped changing (the Cauchy criterion)"
+  OBSERVED = 0
+  ROBUST = 1
+  CLUSTER = 2
 
 
 class MLEResult(NamedTuple):
@@ -94,12 +90,18 @@ class MLEResult(NamedTuple):
     grad_norm: infinity norm of the gradient of the *mean* negative
       log-likelihood in the optimizer's (scaled, unconstrained) coordinates.
     steps: number of optimizer steps taken, int32.
-    converged: True exactly when a stopping criterion was met.
+    converged: True exactly when a stopping rule was met at an interior
+      point (``criterion`` GTOL or CAUCHY; not at a BOUNDARY).
     criterion: int32, the :class:`Criterion` that stopped the fit (0 none,
-      1 gtol, 2 cauchy); ``Criterion(int(result.criterion)).message`` says it
+      1 gtol, 2 cauchy, 3 boundary); ``Criterion(int(result.criterion)).message`` says it
       in words.
     n_params: number of free parameters (unconstrained coordinates), int32;
       used by :func:`aic` and :func:`bic`.
+    cov_type: int32, the :class:`CovType` of ``covariance`` and ``stderr``
+      (0 observed, 1 robust, 2 cluster).
+    num_converged: int32, how many of the ``num_starts`` starting points
+      converged to the best likelihood (within the fit's tolerances); with one
+      start, 1 when it converged and 0 otherwise.
   """
 
   params: Any
@@ -111,30 +113,13 @@ class MLEResult(NamedTuple):
   converged: jax.Array
   criterion: jax.Array
   n_params: jax.Array
+  cov_type: jax.Array = None
+  num_converged: jax.Array = None
 
 
 # --------------------------------------------------------------------------
 # Fitting
 # --------------------------------------------------------------------------
-
-
-@functools.cache
-def default_optimizer() -> optax.GradientTransformationExtraArgs:
-  """The optimizer :func:`fit` uses when none is given.
-
-  L-BFGS (memory 10) with a zoom line search for the strong Wolfe
-  conditions, its initial step guess 1 at every iteration (the quasi-Newton
-  step) and at most 8 trials. Under ``vmap`` every step waits for the slowest
-  line search of the batch, so the trial cap sets the batched cost: 8 halves
-  the time of optax's default 20 and, on 10,000 Student's t fits, reached the
-  same likelihoods (within 2e-7 relative); 4 left one fit unconverged.
-  The same object is returned on every call, so ``jit`` caches keyed on it
-  stay valid.
-  """
-  return optax.lbfgs(
-    memory_size=10,
-    linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
-  )
 
 
 def _check_options(fn: str, log_prob, max_steps, rtol, atol, gtol) -> int:
@@ -219,6 +204,31 @@ def _check_log_prob(fn: str, log_prob, params, data) -> None:
     V.fail(fn, "log_prob", "return a scalar", f"shape {out.shape}")
 
 
+def _check_inference(fn: str, cov_type, groups, n: int, num_starts, start_key, start_scale):
+  """The covariance and multistart options; returns ``(CovType, num_starts, key)``."""
+  V.check_option(fn, "cov_type", cov_type, [c.name.lower() for c in CovType])
+  cov = CovType[cov_type.upper()]
+  if cov is CovType.CLUSTER:
+    if groups is None:
+      V.fail(fn, "groups", "be given when cov_type='cluster'", None)
+    V.check_array(fn, "groups", groups)
+    V.check_integer(fn, "groups", groups)
+    V.check_shape(fn, "groups", groups, (n,), " (one group label per observation)")
+    c = V.concrete(groups)
+    if c is not None and len(np.unique(c)) < 2:
+      V.fail(fn, "groups", "hold at least 2 distinct groups", f"{len(np.unique(c))} group")
+  elif groups is not None:
+    V.fail(fn, "groups", "be None unless cov_type='cluster'", f"groups with cov_type={cov_type!r}")
+  num_starts = V.check_int(fn, "num_starts", num_starts, minimum=1)
+  V.check_nonnegative(fn, "start_scale", start_scale)
+  key = None
+  if num_starts > 1:
+    if start_key is None:
+      V.fail(fn, "start_key", "be given when num_starts > 1", None, exc=TypeError)
+    key = V.check_key(fn, "start_key", start_key)
+  return cov, num_starts, key
+
+
 def fit(
   log_prob: Callable,
   params,
@@ -226,6 +236,11 @@ def fit(
   *,
   constraints=None,
   weights=None,
+  cov_type: str = "observed",
+  groups=None,
+  num_starts: int = 1,
+  start_key=None,
+  start_scale: float = 1.0,
   optimizer: optax.GradientTransformation | None = None,
   max_steps: int = 2000,
   rtol: float = 1e-6,
@@ -250,19 +265,46 @@ def fit(
     every :math:`j` and :math:`|\Delta \bar\ell| \le` ``atol`` + ``rtol``
     :math:`|\bar\ell|` between consecutive steps.
 
-  ``result.criterion`` holds the :class:`Criterion` that stopped the loop.
+  ``result.criterion`` holds the :class:`Criterion` that stopped the loop. A
+  fit whose estimate runs off to a boundary of the parameter space (a scale
+  to 0 on constant data, a probability to 0 or 1, a Student's t ``df`` to
+  infinity) has no interior maximum: it reports ``Criterion.BOUNDARY`` and
+  ``converged=False``. It is detected in the unconstrained coordinates, where
+  the optimum is then at infinity: when a stopping rule is met, the Newton
+  step of a bounded coordinate, :math:`|g_j| / H_{jj}`, or along a direction
+  of bounded coordinates (an eigenvector of :math:`H` scaled to a unit
+  diagonal) is still above 0.1 instead of vanishing (:math:`g` and :math:`H`
+  the gradient and Hessian of the total NLL).
 
   The mean (not the sum) makes the defaults reachable in float32: a float32
   location near 168 moves in steps of 1.5e-5, which leaves a summed NLL with a
   gradient noise floor around 1e-5, while the mean's floor is n times lower
   and the Cauchy criterion needs no gradient at all.
 
-  Standard errors come from the inverse observed information
-  :math:`H^{-1}`, :math:`H = \nabla^2_u \sum_i -w_i \log p(x_i \mid T(u))`,
-  mapped by the delta method :math:`\Sigma_\theta = J H^{-1} J^\top`,
-  :math:`J = \partial T / \partial u`. When :math:`H` is singular or not
-  positive definite (an eigenvalue below :math:`10 P \epsilon \max|\lambda|`)
-  the covariance and stderr are NaN.
+  Standard errors (``cov_type``) come from the observed information
+  :math:`H = \nabla^2_u \sum_i -w_i \log p(x_i \mid T(u))` and the scores
+  :math:`s_i = \nabla_u \log p(x_i \mid T(u))`:
+
+  * ``"observed"``: :math:`\Sigma_u = H^{-1}`;
+  * ``"robust"``: the sandwich :math:`H^{-1} B H^{-1}`,
+    :math:`B = \sum_i w_i s_i s_i^\top`, valid when the model is
+    misspecified (statsmodels' ``HC0`` for M-estimators);
+  * ``"cluster"``: :math:`B = c \sum_g S_g S_g^\top` with
+    :math:`S_g = \sum_{i \in g} w_i s_i` over the G distinct ``groups`` and
+    statsmodels' small-sample correction :math:`c = \frac{G}{G-1}
+    \frac{n-1}{n-k}` (:math:`n = \sum_i w_i`, :math:`k` free parameters).
+
+  They are mapped by the delta method :math:`\Sigma_\theta = J \Sigma_u
+  J^\top`, :math:`J = \partial T / \partial u`. When :math:`H` is singular
+  or not positive definite (an eigenvalue below :math:`10 P \epsilon
+  \max|\lambda|`) the covariance and stderr are NaN.
+
+  With ``num_starts > 1`` the fit also starts from ``num_starts - 1`` points
+  :math:`u_0 + \sigma \varepsilon_k`, :math:`\varepsilon_k \sim N(0, I)`
+  (``start_scale`` :math:`= \sigma`, drawn from ``start_key``) in the
+  unconstrained space, runs all the fits in one ``vmap`` and keeps the one
+  with the lowest NLL; ``result.num_converged`` counts the starts that
+  converged to it (mean NLL within ``10 (atol + rtol |best|)``).
 
   Args:
     log_prob: ``log_prob(params, x) -> scalar``, the log-density of one
@@ -275,6 +317,13 @@ def fit(
       ``None`` (the default) leaves every parameter unconstrained.
     weights: optional [n] non-negative per-observation weights (frequency
       weights: the NLL is :math:`-\sum_i w_i \log p(x_i)`).
+    cov_type: static, ``"observed"`` (default), ``"robust"`` or ``"cluster"``.
+    groups: [n] integer group labels, required by ``cov_type="cluster"``
+      (any integers; the number of distinct ones is G).
+    num_starts: static Python int >= 1, the number of starting points.
+    start_key: a ``jax.random`` key, required when ``num_starts > 1``.
+    start_scale: standard deviation of the random starts in unconstrained
+      coordinates (log-scale for ``"positive"``, logit for probabilities).
     optimizer: any ``optax.GradientTransformation``; it receives a flat vector
       of the scaled unconstrained coordinates and, as extra arguments,
       ``value``, ``grad`` and ``value_fn`` (for line searches). Default:
@@ -292,7 +341,9 @@ def fit(
     ValueError / TypeError when concrete inputs are invalid: empty data, NaN
     in data, params outside their constraints, a constraints tree that does
     not match params, unknown constraint names, bad weights, a ``log_prob``
-    that does not return a scalar per observation (found from shapes alone).
+    that does not return a scalar per observation (found from shapes alone),
+    an unknown ``cov_type``, ``groups`` missing, of the wrong length or with
+    one group, ``num_starts < 1`` or no ``start_key`` for several starts.
     Under ``jit`` or ``vmap`` only static facts (structure, shapes, dtypes,
     names) can be checked: NaN data or infeasible starting params then give a
     NaN ``nll`` with ``converged=False`` and ``steps=0``, rather than an error.
@@ -309,6 +360,10 @@ def fit(
     168.344 2.6207 True
     >>> print(f"{r.stderr['loc']:.4f}")  # scale / sqrt(n)
     0.8288
+    >>> rr = fit(lp, {"loc": 160.0, "scale": 5.0}, x, cov_type="robust",
+    ...          constraints={"loc": "real", "scale": "positive"})
+    >>> print(f"{rr.stderr['loc']:.4f} {rr.stderr['scale']:.4f} {CovType(int(rr.cov_type)).name}")
+    0.8288 0.3352 ROBUST
 
     ``jax.jit`` needs the callable and options static, e.g. through a closure:
     ``jax.jit(lambda p, x: fit(lp, p, x, constraints=c))``; ``jax.vmap`` of
@@ -318,6 +373,8 @@ def fit(
     Nocedal & Wright, Numerical Optimization (2006), ch. 7 (L-BFGS).
     Casella & Berger, Statistical Inference (2002), 10.1 (delta method,
     observed information).
+    White, A heteroskedasticity-consistent covariance matrix estimator (1980);
+    Cameron & Miller, A practitioner's guide to cluster-robust inference (2015).
   """
   fn = "fit"
   max_steps = _check_options(fn, log_prob, max_steps, rtol, atol, gtol)
@@ -327,102 +384,83 @@ def fit(
   _check_start(fn, params, bijections)
   _check_weights(fn, weights, n)
   _check_log_prob(fn, log_prob, params, data)
-  return _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_steps, rtol, atol, gtol)
+  cov, num_starts, key = _check_inference(fn, cov_type, groups, n, num_starts, start_key, start_scale)
+  static = (log_prob, bijections, p_def, optimizer, cov, num_starts)
+  return _fit(*static, p_leaves, data, weights, groups, key, start_scale, max_steps, rtol, atol, gtol)
 
 
 # Compiled as one program even when ``fit`` is called eagerly: op-by-op
 # dispatch of the Hessians and the loop setup costs more than compiling them.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_steps, rtol, atol, gtol):
-  dtype = compute_dtype(jnp.result_type(*p_leaves))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _fit(
+  log_prob,
+  bijections,
+  p_def,
+  optimizer,
+  cov_type,
+  num_starts,
+  p_leaves,
+  data,
+  weights,
+  groups,
+  key,
+  start_scale,
+  max_steps,
+  rtol,
+  atol,
+  gtol,
+):
   out_dtypes = [jnp.result_type(leaf) for leaf in p_leaves]
-  n = jax.tree.leaves(data)[0].shape[0]
-  w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights).astype(dtype)
-  w_sum = jnp.sum(w)
-
-  u0, unravel = ravel_pytree([b.inverse(jnp.asarray(leaf, dtype)) for b, leaf in zip(bijections, p_leaves)])
-  n_free = u0.size
-
-  def to_params(u):
-    return [b.forward(leaf) for b, leaf in zip(bijections, unravel(u))]
-
-  def total_nll(u):
-    theta = p_def.unflatten(to_params(u))
-    lp = jax.vmap(lambda x: log_prob(theta, x))(data)
-    return -jnp.sum(w * jnp.asarray(lp, dtype))
-
-  def mean_nll_u(u):
-    return total_nll(u) / w_sum
-
-  # Scaling by the initial curvature: unit-free gradients and a well-scaled
-  # first L-BFGS step.
-  h0 = jnp.diag(jax.hessian(mean_nll_u)(u0))
-  scale = jnp.where(jnp.isfinite(h0) & (h0 > 0), jax.lax.rsqrt(jnp.where(h0 > 0, h0, 1)), 1).astype(dtype)
-
-  def objective(z):
-    return mean_nll_u(u0 + scale * z)
-
-  opt = optax.with_extra_args_support(default_optimizer() if optimizer is None else optimizer)
-  z0 = jnp.zeros_like(u0)
-  state0 = opt.init(z0)
-  # Line searches (optax's zoom, backtracking) store the value and gradient at
-  # the accepted point; reusing them saves one evaluation per step.
-  reuse = optax.tree.get(state0, "value") is not None and optax.tree.get(state0, "grad") is not None
-  f0, g0 = jax.value_and_grad(objective)(z0)
-  rtol, atol, gtol = (jnp.asarray(t, dtype) for t in (rtol, atol, gtol))
-
-  def gnorm(g):
-    return jnp.max(jnp.abs(g)) if g.size else jnp.zeros((), dtype)
-
-  crit0 = jnp.where(gnorm(g0) <= gtol, Criterion.GTOL, Criterion.NONE).astype(jnp.int32)
-
-  def cond(carry):
-    step, z, state, f, g, crit = carry
-    finite = jnp.isfinite(f) & jnp.all(jnp.isfinite(g))
-    return (step < max_steps) & (crit == Criterion.NONE) & finite
-
-  def body(carry):
-    step, z, state, f, g, _ = carry
-    # Under vmap the body also runs for fits that have already stopped (their
-    # results are discarded). A constant objective makes their line search
-    # accept its first trial instead of running to its step limit.
-    active = cond(carry)
-    value_fn = lambda z: jnp.where(active, objective(z), f)
-    updates, state = opt.update(g, state, z, value=f, grad=g, value_fn=value_fn)
-    z_new = optax.apply_updates(z, updates)
-    if reuse:
-      f_new, g_new = optax.tree.get(state, "value"), optax.tree.get(state, "grad")
-    else:
-      f_new, g_new = jax.value_and_grad(objective)(z_new)
-    u_new = u0 + scale * z_new
-    du = scale * (z_new - z)
-    cauchy = jnp.all(jnp.abs(du) <= atol + rtol * jnp.abs(u_new)) & (
-      jnp.abs(f_new - f) <= atol + rtol * jnp.abs(f_new)
-    )
-    crit = jnp.where(cauchy, Criterion.CAUCHY, Criterion.NONE)
-    crit = jnp.where(gnorm(g_new) <= gtol, Criterion.GTOL, crit)
-    crit = jnp.where(jnp.isfinite(f_new), crit, Criterion.NONE).astype(jnp.int32)
-    return step + 1, z_new, state, f_new, g_new, crit
-
-  carry = (jnp.zeros((), jnp.int32), z0, state0, f0, g0, crit0)
-  steps, z, _, f, g, crit = jax.lax.while_loop(cond, body, carry)
-  crit = jnp.where(jnp.isfinite(f) & jnp.all(jnp.isfinite(g)), crit, Criterion.NONE).astype(jnp.int32)
+  obj = objective(log_prob, bijections, p_def, p_leaves, data, weights)
+  dtype, u0 = obj.dtype, obj.u
+  w_sum = jnp.sum(obj.w)
+  mean_nll = lambda u: obj.total_nll(u) / w_sum
+  scale = curvature_scale(mean_nll, u0)
+  run = lambda z0: minimize(
+    lambda z: mean_nll(u0 + scale * z), z0, u0, scale, optimizer, max_steps, rtol, atol, gtol
+  )
+  if num_starts == 1:
+    steps, z, f, g, crit = run(jnp.zeros_like(u0))
+    num_converged = (crit != Criterion.NONE).astype(jnp.int32)
+  else:
+    # The given start first, then random ones around it in u (z = du / scale).
+    eps = jax.random.normal(key, (num_starts - 1, u0.size), dtype)
+    z0 = jnp.concatenate([jnp.zeros((1, u0.size), dtype), jnp.asarray(start_scale, dtype) * eps / scale])
+    steps, z, f, g, crit = jax.vmap(run)(z0)
+    best = jnp.argmin(jnp.where(jnp.isnan(f), jnp.inf, f))
+    tol = 10 * (jnp.asarray(atol, dtype) + jnp.asarray(rtol, dtype) * jnp.abs(f[best]))
+    num_converged = jnp.sum((crit != Criterion.NONE) & (f - f[best] <= tol)).astype(jnp.int32)
+    steps, z, f, g, crit = (a[best] for a in (steps, z, f, g, crit))
 
   u = u0 + scale * z
-  theta_leaves = to_params(u)
-  flat_theta = lambda u: ravel_pytree(to_params(u))[0]
-  nll = total_nll(u)
-  hess = jax.hessian(total_nll)(u)
-  hess = 0.5 * (hess + hess.T)
-  evals, evecs = jnp.linalg.eigh(hess)
-  tiny = 10 * max(n_free, 1) * jnp.finfo(dtype).eps * jnp.max(jnp.abs(evals), initial=0)
-  ok = jnp.all(jnp.isfinite(hess)) & jnp.all(evals > tiny)
-  cov_u = (evecs / jnp.where(ok, evals, 1)) @ evecs.T
-  jac = jax.jacfwd(flat_theta)(u)
-  cov = jac @ cov_u @ jac.T
-  cov = jnp.where(ok, cov, jnp.nan)
+  theta_leaves = obj.to_leaves(u)
+  nll = obj.total_nll(u)
+  hess = jax.hessian(obj.total_nll)(u)
+  h_inv, ok = inverse_information(hess)
+  if cov_type is CovType.OBSERVED:
+    cov_u = h_inv
+  else:
+    scores = obj.scores(u)
+    ws = obj.w[:, None] * scores
+    if cov_type is CovType.ROBUST:
+      meat = ws.T @ scores
+    else:
+      index, n_groups = group_index(jnp.asarray(groups))
+      sums = jax.ops.segment_sum(ws, index, num_segments=index.shape[0])
+      g_f, k = n_groups.astype(dtype), u0.size
+      meat = g_f / (g_f - 1) * (w_sum - 1) / (w_sum - k) * (sums.T @ sums)
+    cov_u = h_inv @ meat @ h_inv
+  jac = jax.jacfwd(lambda u: ravel_pytree(obj.to_leaves(u))[0])(u)
+  cov = jnp.where(ok, jac @ cov_u @ jac.T, jnp.nan)
   _, unravel_theta = ravel_pytree(theta_leaves)
   se_leaves = unravel_theta(jnp.sqrt(jnp.diag(cov)))
+
+  # Only a fit that stopped by a rule can be said to have stopped at a boundary;
+  # one cut off by max_steps far from its optimum also has large Newton steps.
+  boundary = (
+    (crit != Criterion.NONE) & jnp.isfinite(nll) & at_boundary(hess, jax.grad(obj.total_nll)(u), obj.bounded)
+  )
+  crit = jnp.where(boundary, Criterion.BOUNDARY, crit).astype(jnp.int32)
 
   cast = lambda leaves: p_def.unflatten([jnp.asarray(l).astype(d) for l, d in zip(leaves, out_dtypes)])
   out_dtype = out_dtypes[0] if len(set(out_dtypes)) == 1 else dtype
@@ -433,9 +471,11 @@ def _fit(log_prob, bijections, p_def, optimizer, p_leaves, data, weights, max_st
     covariance=cov.astype(out_dtype),
     grad_norm=gnorm(g).astype(out_dtype),
     steps=steps,
-    converged=crit != Criterion.NONE,
+    converged=(crit == Criterion.GTOL) | (crit == Criterion.CAUCHY),
     criterion=crit,
-    n_params=jnp.asarray(n_free, jnp.int32),
+    n_params=jnp.asarray(u0.size, jnp.int32),
+    cov_type=jnp.asarray(int(cov_type), jnp.int32),
+    num_converged=num_converged,
   )
 
 

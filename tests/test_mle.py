@@ -115,12 +115,20 @@ def test_categorical_closed_form_and_multinomial_covariance():
   )
 
 
-def test_categorical_with_an_empty_class_converges_to_the_boundary():
+def test_categorical_with_an_empty_class_stops_at_the_boundary():
   r = mle.fit_distribution(
     "categorical", jnp.asarray(CATS_NO_3), params={"probs": jnp.full((4,), 0.25, jnp.float32)}
   )
-  assert bool(r.converged)
+  # The MLE of the empty class's probability is 0, on the simplex's boundary:
+  # reported as such rather than as an interior optimum.
+  assert mle.Criterion(int(r.criterion)) is mle.Criterion.BOUNDARY and not bool(r.converged)
   np.testing.assert_allclose(r.params["probs"], np.bincount(CATS_NO_3, minlength=4) / 300, atol=1e-4)
+
+
+def test_bernoulli_with_no_successes_stops_at_the_boundary():
+  r = mle.fit_distribution("bernoulli", jnp.zeros_like(jnp.asarray(BERN)))
+  assert mle.Criterion(int(r.criterion)) is mle.Criterion.BOUNDARY and not bool(r.converged)
+  assert float(r.params["probs"]) < 1e-4
 
 
 def _scipy_nll(dist, x, params):
@@ -243,7 +251,12 @@ def test_not_converged_when_max_steps_too_small():
 
 
 def test_criterion_names_the_stopping_rule():
-  assert [(c.name, int(c)) for c in mle.Criterion] == [("NONE", 0), ("GTOL", 1), ("CAUCHY", 2)]
+  assert [(c.name, int(c)) for c in mle.Criterion] == [
+    ("NONE", 0),
+    ("GTOL", 1),
+    ("CAUCHY", 2),
+    ("BOUNDARY", 3),
+  ]
   assert "gtol" in mle.Criterion.GTOL.message and "max_steps" in mle.Criterion.NONE.message
   # With gtol = 0 only the Cauchy criterion can stop the fit.
   x = jnp.asarray(HEIGHTS, jnp.float32)
@@ -348,6 +361,15 @@ def test_jit_with_a_closure_and_vmap_over_data_and_starts(batch):
     single = FIT_NORMAL(jax.tree.map(lambda s: s[i], starts), x[i])
     np.testing.assert_allclose(single.params["loc"], res.params["loc"][i], rtol=1e-5)
     np.testing.assert_allclose(single.params["scale"], res.params["scale"][i], rtol=1e-5)
+
+
+def test_constant_data_stop_at_the_boundary_scale_zero(batch):
+  # Normal on constant data: the likelihood grows without bound as scale -> 0.
+  r = FIT_NORMAL({"loc": jnp.float32(0.0), "scale": jnp.float32(1.0)}, jnp.full_like(batch[1][0], 3.0))
+  assert mle.Criterion(int(r.criterion)) is mle.Criterion.BOUNDARY and not bool(r.converged)
+  assert float(r.params["scale"]) < 1e-3
+  np.testing.assert_allclose(r.params["loc"], 3.0, rtol=1e-5)
+  assert "boundary" in mle.Criterion.BOUNDARY.message
 
 
 def test_under_jit_nan_data_gives_nan_and_not_converged(batch):
