@@ -15,6 +15,7 @@ call) are reported beside them: they do not assume a quadratic likelihood.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "mle_heights"
 HEADLINE = ("loc", "scale", "loc_abs_error", "coverage.loc_wald", "coverage.loc_t", "coverage.loc_profile")
@@ -42,6 +44,13 @@ class Config:
   # already be the Normal MLE), so the optimizer really descends.
   start_loc: float = 160.0
   start_scale: float = 5.0
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for f in ("n_datasets", "path_steps"):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    for f in ("true_scale", "start_scale", "path_learning_rate"):
+      need(getattr(self, f) > 0, f, "positive", getattr(self, f))
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.

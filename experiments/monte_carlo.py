@@ -14,6 +14,7 @@ the lowest of the three for method ``M``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxsoft
+from experiments import _runs
 
 NAME = "monte_carlo"
 HEADLINE = (
@@ -80,6 +82,8 @@ def _black_scholes_call(s0=100.0, strike=100.0, rate=0.05, sigma=0.2, maturity=1
   return f, exact, 1
 
 
+# The methods of jaxsoft.integrate.
+METHODS = ("mc", "antithetic", "stratified", "sobol", "halton", "lattice")
 INTEGRANDS = {"gaussian": lambda: _gaussian(4), "oscillatory": lambda: _oscillatory(4), "pi": _quarter_disc}
 COVERAGE_INTEGRANDS = {"smooth": lambda: _gaussian(4), "kink": _genz_continuous, "call": _black_scholes_call}
 
@@ -102,6 +106,22 @@ class Config:
     default=2000, metadata={"help": "random keys per (integrand, method) for the coverage"}
   )
   log2_coverage_n: int = 12
+
+  def __post_init__(self):
+    need = functools.partial(_runs.require, NAME)
+    for name, allowed in (("methods", METHODS), ("integrands", tuple(INTEGRANDS))):
+      given = [m.strip() for m in getattr(self, name).split(",") if m.strip()]
+      bad = [m for m in given if m not in allowed]
+      need(given and not bad, name, f"a comma-separated subset of {','.join(allowed)}", getattr(self, name))
+    for f in ("log2_n_min", "log2_n_step", "keys", "coverage_trials", "log2_coverage_n"):
+      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    need(
+      self.log2_n_max >= self.log2_n_min, "log2_n_max", f">= log2_n_min ({self.log2_n_min})", self.log2_n_max
+    )
+    need(self.log2_n_max <= 30, "log2_n_max", "at most 30", self.log2_n_max)
+    need(
+      self.replicates >= 0, "replicates", "0 (the calibrated default) or a positive integer", self.replicates
+    )
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.
@@ -142,9 +162,6 @@ def _coverage(f, exact, dim, methods, n, keys, replicates):
 def run(config: Config, ctx) -> dict:
   methods = [m.strip() for m in config.methods.split(",") if m.strip()]
   names = [m.strip() for m in config.integrands.split(",") if m.strip()]
-  for nm in names:
-    if nm not in INTEGRANDS:
-      raise ValueError(f"monte_carlo: integrands must be among {sorted(INTEGRANDS)}, got {nm!r}")
   base = jax.random.key(config.seed)
   ns = [2**k for k in range(config.log2_n_min, config.log2_n_max + 1, config.log2_n_step)]
   summary, curves = {}, {}

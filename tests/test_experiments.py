@@ -258,6 +258,9 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
     ("attention_toy", ["--warmup_steps", "1000"], "--warmup_steps must be in [0, steps=1000), got 1000"),
     ("vocab_softmax", ["--val_fraction", "0"], "--val_fraction must be in (0, 1), got 0.0"),
     ("lecture", ["--mc_samples", "0"], "--mc_samples must be a positive integer, got 0"),
+    ("monte_carlo", ["--methods", "mc,foo"], "--methods must be a comma-separated subset of mc,"),
+    ("monte_carlo", ["--log2_n_max", "4"], "--log2_n_max must be >= log2_n_min (8), got 4"),
+    ("mle_heights", ["--n_datasets", "0"], "--n_datasets must be a positive integer, got 0"),
   ],
 )
 def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, name, args, expected):
