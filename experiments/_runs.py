@@ -50,6 +50,20 @@ def require(experiment: str, ok: bool, option: str, expectation: str, got) -> No
     raise ConfigError(f"{experiment}: --{option} must be {expectation}, got {got!r}")
 
 
+def require_positive(experiment: str, config, *fields: str) -> None:
+  """``require`` for integer fields that must be at least 1."""
+  for f in fields:
+    require(experiment, getattr(config, f) >= 1, f, "a positive integer", getattr(config, f))
+
+
+def require_schedule(experiment: str, config) -> None:
+  """A training loop's ``steps`` and ``checkpoint_every``: positive multiples of ``log_every``."""
+  require_positive(experiment, config, "steps", "log_every", "checkpoint_every")
+  for f in ("steps", "checkpoint_every"):
+    v = getattr(config, f)
+    require(experiment, v % config.log_every == 0, f, f"a multiple of log_every ({config.log_every})", v)
+
+
 # ----------------------------------------------------------------------------
 # Atomic files
 # ----------------------------------------------------------------------------

@@ -61,23 +61,16 @@ class Config:
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
-    for f in ("n_pairs", "n_keys", "n_values", "d_model", "num_heads", "layers", "steps", "batch_size"):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
-    for f in ("test_size", "log_every", "checkpoint_every"):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    _runs.require_positive(
+      NAME, self, "n_pairs", "n_keys", "n_values", "d_model", "num_heads", "layers", "batch_size", "test_size"
+    )
+    _runs.require_schedule(NAME, self)
     need(self.n_pairs <= self.n_keys, "n_pairs", f"at most n_keys ({self.n_keys})", self.n_pairs)
     need(
       self.d_model % self.num_heads == 0,
       "d_model",
       f"a multiple of num_heads ({self.num_heads})",
       self.d_model,
-    )
-    need(self.steps % self.log_every == 0, "steps", f"a multiple of log_every ({self.log_every})", self.steps)
-    need(
-      self.checkpoint_every % self.log_every == 0,
-      "checkpoint_every",
-      f"a multiple of log_every ({self.log_every})",
-      self.checkpoint_every,
     )
     need(
       0 <= self.warmup_steps < self.steps, "warmup_steps", f"in [0, steps={self.steps})", self.warmup_steps

@@ -51,15 +51,8 @@ class Config:
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
-    for f in ("steps", "batch_size", "hidden", "log_every", "checkpoint_every", "ece_bins"):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
-    need(self.steps % self.log_every == 0, "steps", f"a multiple of log_every ({self.log_every})", self.steps)
-    need(
-      self.checkpoint_every % self.log_every == 0,
-      "checkpoint_every",
-      f"a multiple of log_every ({self.log_every})",
-      self.checkpoint_every,
-    )
+    _runs.require_positive(NAME, self, "batch_size", "hidden", "ece_bins")
+    _runs.require_schedule(NAME, self)
     need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
     need(self.weight_decay >= 0, "weight_decay", "non-negative", self.weight_decay)
     for f in ("val_fraction", "test_fraction"):

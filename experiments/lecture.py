@@ -33,7 +33,7 @@ class Config:
   )
 
   def __post_init__(self):
-    _runs.require(NAME, self.mc_samples >= 1, "mc_samples", "a positive integer", self.mc_samples)
+    _runs.require_positive(NAME, self, "mc_samples")
 
 
 # A tiny config for smoke tests and `--smoke` (seconds, not minutes): same code paths.

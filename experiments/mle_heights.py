@@ -47,8 +47,7 @@ class Config:
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
-    for f in ("n_datasets", "path_steps"):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    _runs.require_positive(NAME, self, "n_datasets", "path_steps")
     for f in ("true_scale", "start_scale", "path_learning_rate"):
       need(getattr(self, f) > 0, f, "positive", getattr(self, f))
 

@@ -113,8 +113,9 @@ class Config:
       given = [m.strip() for m in getattr(self, name).split(",") if m.strip()]
       bad = [m for m in given if m not in allowed]
       need(given and not bad, name, f"a comma-separated subset of {','.join(allowed)}", getattr(self, name))
-    for f in ("log2_n_min", "log2_n_step", "keys", "coverage_trials", "log2_coverage_n"):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
+    _runs.require_positive(
+      NAME, self, "log2_n_min", "log2_n_step", "keys", "coverage_trials", "log2_coverage_n"
+    )
     need(
       self.log2_n_max >= self.log2_n_min, "log2_n_max", f">= log2_n_min ({self.log2_n_min})", self.log2_n_max
     )

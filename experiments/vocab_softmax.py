@@ -81,7 +81,9 @@ class Config:
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
-    for f in (
+    _runs.require_positive(
+      NAME,
+      self,
       "context",
       "embed",
       "hidden",
@@ -90,9 +92,8 @@ class Config:
       "num_samples",
       "chunk_size",
       "eval_tokens",
-    ):
-      need(getattr(self, f) >= 1, f, "a positive integer", getattr(self, f))
-    need(self.min_count >= 1, "min_count", "a positive integer", self.min_count)
+      "min_count",
+    )
     need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
     need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
     need(self.corpus_files >= 0, "corpus_files", "0 (every file) or a positive integer", self.corpus_files)

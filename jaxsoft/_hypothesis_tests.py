@@ -191,20 +191,3 @@ def score_test(log_prob, params, data, *, df, weights=None) -> TestResult:
   stat = _score_statistic(log_prob, params, data, weights)
   df = jnp.asarray(df, stat.dtype)
   return TestResult(stat, df, _chi2_sf(stat, df))
-
-
-# One program (eager op-by-op dispatch of the Hessian is slower than compiling it).
-@functools.partial(jax.jit, static_argnums=0)
-def _score_statistic(log_prob, params, data, weights):
-  theta, unravel = ravel_pytree(params)
-  dtype = compute_dtype(theta.dtype)
-  theta = theta.astype(dtype)
-  n = jax.tree.leaves(data)[0].shape[0]
-  w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights, dtype)
-
-  def log_lik(t):
-    lp = jax.vmap(lambda x: log_prob(unravel(t), x))(data)
-    return jnp.sum(w * jnp.asarray(lp, dtype))
-
-  g = jax.grad(log_lik)(theta)
-  return g @ jnp.linalg.solve(-jax.hessian(log_lik)(theta), g)
