@@ -42,7 +42,11 @@ def _run(tmp_path, name, *args):
   env = json.loads((run_dir / "environment.json").read_text())
   assert {"python", "jax", "jaxlib", "optax", "devices", "platform"} <= set(env)
   # The code a run came from (None only outside a git checkout).
-  assert env["git"] is None or (len(env["git"]["commit"]) == 40 and isinstance(env["git"]["dirty"], bool))
+  head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+  if head.returncode == 0:
+    assert env["git"]["commit"] == head.stdout.strip() and isinstance(env["git"]["dirty"], bool)
+  else:
+    assert env["git"] is None
   # Files get the mode of a plain open(): readable by others unless the umask says otherwise.
   umask = os.umask(0)
   os.umask(umask)
