@@ -261,6 +261,13 @@ def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
     ("attention_toy", ["--steps", "30"], "--steps must be a multiple of log_every (50), got 30"),
     ("attention_toy", ["--warmup_steps", "1000"], "--warmup_steps must be in [0, steps=1000), got 1000"),
     ("vocab_softmax", ["--val_fraction", "0"], "--val_fraction must be in (0, 1), got 0.0"),
+    ("vocab_softmax", ["--cutoffs", "2048,512"], "--cutoffs must be comma-separated increasing positive"),
+    ("vocab_softmax", ["--cutoffs", "a,b"], "--cutoffs must be comma-separated increasing positive"),
+    (
+      "vocab_softmax",
+      ["--corpus_files", "-1"],
+      "--corpus_files must be 0 (every file) or a positive integer",
+    ),
     ("lecture", ["--mc_samples", "0"], "--mc_samples must be a positive integer, got 0"),
     ("monte_carlo", ["--methods", "mc,foo"], "--methods must be a comma-separated subset of mc,"),
     ("monte_carlo", ["--log2_n_max", "4"], "--log2_n_max must be >= log2_n_min (8), got 4"),
