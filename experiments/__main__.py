@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Annotated
 
 # Matplotlib must never try to open a window: plots are files.
 import matplotlib
+import tyro
 
 matplotlib.use("Agg")
 
@@ -45,29 +47,73 @@ def _print_summary(summary):
   print(_runs.format_table(("figure", "value"), [(k, _runs._fmt(v)) for k, v in flat.items()]))
 
 
+def _parse(parse, *args):
+  """``parse(*args)``, or the exit status of a bad command line: 2 with one line
+  for a ConfigError, tyro's own status (2, after its message; 0 after --help)."""
+  try:
+    return parse(*args), None
+  except _runs.ConfigError as e:
+    return None, _err(str(e))
+  except KeyError as e:
+    return None, _err(e.args[0])
+  except SystemExit as e:
+    return None, e.code
+
+
 def cmd_run(argv) -> int:
   if not argv or argv[0].startswith("-"):
     return _err(f"run needs an experiment name: one of {', '.join(REGISTRY)}")
   name, rest = argv[0], argv[1:]
-  try:
-    module = load(name)
-    config, root = _runs.parse_config(module, rest)
-  except KeyError as e:
-    return _err(e.args[0])
-  except _runs.ConfigError as e:
-    return _err(str(e))
-  run_dir = _runs.new_run_dir(root, module.NAME)
+  module, code = _parse(load, name)
+  if module is None:
+    return code
+  parsed, code = _parse(_runs.parse_config, module, rest)
+  if parsed is None:
+    return code
+  config, options = parsed
+  run_dir = _runs.new_run_dir(options.runs_dir, module.NAME)
   print(f"{module.NAME}: run directory {run_dir}", flush=True)
   summary = _runs.execute(module, config, run_dir)
   _print_summary(summary)
   return 0
 
 
+@dataclasses.dataclass(frozen=True)
+class AllOptions:
+  """Every experiment on its defaults (or its tiny SMOKE config), then one table."""
+
+  runs_dir: str = _runs.DEFAULT_RUNS_ROOT
+  """root of the run directories"""
+  smoke: bool = False
+  """every experiment on its tiny SMOKE config"""
+
+
+@dataclasses.dataclass(frozen=True)
+class RerunOptions:
+  """Reruns a saved config and compares the summaries (exit 1 on any difference)."""
+
+  run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+  """the run directory to rerun"""
+  resume: bool = False
+  """continue an interrupted run in place from its last checkpoint"""
+  runs_dir: Annotated[str | None, tyro.conf.arg(metavar="DIR")] = None
+  """root for the new run; None: the original run's root"""
+
+
+def _options(cls, command, argv):
+  """``cls`` from ``argv`` with tyro; an unknown option is a ConfigError."""
+  args, unknown = _runs._tyro(cls, argv, prog=f"python -m experiments {command}")
+  if unknown:
+    raise _runs.ConfigError(
+      f"{command}: unknown argument {unknown[0]!r} (see `python -m experiments {command} --help`)"
+    )
+  return args
+
+
 def cmd_all(argv) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments all")
-  p.add_argument("--runs-dir", default=_runs.DEFAULT_RUNS_ROOT)
-  p.add_argument("--smoke", action="store_true", help="every experiment on its tiny SMOKE config")
-  args = p.parse_args(argv)
+  args, code = _parse(_options, AllOptions, "all", argv)
+  if args is None:
+    return code
   rows, failed = [], False
   for name in REGISTRY:
     module = load(name)
@@ -90,23 +136,21 @@ def cmd_all(argv) -> int:
   return 1 if failed else 0
 
 
+def _load_run(run_dir):
+  name, values = _runs.load_run(run_dir)
+  module = load(name)
+  return name, module, _runs.config_from_dict(module.Config, values, experiment=name)
+
+
 def cmd_rerun(argv) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments rerun")
-  p.add_argument("run_dir")
-  p.add_argument(
-    "--resume", action="store_true", help="continue an interrupted run in place from its last checkpoint"
-  )
-  p.add_argument("--runs-dir", default=None, help="root for the new run (default: the original run's root)")
-  args = p.parse_args(argv)
+  args, code = _parse(_options, RerunOptions, "rerun", argv)
+  if args is None:
+    return code
   run_dir = Path(args.run_dir)
-  try:
-    name, values = _runs.load_run(run_dir)
-    module = load(name)
-    config = _runs.config_from_dict(module.Config, values, experiment=name)
-  except _runs.ConfigError as e:
-    return _err(str(e))
-  except KeyError as e:
-    return _err(e.args[0])
+  loaded, code = _parse(_load_run, run_dir)
+  if loaded is None:
+    return code
+  name, module, config = loaded
   if args.resume:
     if (run_dir / "summary.json").exists():
       print(f"{run_dir} is already complete; nothing to resume")

@@ -1,10 +1,11 @@
-"""Run system: configs -> CLI, run directories, metrics, checkpoints, reruns.
+"""Run system: configs and their command line (tyro), run directories, metrics, checkpoints, reruns.
 
 An experiment is a module with:
 
 * ``NAME``: its name on the command line;
-* ``Config``: a frozen dataclass whose fields (int, float, str, bool) all have
-  defaults; every config has a ``seed``;
+* ``Config``: a frozen dataclass whose fields (int, float, str, bool, or a
+  ``Literal`` of choices) all have defaults and a one-line docstring (the
+  command line's help text); every config has a ``seed``;
 * ``run(config, ctx) -> dict``: trains or computes, logs through ``ctx`` and
   returns the summary (flat dotted keys or nested dicts of numbers/strings);
 * ``SMOKE``: a tiny ``Config`` that runs the same code paths in seconds
@@ -17,7 +18,6 @@ compare it exactly; wall-clock times go to ``timing.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
 import difflib
@@ -32,14 +32,20 @@ import tempfile
 import time
 import typing
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 DEFAULT_RUNS_ROOT = "runs"
 
 
-class ConfigError(ValueError):
-  """A config file or command-line option that does not fit the config."""
+class ConfigError(Exception):
+  """A config file or command-line option that does not fit the config.
+
+  Not a ValueError: tyro turns a ValueError raised while it builds a config into
+  its own multi-line error box, and a rejected config is reported in one line.
+  """
 
 
 def require(experiment: str, ok: bool, option: str, expectation: str, got) -> None:
@@ -134,10 +140,8 @@ def flatten(d, prefix=""):
 
 
 # ----------------------------------------------------------------------------
-# Configs
+# Configs and the command line of `run NAME`
 # ----------------------------------------------------------------------------
-
-_SCALARS = (bool, int, float, str)
 
 
 def _field_types(cls):
@@ -145,13 +149,25 @@ def _field_types(cls):
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _suggest(name, choices):
-  close = difflib.get_close_matches(name, list(choices), n=1)
+def suggest(name: str, choices) -> str:
+  """ "; did you mean X?" for the choice closest to ``name`` (by spelling, or by
+  initials: ``lr`` for ``learning_rate``), else ""."""
+  choices = list(choices)
+  bare = lambda c: c.lstrip("-").replace("-", "_")
+  close = difflib.get_close_matches(name, choices, n=1)
+  close = close or [c for c in choices if "".join(w[:1] for w in bare(c).split("_")) == bare(name)]
   return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _coerce(cls_name, field, typ, value):
   """Checks a JSON value against a field's type (int accepted for float)."""
+  if typing.get_origin(typ) is typing.Literal:
+    choices = typing.get_args(typ)
+    if value not in choices:
+      raise ConfigError(
+        f"{cls_name}: field {field!r} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+      )
+    return value
   if typ is bool:
     ok = isinstance(value, bool)
   elif typ is int:
@@ -168,23 +184,24 @@ def _coerce(cls_name, field, typ, value):
   return value
 
 
-def config_from_dict(cls, values: dict, *, experiment: str | None = None):
-  """Builds ``cls`` from a dict, naming any unknown or mistyped field."""
+def config_from_dict(cls, values: dict, *, experiment: str | None = None, base=None):
+  """Builds ``cls`` from a dict (over ``base``'s values when given), naming any
+  unknown or mistyped field."""
   name = experiment or cls.__name__
   types = _field_types(cls)
   unknown = [k for k in values if k not in types]
   if unknown:
     k = unknown[0]
-    raise ConfigError(f"{name}: unknown config field {k!r}{_suggest(k, types)} (fields: {', '.join(types)})")
+    raise ConfigError(f"{name}: unknown config field {k!r}{suggest(k, types)} (fields: {', '.join(types)})")
   kwargs = {k: _coerce(name, k, types[k], v) for k, v in values.items()}
-  return cls(**kwargs)
+  return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
 
 
 def config_to_dict(config) -> dict:
   return dataclasses.asdict(config)
 
 
-def load_config_file(cls, path, *, experiment: str) -> dict:
+def load_config_file(path, *, experiment: str) -> dict:
   """Reads a config JSON: either flat fields or a run's ``config.json``."""
   try:
     data = read_json(path)
@@ -198,84 +215,68 @@ def load_config_file(cls, path, *, experiment: str) -> dict:
         f"--config: {path} is a config of experiment {data['experiment']!r}, not {experiment!r}"
       )
     data = data["config"]
-  config_from_dict(cls, data, experiment=experiment)  # validate now, name the field
   return data
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise ConfigError(f"{self.prog}: {message}")
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """Where the run goes and which config it starts from."""
+
+  runs_dir: str = DEFAULT_RUNS_ROOT
+  """root of the run directories"""
+  smoke: bool = False
+  """start from the experiment's tiny SMOKE config instead of the defaults"""
+  config: Annotated[str | None, tyro.conf.arg(metavar="FILE.json")] = None
+  """a JSON file of config fields, or a run's config.json (command-line options override it)"""
 
 
-def build_parser(module) -> argparse.ArgumentParser:
-  """An argparse parser generated from ``module.Config``'s fields."""
-  cls = module.Config
-  doc = (module.__doc__ or "").strip().splitlines()
-  p = _Parser(
-    prog=f"python -m experiments run {module.NAME}",
-    description=doc[0] if doc else None,
-    allow_abbrev=False,
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-  )
-  p.add_argument(
-    "--config",
-    metavar="FILE.json",
-    default=None,
-    help="load fields from a JSON file (command-line options override it)",
-  )
-  p.add_argument("--runs-dir", default=DEFAULT_RUNS_ROOT, help="root of the run directories")
-  p.add_argument(
-    "--smoke",
-    action="store_true",
-    help="start from the experiment's tiny SMOKE config instead of the defaults",
-  )
-  types = _field_types(cls)
-  for f in dataclasses.fields(cls):
-    typ = types[f.name]
-    flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-    helptext = f.metadata.get("help", typ.__name__)
-    if typ is bool:
-      p.add_argument(
-        *flags, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=helptext
-      )
-    elif typ in (int, float, str):
-      p.add_argument(
-        *flags,
-        dest=f.name,
-        type=typ,
-        default=f.default,
-        help=helptext,
-        metavar=typ.__name__.upper(),
-        choices=f.metadata.get("choices"),
-      )
-    else:
-      raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {typ!r}")
-  return p
+def _tyro(cls, argv, **kwargs):
+  # use_underscores: the options are spelled as the fields (--learning_rate);
+  # tyro accepts dashes too (--learning-rate).
+  return tyro.cli(cls, args=argv, use_underscores=True, return_unknown_args=True, **kwargs)
 
 
 def parse_config(module, argv):
-  """Parses ``argv`` into (config, runs_dir); bad options raise ConfigError.
+  """Parses ``argv`` into (config, RunOptions) with tyro; a bad option or value
+  raises ConfigError with a one-line message, tyro's own errors (a value of the
+  wrong type, a choice that does not exist) exit with status 2 (SystemExit).
 
   Precedence: command-line options, then ``--config FILE.json``, then the
-  ``SMOKE`` config with ``--smoke``, then the dataclass defaults.
+  ``SMOKE`` config with ``--smoke``, then the dataclass defaults. ``--help``
+  prints every option with its description and default (SystemExit(0)).
   """
-  p = build_parser(module)
-  pre, _ = p.parse_known_args(argv)
-  if pre.smoke:
-    p.set_defaults(**config_to_dict(module.SMOKE))
+  # First the run options alone (the rest is left for the second pass), since
+  # --smoke and --config set the defaults that the config fields start from.
+  try:
+    pre, _ = _tyro(RunOptions, argv, add_help=False, console_outputs=False)
+  except SystemExit:  # a malformed run option: the full parse below reports it
+    pre = RunOptions()
+  base = module.SMOKE if pre.smoke else module.Config()
   if pre.config:
-    p.set_defaults(**load_config_file(module.Config, pre.config, experiment=module.NAME))
-  ns, unknown = p.parse_known_args(argv)
+    base = config_from_dict(
+      module.Config, load_config_file(pre.config, experiment=module.NAME), experiment=module.NAME, base=base
+    )
+  # One parser for both: the experiment's fields (help from their docstrings)
+  # in a group named for it, beside the run options.
+  cls = dataclasses.make_dataclass(
+    "Run",
+    [
+      ("run", tyro.conf.OmitArgPrefixes[RunOptions], dataclasses.field(default=pre)),
+      (module.NAME, tyro.conf.OmitArgPrefixes[module.Config], dataclasses.field(default=base)),
+    ],
+    frozen=True,
+  )
+  doc = (module.__doc__ or "").strip()
+  parsed, unknown = _tyro(cls, argv, prog=f"python -m experiments run {module.NAME}", description=doc)
   if unknown:
-    opt = unknown[0]
-    names = [a for a in p._option_string_actions if a.startswith("--")]
+    opt = next((a for a in unknown if a.startswith("-")), unknown[0])
+    names = [f"--{f.name}" for f in (*dataclasses.fields(module.Config), *dataclasses.fields(RunOptions))]
+    what = "option" if opt.startswith("-") else "argument"
     raise ConfigError(
-      f"{module.NAME}: unknown option {opt!r}"
-      f"{_suggest(opt.split('=')[0], names)} "
+      f"{module.NAME}: unknown {what} {opt!r}{suggest(opt.split('=')[0], names) if what == 'option' else ''} "
       f"(see `python -m experiments run {module.NAME} --help`)"
     )
-  values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(module.Config)}
-  return config_from_dict(module.Config, values, experiment=module.NAME), ns.runs_dir
+  return getattr(parsed, module.NAME), parsed.run
 
 
 # ----------------------------------------------------------------------------

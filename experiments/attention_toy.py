@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,38 +28,45 @@ from experiments import _runs
 NAME = "attention_toy"
 HEADLINE = ("test_accuracy", "test_nll", "train_loss", "implementations_max_abs_diff")
 TARGET = 0.99
+Implementation = Literal["dense", "chunked"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
+  """seed of the initialization, the training batches and the test sequences"""
   n_pairs: int = 6
+  """key-value pairs per sequence (at most n_keys)"""
   n_keys: int = 16
+  """distinct key tokens"""
   n_values: int = 16
+  """distinct value tokens (the classes)"""
   d_model: int = 64
+  """model width (a multiple of num_heads)"""
   num_heads: int = 4
+  """attention heads per layer"""
   layers: int = 2
-  causal: bool = dataclasses.field(
-    default=True,
-    metadata={"help": "causal attention (makes the previous-token step of recall easy to learn)"},
-  )
+  """attention + MLP blocks"""
+  causal: bool = True
+  """causal attention (makes the previous-token step of recall easy to learn)"""
   steps: int = 1000
+  """training steps (a multiple of log_every)"""
   batch_size: int = 128
+  """fresh random sequences per training step"""
   learning_rate: float = 3e-3
+  """AdamW's peak learning rate (linear warmup, then cosine decay)"""
   warmup_steps: int = 100
+  """steps of linear learning-rate warmup (fewer than steps)"""
   test_size: int = 2000
+  """held-out sequences for the test accuracy"""
   log_every: int = 50
+  """steps between two lines of metrics.jsonl (one compiled chunk of steps)"""
   checkpoint_every: int = 250
-  implementation: str = dataclasses.field(
-    default="dense",
-    metadata={"choices": ["dense", "chunked"], "help": "jaxsoft attention path used for training"},
-  )
-  compare_implementations: bool = dataclasses.field(
-    default=False,
-    metadata={
-      "help": "also train with the other implementation and report the max training-curve difference"
-    },
-  )
+  """steps between two checkpoints (a multiple of log_every)"""
+  implementation: Implementation = "dense"
+  """jaxsoft attention path used for training"""
+  compare_implementations: bool = False
+  """also train with the other implementation and report the max training-curve difference"""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
@@ -77,9 +86,9 @@ class Config:
     )
     need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
     need(
-      self.implementation in ("dense", "chunked"),
+      self.implementation in typing.get_args(Implementation),
       "implementation",
-      "'dense' or 'chunked'",
+      " or ".join(map(repr, typing.get_args(Implementation))),
       self.implementation,
     )
 
@@ -287,24 +296,32 @@ def _plots(ctx, config, params, tokens, targets):
   toks = np.asarray(tokens[0])
   labels = [f"k{t}" if t < config.n_keys else f"v{t - config.n_keys}" for t in toks[:-1]]
   labels.append(f"q{toks[-1]}")
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [1, 1.4]})
-  axes[0].imshow(w, cmap="viridis")
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.15, 1]})
+  image = axes[0].imshow(w, cmap="viridis", vmin=0, vmax=1)
+  fig.colorbar(image, ax=axes[0], label="attention weight", fraction=0.046, pad=0.04)
   axes[0].set(
-    xticks=range(len(labels)), yticks=range(len(labels)), title="last layer attention (mean over heads)"
+    xticks=range(len(labels)),
+    yticks=range(len(labels)),
+    xlabel="key position (token attended to)",
+    ylabel="query position (token attending)",
+    title=f"last layer, mean over {config.num_heads} heads" + (" (causal)" if config.causal else ""),
   )
   axes[0].set_xticklabels(labels, rotation=90)
   axes[0].set_yticklabels(labels)
   # With causal attention the recall circuit is an induction head: layer 1 copies
   # each key into the value token after it, and the query then attends to the
-  # value position that follows its matching key.
+  # value position that follows its matching key, not to the key itself.
   match = int(np.flatnonzero(toks[:-1:2] == toks[-1])[0]) * 2
   colors = ["C3" if i == match else "C2" if i == match + 1 else "C0" for i in range(len(labels))]
   axes[1].bar(range(len(labels)), w[-1], color=colors)
   axes[1].set_xticks(range(len(labels)))
   axes[1].set_xticklabels(labels, rotation=90)
   axes[1].set(
-    title=f"query row: matching key (red) {labels[match]}, its value (green) "
-    f"{labels[match + 1]}, target v{int(targets[0])}",
-    ylabel="weight",
+    xlabel="key position (token attended to)",
+    ylabel="attention weight of the query",
+    ylim=(0, 1),
+    title=f"query {labels[-1]} (last row): {w[-1, match + 1]:.2f} on {labels[match + 1]}, the value after\n"
+    f"its key (green); {w[-1, match]:.2f} on the key {labels[match]} itself (red); "
+    f"target v{int(targets[0])}",
   )
   ctx.save_figure(fig, "attention_heatmap")

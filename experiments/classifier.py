@@ -35,19 +35,29 @@ TARGETS = {"mlp": 0.97, "softmax_regression": 0.95}
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
+  """seed of the data split, the initialization and the batch order"""
   steps: int = 2000
+  """training steps (a multiple of log_every)"""
   batch_size: int = 128
+  """examples per training step"""
   hidden: int = 256
+  """hidden units of the MLP"""
   learning_rate: float = 3e-3
+  """AdamW's peak learning rate (cosine decay to 0)"""
   weight_decay: float = 0.1
+  """AdamW's decoupled weight decay"""
   val_fraction: float = 0.2
+  """fraction of the digits held out for validation"""
   test_fraction: float = 0.2
+  """fraction of the digits held out for the test figures"""
   log_every: int = 50
+  """steps between two lines of metrics.jsonl (one compiled chunk of steps)"""
   checkpoint_every: int = 500
+  """steps between two checkpoints (a multiple of log_every)"""
   ece_bins: int = 15
-  devices: int = dataclasses.field(
-    default=1, metadata={"help": "data-parallel over this many devices (0: all)"}
-  )
+  """confidence bins of the expected calibration error"""
+  devices: int = 1
+  """data-parallel over this many devices (0: all)"""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)

@@ -28,9 +28,9 @@ HEIGHTS = [164.95, 165.35, 165.76, 166.16, 167.78, 168.99, 169.80, 170.20, 171.8
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
-  mc_samples: int = dataclasses.field(
-    default=2**20, metadata={"help": "Monte Carlo points for the estimate of pi"}
-  )
+  """key of the Monte Carlo estimate of pi"""
+  mc_samples: int = 2**20
+  """Monte Carlo points for the estimate of pi"""
 
   def __post_init__(self):
     _runs.require_positive(NAME, self, "mc_samples")
@@ -105,7 +105,12 @@ def _pi_rows(config):
 
 
 def run(config: Config, ctx) -> dict:
-  rows = _softmax_rows() + _heights_rows() + _pi_rows(config)
+  bar = ctx.progress(total=3, desc=NAME)
+  rows = []
+  for part in (_softmax_rows, _heights_rows, lambda: _pi_rows(config)):
+    rows += part()
+    bar.update()
+  bar.close()
   for i, r in enumerate(rows):
     ctx.log(i, **r)
   table = [(r["name"], r["lecture"], f"{r['computed']:.6g}", r["status"]) for r in rows]

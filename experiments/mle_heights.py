@@ -35,15 +35,23 @@ Z95 = 1.959963984540054
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
+  """key of the simulated datasets"""
   n_datasets: int = 1000
+  """simulated datasets of ten heights for the coverage (fitted in one vmap)"""
   true_loc: float = 168.0
+  """mean of the Normal the datasets are drawn from"""
   true_scale: float = 2.6
+  """standard deviation of the Normal the datasets are drawn from"""
   path_steps: int = 300
+  """Adam steps of the descent path drawn on the contour plot"""
   path_learning_rate: float = 0.1
+  """Adam's learning rate for the descent path"""
   # The fit starts away from the answer (the method-of-moments start would
   # already be the Normal MLE), so the optimizer really descends.
   start_loc: float = 160.0
+  """where fit_distribution starts loc"""
   start_scale: float = 5.0
+  """where fit_distribution starts scale"""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
@@ -77,6 +85,8 @@ def _descent_path(x, config):
 
 
 def run(config: Config, ctx) -> dict:
+  # Four stages: the fit, the batched fits, their profile intervals, the descent path.
+  bar = ctx.progress(total=4, desc=f"{NAME} fit")
   x = jnp.asarray(HEIGHTS, jnp.float32)
   n = len(HEIGHTS)
   x64 = np.asarray(HEIGHTS, np.float64)
@@ -105,6 +115,8 @@ def run(config: Config, ctx) -> dict:
   }
 
   # Coverage: many simulated datasets fitted in one vmap call.
+  bar.update()
+  bar.set_description(f"{NAME} {config.n_datasets} fits")
   key = jax.random.key(config.seed)
   data = config.true_loc + config.true_scale * jax.random.normal(key, (config.n_datasets, n))
   batch = jax.jit(jax.vmap(lambda d: jaxsoft.fit_distribution("normal", d)))(data)
@@ -112,6 +124,8 @@ def run(config: Config, ctx) -> dict:
   b_se_loc = np.asarray(batch.stderr["loc"], np.float64)
   b_se_scale = np.asarray(batch.stderr["scale"], np.float64)
   normal = jaxsoft.distributions.normal
+  bar.update()
+  bar.set_description(f"{NAME} profile intervals")
   profile = jax.jit(
     jax.vmap(
       lambda r, d: jaxsoft.profile_confidence_intervals(r, normal.log_prob, d, constraints=normal.constraints)
@@ -143,7 +157,11 @@ def run(config: Config, ctx) -> dict:
       ),
     }
   )
+  bar.update()
+  bar.set_description(f"{NAME} descent path")
   path = _descent_path(x, config)
+  bar.update()
+  bar.close()
   summary["descent.final_loc"] = float(path[-1, 0])
   summary["descent.final_scale"] = float(path[-1, 1])
   _plots(ctx, x64, loc, scale, path)

@@ -91,21 +91,25 @@ COVERAGE_INTEGRANDS = {"smooth": lambda: _gaussian(4), "kink": _genz_continuous,
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
+  """root of every random key of the study"""
   log2_n_min: int = 8
+  """smallest n of the error study is 2^log2_n_min"""
   log2_n_max: int = 16
-  log2_n_step: int = dataclasses.field(
-    default=2, metadata={"help": "n = 2^k for k in range(min, max + 1, step); each n compiles once"}
-  )
-  keys: int = dataclasses.field(default=8, metadata={"help": "random keys per (method, n) for the RMSE"})
+  """largest n of the error study is 2^log2_n_max (at most 30)"""
+  log2_n_step: int = 2
+  """n = 2^k for k in range(min, max + 1, step); each n compiles once"""
+  keys: int = 8
+  """random keys per (method, n) for the RMSE"""
   methods: str = "mc,antithetic,stratified,sobol,halton,lattice"
+  """comma-separated methods of jaxsoft.integrate to compare"""
   integrands: str = "gaussian,oscillatory,pi"
-  replicates: int = dataclasses.field(
-    default=0, metadata={"help": "QMC randomizations; 0: each method's calibrated default"}
-  )
-  coverage_trials: int = dataclasses.field(
-    default=2000, metadata={"help": "random keys per (integrand, method) for the coverage"}
-  )
+  """comma-separated integrands of the error study (gaussian, oscillatory, pi)"""
+  replicates: int = 0
+  """QMC randomizations; 0: each method's calibrated default"""
+  coverage_trials: int = 2000
+  """random keys per (integrand, method) for the coverage"""
   log2_coverage_n: int = 12
+  """the coverage study integrates with n = 2^log2_coverage_n points"""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
@@ -166,7 +170,10 @@ def run(config: Config, ctx) -> dict:
   base = jax.random.key(config.seed)
   ns = [2**k for k in range(config.log2_n_min, config.log2_n_max + 1, config.log2_n_step)]
   summary, curves = {}, {}
-  bar = ctx.progress(total=len(names) * len(methods) * len(ns), desc=NAME)
+  # One unit per (integrand, method, n) of the error study, then one per coverage integrand.
+  bar = ctx.progress(
+    total=len(names) * len(methods) * len(ns) + len(COVERAGE_INTEGRANDS), desc=f"{NAME} error"
+  )
   step = 0
   for i, nm in enumerate(names):
     f, exact, dim = INTEGRANDS[nm]()
@@ -188,16 +195,18 @@ def run(config: Config, ctx) -> dict:
       summary[f"{nm}.{method}.slope"] = slope
       summary[f"{nm}.{method}.rmse_at_n_max"] = rmse[-1]
       summary[f"{nm}.{method}.mean_stderr_at_n_max"] = mean_se[-1]
-  bar.close()
 
   keys = jax.random.split(jax.random.fold_in(base, 99_999), config.coverage_trials)
   for name, make in COVERAGE_INTEGRANDS.items():
+    bar.set_description(f"{NAME} coverage {name}")
     f, exact, dim = make()
     cov = _coverage(f, exact, dim, methods, 2**config.log2_coverage_n, keys, config.replicates)
     for method, c in cov.items():
       summary[f"coverage.{name}.{method}"] = c
       ctx.log(step, integrand=name, method=method, coverage=c)
       step += 1
+    bar.update()
+  bar.close()
   for method in methods:
     summary[f"coverage.{method}"] = min(summary[f"coverage.{name}.{method}"] for name in COVERAGE_INTEGRANDS)
   summary["coverage.trials"] = config.coverage_trials

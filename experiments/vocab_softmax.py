@@ -65,19 +65,35 @@ def _cutoffs(config) -> tuple[int, ...]:
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
+  """seed of the document split, the initialization, the batches and the samples"""
   context: int = 3
+  """previous words the model reads"""
   embed: int = 64
+  """word embedding size"""
   hidden: int = 128
+  """tanh hidden units"""
   batch_size: int = 256
+  """examples per training step"""
   steps: int = 600
+  """training steps of each method"""
   learning_rate: float = 3e-3
+  """Adam's learning rate"""
   num_samples: int = 256
+  """classes drawn per step by the sampled softmax"""
   chunk_size: int = 2048
+  """vocabulary chunk of linear_cross_entropy"""
   val_fraction: float = 0.1
+  """fraction of the documents held out for validation"""
   min_count: int = 2
+  """a word enters the vocabulary when seen this often in training"""
   eval_tokens: int = 20_000
-  corpus_files: int = 0  # read only the first this many stdlib files (sorted paths); 0 reads all
-  cutoffs: str = "512,2048"  # adaptive softmax: shortlist size, then cluster boundaries (word ranks)
+  """validation (and training) words the perplexities are measured on"""
+  corpus_files: int = 0
+  """read only the first this many stdlib files (sorted paths); 0 reads all"""
+  cutoffs: str = "512,2048"
+  """adaptive softmax: shortlist size, then cluster boundaries (word ranks)"""
+  log_every: int = 10
+  """steps between two training-loss points of the plot and metrics.jsonl"""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
@@ -93,6 +109,7 @@ class Config:
       "chunk_size",
       "eval_tokens",
       "min_count",
+      "log_every",
     )
     need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
     need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)", self.val_fraction)
@@ -211,7 +228,7 @@ def make_loss(method, config):
   )
 
 
-def train(method, config, params, data, optimizer, ctx_run):
+def train(method, config, params, data, optimizer, ctx_run, bar):
   x_tr, y_tr = data
   loss_fn = make_loss(method, config)
   n = len(y_tr)
@@ -234,10 +251,13 @@ def train(method, config, params, data, optimizer, ctx_run):
   except Exception:  # memory_analysis is backend dependent
     memory = -1
   t0 = time.perf_counter()
+  logged = 0
   for i in range(config.steps):
     state, loss = compiled(state, jnp.int32(i))
-    if (i + 1) % 100 == 0 or i + 1 == config.steps:
+    if (i + 1) % config.log_every == 0 or i + 1 == config.steps:
       ctx_run.log(i + 1, **{f"{method}.train_loss": float(loss)})
+      bar.update(i + 1 - logged)
+      logged = i + 1
   jax.block_until_ready(state)
   return state[0], time.perf_counter() - t0, memory
 
@@ -260,6 +280,7 @@ def perplexity(params, ctx, y, chunk, cutoffs=None):
 
 
 def run(config: Config, ctx) -> dict:
+  bar = ctx.progress(total=len(METHODS) * config.steps, desc=f"{NAME} corpus")
   train_ids, val_ids, vocab = build_corpus(
     config.seed, config.val_fraction, config.min_count, config.corpus_files
   )
@@ -279,7 +300,8 @@ def run(config: Config, ctx) -> dict:
   }
   timing = {}
   for method in METHODS:
-    params, seconds, memory = train(method, config, params0, data, optimizer, ctx)
+    bar.set_description(f"{NAME} {method}")
+    params, seconds, memory = train(method, config, params0, data, optimizer, ctx, bar)
     cutoffs = _cutoffs(config) if method == "adaptive" else None
     summary[f"{method}.val_perplexity"] = perplexity(params, x_ev, y_ev, 4096, cutoffs)
     summary[f"{method}.train_perplexity"] = perplexity(
@@ -291,6 +313,7 @@ def run(config: Config, ctx) -> dict:
   summary["full_vs_linear_relative_difference"] = abs(
     summary["full.val_perplexity"] / summary["linear.val_perplexity"] - 1
   )
+  bar.close()
   summary["unigram_val_perplexity"] = _unigram_perplexity(train_ids, y_ev, len(vocab))
   _write_json(Path(ctx.run_dir) / "method_timing.json", timing)
   _plot(ctx)
@@ -312,10 +335,24 @@ def _write_json(path, obj):
 def _plot(ctx):
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  # full and linear compute the same loss and coincide: a wide pale line under a
+  # dashed one with markers keeps both visible.
+  styles = {
+    "full": dict(lw=4, alpha=0.45, label="full cross_entropy"),
+    "linear": dict(ls="--", marker="o", ms=3, lw=1.2, label="linear_cross_entropy (same loss as full)"),
+    "sampled": dict(ls="-.", marker="s", ms=3, lw=1.2, label="sampled softmax (its own sampled loss)"),
+    "adaptive": dict(ls=":", marker="^", ms=3, lw=1.5, label="adaptive softmax"),
+  }
+  fig, ax = plt.subplots(figsize=(7, 4.5))
   for m in METHODS:
     rows = [r for r in ctx.metrics if f"{m}.train_loss" in r]
-    ax.plot([r["step"] for r in rows], [r[f"{m}.train_loss"] for r in rows], label=m)
-  ax.set(xlabel="step", ylabel="training loss (nats)", title="next word on stdlib docs")
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r[f"{m}.train_loss"] for r in rows], markevery=max(1, len(steps) // 20), **styles[m])
+  ax.set(
+    xlabel="step",
+    ylabel="training loss of the batch (nats)",
+    title="next word on the standard library's docs",
+  )
+  ax.grid(alpha=0.3)
   ax.legend()
   ctx.save_figure(fig, "train_loss")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,9 +31,20 @@ def _only_run_dir(root, name):
   return dirs[0]
 
 
+class _Terminal(io.StringIO):
+  """A stderr that says it is a terminal, as a person's is: progress bars show."""
+
+  def isatty(self):
+    return True
+
+
 def _run(tmp_path, name, *args):
   """Runs ``name`` through the CLI (``args`` such as ``--smoke``) and checks the run directory."""
-  assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 0
+  err = _Terminal()
+  with contextlib.redirect_stderr(err):
+    assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 0
+  # A progress bar on stderr, named for the experiment ("monte_carlo error:  40%|... 8/20 ...").
+  assert re.search(rf"{name}[^\n\r]*\| *\d+/\d+ \[", err.getvalue()), err.getvalue()[-500:]
   run_dir = _only_run_dir(tmp_path, name)
   files = {p.name for p in run_dir.iterdir()}
   assert RUN_FILES <= files, files
@@ -141,6 +155,8 @@ def test_vocab_softmax(tmp_path):
 def test_rerun_is_identical_and_detects_a_difference(classifier_run, capsys, monkeypatch):
   run_dir, _ = classifier_run
   original = (run_dir / "summary.json").read_text()
+  # The original showed its progress bar and the rerun shows none (stderr is no
+  # terminal here): progress does not change the summary.
   assert main(["rerun", str(run_dir)]) == 0
   assert "summaries identical" in capsys.readouterr().out
   reruns = [d for d in run_dir.parent.iterdir() if d != run_dir]
@@ -236,19 +252,33 @@ def test_data_parallel_four_devices_matches_one(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "args, expected",
+  "name, args, expected",
   [
-    (["--hiden", "3"], "--hiden.*did you mean '--hidden'"),
-    (["--steps", "ten"], "--steps.*invalid int value"),
-    (["--learning_rate"], "--learning_rate.*expected one argument"),
+    # Unknown options: one line, with the closest option by spelling or by initials.
+    (
+      "classifier",
+      ["--hiden", "3"],
+      "^error: classifier: unknown option '--hiden'; did you mean '--hidden'?",
+    ),
+    (
+      "classifier",
+      ["--lr", "0.1"],
+      "^error: classifier: unknown option '--lr'; did you mean '--learning_rate'?",
+    ),
+    ("classifier", ["7"], "^error: classifier: unknown argument '7'"),
+    # tyro's own errors (type, missing value, choices) name the option and the value.
+    ("classifier", ["--steps", "ten"], "Error parsing --steps: .*'ten'"),
+    ("classifier", ["--learning_rate"], "Missing value for argument '--learning_rate'"),
+    ("attention_toy", ["--implementation", "foo"], "invalid choice 'foo' for argument '--implementation'"),
   ],
 )
-def test_bad_options_name_the_option(tmp_path, capsys, args, expected):
-  assert main(["run", "classifier", "--runs-dir", str(tmp_path), *args]) == 2
-  import re
-
-  assert re.search(expected, capsys.readouterr().err)
-  assert not (tmp_path / "classifier").exists()  # nothing is created for a bad config
+def test_bad_options_name_the_option(tmp_path, capsys, name, args, expected):
+  assert main(["run", name, "--runs-dir", str(tmp_path), *args]) == 2
+  err = capsys.readouterr().err
+  assert re.search(expected, err, re.M), err
+  if expected.startswith("^"):
+    assert len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / name).exists()  # nothing is created for a bad config
 
 
 @pytest.mark.parametrize(
@@ -289,13 +319,23 @@ def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, name, args, e
     ({"steps": 1.5}, "field 'steps' must be int"),
     ({"devices": True}, "field 'devices' must be int"),
     ({"experiment": "lecture", "config": {}}, "config of experiment 'lecture'"),
+    ({"steps": -5}, "classifier: --steps must be a positive integer, got -5"),
   ],
 )
 def test_bad_config_file_names_the_field(tmp_path, capsys, content, expected):
   path = tmp_path / "c.json"
   path.write_text(json.dumps(content))
   assert main(["run", "classifier", "--runs-dir", str(tmp_path), "--config", str(path)]) == 2
-  assert expected in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert expected in err and len(err.strip().splitlines()) == 1, err
+  assert not (tmp_path / "classifier").exists()
+
+
+def test_config_file_choice_field_is_checked(tmp_path, capsys):
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps({"implementation": "sparse"}))
+  assert main(["run", "attention_toy", "--runs-dir", str(tmp_path), "--config", str(path)]) == 2
+  assert "field 'implementation' must be one of 'dense', 'chunked', got 'sparse'" in capsys.readouterr().err
 
 
 def test_config_file_then_command_line_override():
@@ -304,22 +344,42 @@ def test_config_file_then_command_line_override():
 
   with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
     json.dump({"hidden": 7, "steps": 100, "learning_rate": 1}, f)
-  config, _ = _runs.parse_config(module, ["--config", f.name, "--steps", "200"])
-  os.unlink(f.name)
+  config, options = _runs.parse_config(
+    module, ["--config", f.name, "--steps", "200", "--runs-dir", "elsewhere"]
+  )
   assert (config.hidden, config.steps, config.learning_rate) == (7, 200, 1.0)
+  assert options.runs_dir == "elsewhere"
+  # --smoke starts from SMOKE, the file overrides it, the command line overrides both.
+  config, _ = _runs.parse_config(module, ["--steps", "100", "--smoke", "--config", f.name])
+  os.unlink(f.name)
+  assert (config.hidden, config.steps, config.batch_size) == (7, 100, module.SMOKE.batch_size)
   config, _ = _runs.parse_config(module, ["--batch-size", "32"])  # dashes work too
   assert config.batch_size == 32
 
 
-def test_help_lists_every_field_with_its_default():
+@pytest.mark.parametrize("name", REGISTRY)
+def test_help_describes_every_option_with_its_default(name, capsys, monkeypatch):
+  import ast
   import dataclasses
+  import inspect
 
-  for name in REGISTRY:
-    module = load(name)
-    text = " ".join(_runs.build_parser(module).format_help().split())
-    for f in dataclasses.fields(module.Config):
-      assert f"--{f.name}" in text
-      assert f"(default: {f.default})" in text or f"default: {f.default}" in text, (name, f.name)
+  monkeypatch.setenv("COLUMNS", "200")  # descriptions unwrapped
+  assert main(["run", name, "--help"]) == 0
+  text = " ".join(re.sub("[│╭╮╰╯─]", " ", capsys.readouterr().out).split())
+  module = load(name)
+  # The field docstrings, read from the source independently of tyro.
+  body = ast.parse(inspect.getsource(module.Config)).body[0].body
+  docs = {
+    a.target.id: b.value.value
+    for a, b in zip(body, body[1:])
+    if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+  }
+  for f in dataclasses.fields(module.Config):
+    assert f.name in docs, f"{name}.Config.{f.name} has no docstring"
+    # "--steps INT <docstring> (default: 2000)", "--causal, --no_causal <docstring> (default: True)"
+    option = rf"--{f.name}(, --no_{f.name})?( [A-Z]+| {{[a-z,]+}})?"
+    described = rf" {re.escape(docs[f.name])} \(default: {re.escape(str(f.default))}\)"
+    assert re.search(option + described, text), (name, f.name)
 
 
 def test_unknown_experiment_and_command(capsys):
