@@ -455,6 +455,17 @@ class RunContext:
     return step, jax.tree.unflatten(treedef, new)
 
 
+def log_scale(ax, axis: str = "y", base: float = 10) -> None:
+  """A log axis whose ticks read as plain numbers (3, 0.3, 1e-03): matplotlib's
+  default labels a range inside one decade "3.1x10^0" on every minor tick."""
+  import matplotlib.ticker as ticker
+
+  getattr(ax, f"set_{axis}scale")("log", base=base)
+  scale = getattr(ax, f"{axis}axis")
+  scale.set_major_formatter(ticker.LogFormatter(base=base))
+  scale.set_minor_formatter(ticker.LogFormatter(base=base, minor_thresholds=(1, 0.4)))
+
+
 # ----------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------

@@ -284,8 +284,12 @@ def _plots(ctx, config, params, tokens, targets):
       "--",
       label=k.split(".")[0],
     )
-  ax.set(xlabel="step", ylabel="train cross-entropy (nats)", yscale="log", title="associative recall")
-  ax.legend()
+  ax.set(
+    xlabel="step", ylabel="train cross-entropy (nats, log scale)", title="associative recall: training loss"
+  )
+  _runs.log_scale(ax)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(title="attention implementation")
   ctx.save_figure(fig, "training_curve")
 
   # One held-out example: the weights need the dense path (chunked never forms them).
@@ -296,9 +300,9 @@ def _plots(ctx, config, params, tokens, targets):
   toks = np.asarray(tokens[0])
   labels = [f"k{t}" if t < config.n_keys else f"v{t - config.n_keys}" for t in toks[:-1]]
   labels.append(f"q{toks[-1]}")
-  fig, axes = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.15, 1]})
+  fig, axes = plt.subplots(1, 2, figsize=(12, 5), width_ratios=[1.15, 1], layout="constrained")
   image = axes[0].imshow(w, cmap="viridis", vmin=0, vmax=1)
-  fig.colorbar(image, ax=axes[0], label="attention weight", fraction=0.046, pad=0.04)
+  fig.colorbar(image, ax=axes[0], label="attention weight (each row sums to 1)", shrink=0.9)
   axes[0].set(
     xticks=range(len(labels)),
     yticks=range(len(labels)),

@@ -305,7 +305,9 @@ def _plots(ctx, test, y_test):
   for m, c in zip(MODELS, ("C0", "C1")):
     ax.plot(steps, [r[f"{m}.train_loss"] for r in metrics], c, label=f"{m} train")
     ax.plot(steps, [r[f"{m}.val_loss"] for r in metrics], c + "--", label=f"{m} val")
-  ax.set(xlabel="step", ylabel="cross-entropy (nats)", yscale="log", title="digits: loss")
+  ax.set(xlabel="step", ylabel="cross-entropy (nats, log scale)", title="digits: mean loss per logged chunk")
+  _runs.log_scale(ax)
+  ax.grid(alpha=0.3, which="both")
   ax.legend()
   ctx.save_figure(fig, "loss_curves")
 

@@ -136,9 +136,13 @@ def _plot(ctx):
   p = np.asarray(jaxsoft.softmax(jnp.asarray(LOGITS)))
   fig, axes = plt.subplots(1, 2, figsize=(8, 3))
   axes[0].bar(range(3), LOGITS, color="C0")
-  axes[0].set(title="logits", xticks=range(3))
+  axes[0].set(title="logits", xticks=range(3), xlabel="class", ylabel="logit")
   axes[1].bar(range(3), p, color=["C1" if i == TRUE_CLASS else "C0" for i in range(3)])
   axes[1].set(
-    title=f"softmax (CE of class {TRUE_CLASS} = {-np.log(p[TRUE_CLASS]):.4f})", xticks=range(3), ylim=(0, 1)
+    title=f"softmax (CE of class {TRUE_CLASS} = {-np.log(p[TRUE_CLASS]):.4f})",
+    xticks=range(3),
+    ylim=(0, 1),
+    xlabel="class (orange: the true class)",
+    ylabel="probability",
   )
   ctx.save_figure(fig, "softmax")

@@ -196,6 +196,6 @@ def _plots(ctx, x, loc, scale, path):
   ax.clabel(cs, fontsize=6)
   ax.plot(path[:, 0], path[:, 1], "r.-", ms=2, lw=0.8, label="Adam path")
   ax.plot([loc], [scale], "k*", ms=12, label="jaxsoft.fit_distribution")
-  ax.set(xlabel="loc", ylabel="scale", title="negative log-likelihood")
-  ax.legend()
+  ax.set(xlabel="loc (cm)", ylabel="scale (cm)", title="negative log-likelihood of the ten heights")
+  ax.legend(loc="lower right")
   ctx.save_figure(fig, "nll_contours")

@@ -221,11 +221,16 @@ def _plot(ctx, names, methods, curves):
   for ax, nm in zip(axes[0], names):
     for method in methods:
       n, rmse, se = curves[(nm, method)]
-      (line,) = ax.loglog(n, rmse, "o-", ms=3, label=method)
-      ax.loglog(n, se, ":", color=line.get_color())
+      (line,) = ax.plot(n, rmse, "o-", ms=3, label=method)
+      ax.plot(n, se, ":", color=line.get_color())
     n0 = np.asarray(curves[(nm, methods[0])][0], float)
     r0 = curves[(nm, methods[0])][1][0]
-    ax.loglog(n0, r0 * (n0 / n0[0]) ** -0.5, "k--", lw=0.8, label="n^-1/2")
-    ax.set(xlabel="n", ylabel="RMSE (dotted: mean stderr)", title=nm)
+    ax.plot(n0, r0 * (n0 / n0[0]) ** -0.5, "k--", lw=0.8, label="n^-1/2")
+    ax.set(
+      xlabel="n (evaluations)", ylabel="RMSE (solid), mean stderr (dotted)", title=f"{nm}: error against n"
+    )
+    _runs.log_scale(ax, "x", base=2)
+    _runs.log_scale(ax)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
   ctx.save_figure(fig, "error_vs_n")
