@@ -60,7 +60,7 @@ def likelihood_ratio_test(full, restricted, *, df=None) -> TestResult:
     A :class:`TestResult` with the shape of ``full.nll`` (batched under vmap).
 
   Raises:
-    ValueError when ``df`` (given or, when concrete, the default) is not >= 1.
+    ValueError: when ``df`` (given or, when concrete, the default) is not >= 1.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -123,7 +123,7 @@ def wald_test(result, R, q=None) -> TestResult:
     A :class:`TestResult`.
 
   Raises:
-    ValueError when ``R`` or ``q`` have the wrong shape.
+    ValueError: when ``R`` or ``q`` have the wrong shape.
 
   Examples:
     >>> import jax.numpy as jnp

@@ -99,9 +99,9 @@ def profile_confidence_intervals(
     search failed.
 
   Raises:
-    ValueError / TypeError for a ``level`` outside (0, 1), unknown names in
-    ``params`` or a named simplex leaf, and everything :func:`fit` raises about
-    ``constraints``, ``data`` and ``weights``.
+    ValueError, TypeError: for a ``level`` outside (0, 1), unknown names in
+      ``params`` or a named simplex leaf, and everything :func:`fit` raises about
+      ``constraints``, ``data`` and ``weights``.
 
   Examples:
     >>> import jax.numpy as jnp

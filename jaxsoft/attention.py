@@ -684,11 +684,10 @@ def multi_head_attention(
     params: the dict returned by :func:`init_multi_head_attention`.
     x: queries' features ``[B..., T, d_model]``.
     context: keys' and values' features ``[B..., S, d_model]``; default ``x``.
-    bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths,
-      segment_ids, local_window_size, logit_soft_cap, sink_logits,
-      dropout_rate, dropout_key, return_weights, return_residual,
-      implementation, block_size: as in
-      :func:`scaled_dot_product_attention`, applied to the projected heads.
+    bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths, segment_ids: as in
+      :func:`scaled_dot_product_attention`, applied to the projected heads; so
+      are local_window_size, logit_soft_cap, sink_logits, dropout_rate,
+      dropout_key, return_weights, return_residual, implementation and block_size.
 
   Returns:
     ``[B..., T, d_out]`` in the dtype of ``x``, or an :class:`AttentionResult`

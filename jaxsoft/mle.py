@@ -338,15 +338,15 @@ def fit(
     ``covariance`` [P, P], scalars otherwise; leading batch axes under vmap).
 
   Raises:
-    ValueError / TypeError when concrete inputs are invalid: empty data, NaN
-    in data, params outside their constraints, a constraints tree that does
-    not match params, unknown constraint names, bad weights, a ``log_prob``
-    that does not return a scalar per observation (found from shapes alone),
-    an unknown ``cov_type``, ``groups`` missing, of the wrong length or with
-    one group, ``num_starts < 1`` or no ``start_key`` for several starts.
-    Under ``jit`` or ``vmap`` only static facts (structure, shapes, dtypes,
-    names) can be checked: NaN data or infeasible starting params then give a
-    NaN ``nll`` with ``converged=False`` and ``steps=0``, rather than an error.
+    ValueError, TypeError: when concrete inputs are invalid: empty data, NaN
+      in data, params outside their constraints, a constraints tree that does
+      not match params, unknown constraint names, bad weights, a ``log_prob``
+      that does not return a scalar per observation (found from shapes alone),
+      an unknown ``cov_type``, ``groups`` missing, of the wrong length or with
+      one group, ``num_starts < 1`` or no ``start_key`` for several starts.
+      Under ``jit`` or ``vmap`` only static facts (structure, shapes, dtypes,
+      names) can be checked: NaN data or infeasible starting params then give a
+      NaN ``nll`` with ``converged=False`` and ``steps=0``, rather than an error.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -499,8 +499,8 @@ def fit_distribution(family, data, *, params=None, weights=None, **fit_options) 
     An :class:`MLEResult` whose ``params`` is a dict of the family's parameters.
 
   Raises:
-    ValueError for unknown family names and (when ``data`` is concrete) data
-    outside the family's support, plus everything :func:`fit` raises.
+    ValueError: for unknown family names and (when ``data`` is concrete) data
+      outside the family's support, plus everything :func:`fit` raises.
 
   Examples:
     >>> import jax.numpy as jnp
