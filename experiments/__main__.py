@@ -102,7 +102,7 @@ class RerunOptions:
 
 def _options(cls, command, argv):
   """``cls`` from ``argv`` with tyro; an unknown option is a ConfigError."""
-  args, unknown = _runs._tyro(cls, argv, prog=f"python -m experiments {command}")
+  args, unknown = _runs.tyro_cli(cls, argv, prog=f"python -m experiments {command}")
   if unknown:
     raise _runs.ConfigError(
       f"{command}: unknown argument {unknown[0]!r} (see `python -m experiments {command} --help`)"

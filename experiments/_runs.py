@@ -150,8 +150,8 @@ def _field_types(cls):
 
 
 def suggest(name: str, choices) -> str:
-  """ "; did you mean X?" for the choice closest to ``name`` (by spelling, or by
-  initials: ``lr`` for ``learning_rate``), else ""."""
+  """The suffix "; did you mean X?" naming the choice closest to ``name`` (by
+  spelling, or by initials: ``lr`` for ``learning_rate``), else ""."""
   choices = list(choices)
   bare = lambda c: c.lstrip("-").replace("-", "_")
   close = difflib.get_close_matches(name, choices, n=1)
@@ -230,7 +230,9 @@ class RunOptions:
   """a JSON file of config fields, or a run's config.json (command-line options override it)"""
 
 
-def _tyro(cls, argv, **kwargs):
+def tyro_cli(cls, argv, **kwargs):
+  """``tyro.cli`` as every command of the experiments calls it: returns
+  ``(parsed, unknown arguments)``."""
   # use_underscores: the options are spelled as the fields (--learning_rate);
   # tyro accepts dashes too (--learning-rate).
   return tyro.cli(cls, args=argv, use_underscores=True, return_unknown_args=True, **kwargs)
@@ -248,7 +250,7 @@ def parse_config(module, argv):
   # First the run options alone (the rest is left for the second pass), since
   # --smoke and --config set the defaults that the config fields start from.
   try:
-    pre, _ = _tyro(RunOptions, argv, add_help=False, console_outputs=False)
+    pre, _ = tyro_cli(RunOptions, argv, add_help=False, console_outputs=False)
   except SystemExit:  # a malformed run option: the full parse below reports it
     pre = RunOptions()
   base = module.SMOKE if pre.smoke else module.Config()
@@ -267,7 +269,7 @@ def parse_config(module, argv):
     frozen=True,
   )
   doc = (module.__doc__ or "").strip()
-  parsed, unknown = _tyro(cls, argv, prog=f"python -m experiments run {module.NAME}", description=doc)
+  parsed, unknown = tyro_cli(cls, argv, prog=f"python -m experiments run {module.NAME}", description=doc)
   if unknown:
     opt = next((a for a in unknown if a.startswith("-")), unknown[0])
     names = [f"--{f.name}" for f in (*dataclasses.fields(module.Config), *dataclasses.fields(RunOptions))]

@@ -193,7 +193,7 @@ def _plots(ctx, x, loc, scale, path):
   )
   fig, ax = plt.subplots(figsize=(6, 5))
   cs = ax.contour(L, S, nll, levels=np.quantile(nll, np.linspace(0.0, 0.6, 15)))
-  ax.clabel(cs, fontsize=6)
+  ax.clabel(cs, fontsize=6, fmt="%.1f")
   ax.plot(path[:, 0], path[:, 1], "r.-", ms=2, lw=0.8, label="Adam path")
   ax.plot([loc], [scale], "k*", ms=12, label="jaxsoft.fit_distribution")
   ax.set(xlabel="loc (cm)", ylabel="scale (cm)", title="negative log-likelihood of the ten heights")
