@@ -457,15 +457,20 @@ class RunContext:
     return step, jax.tree.unflatten(treedef, new)
 
 
-def log_scale(ax, axis: str = "y", base: float = 10) -> None:
-  """A log axis whose ticks read as plain numbers (3, 0.3, 1e-03): matplotlib's
-  default labels a range inside one decade "3.1x10^0" on every minor tick."""
+def log_scale(ax, axis: str = "y", base: int = 10) -> None:
+  """A log axis whose ticks read as plain numbers (3, 0.3, 1e-03), or as powers
+  of 2 for ``base=2``: matplotlib's default labels a range inside one decade
+  "3.1x10^0" on every minor tick."""
   import matplotlib.ticker as ticker
 
   getattr(ax, f"set_{axis}scale")("log", base=base)
   scale = getattr(ax, f"{axis}axis")
-  scale.set_major_formatter(ticker.LogFormatter(base=base))
-  scale.set_minor_formatter(ticker.LogFormatter(base=base, minor_thresholds=(1, 0.4)))
+  if base == 2:
+    scale.set_major_formatter(ticker.LogFormatterMathtext(base=2))
+    scale.set_minor_formatter(ticker.NullFormatter())
+  else:
+    scale.set_major_formatter(ticker.LogFormatter(base=base))
+    scale.set_minor_formatter(ticker.LogFormatter(base=base, minor_thresholds=(1, 0.4)))
 
 
 # ----------------------------------------------------------------------------

@@ -342,6 +342,7 @@ def _plots(ctx, test, y_test):
   for m, c in zip(MODELS, ("C0", "C1")):
     bins = test[m]["bins"]
     ax.plot([b[2] for b in bins], [b[3] for b in bins], c + "o-", label=f"{m} (ECE {test[m]['ece']:.3f})")
-  ax.set(xlabel="confidence", ylabel="accuracy", title="reliability diagram (test)")
-  ax.legend()
+  ax.set(xlabel="confidence (mean of the bin)", ylabel="accuracy", title="reliability diagram (test)")
+  # Below the axes: points fill every corner of the square.
+  ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=9)
   ctx.save_figure(fig, "reliability")

@@ -217,7 +217,7 @@ def run(config: Config, ctx) -> dict:
 def _plot(ctx, names, methods, curves):
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
+  fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False, layout="constrained")
   for ax, nm in zip(axes[0], names):
     for method in methods:
       n, rmse, se = curves[(nm, method)]
