@@ -452,17 +452,14 @@ def linear_cross_entropy(
   hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
   V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
   check_lm_options(fn, z_loss, logit_soft_cap, return_aux)
-  if mesh is not None and axis_name is None:
-    V.fail(fn, "axis_name", "be given with mesh (the axis that splits the vocabulary)", None, exc=TypeError)
-  shards = 1 if axis_name is None else VP.check_axis(fn, mesh, axis_name, weight.shape[1])
-  # Inside the caller's shard_map (axis_name without mesh) weight is the local shard.
-  v_local = weight.shape[1] // shards if mesh is not None else weight.shape[1]
-  vocab = v_local * shards
+  v_local, vocab = VP.vocab_sizes(fn, mesh, axis_name, weight.shape[1])
   n = labels.size
   tn, tv = _chunk_sizes(fn, chunk_size, n, v_local)
-  cw = cw_in = _check_class_weight(fn, class_weight, weight.shape[1])
+  # The class weights of weight's columns feed the chunked pass; the loss
+  # needs every class's (inside shard_map only this device's are here).
+  cw = cw_cols = _check_class_weight(fn, class_weight, weight.shape[1])
   if cw is not None and axis_name is not None and mesh is None:
-    cw = VP.gather_columns(cw, axis_name)
+    cw = VP.gather_columns(cw_cols, axis_name)
   y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(hidden.dtype)
   need_u = not is_zero(label_smoothing)
@@ -470,7 +467,7 @@ def linear_cross_entropy(
     lse = z_y = u = ent = jnp.zeros(labels.shape, dtype)
   else:
     cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
-    cw_in = jnp.ones((weight.shape[1],), dtype) if cw_in is None else cw_in
+    cw_in = jnp.ones((weight.shape[1],), dtype) if cw_cols is None else cw_cols
     local_stats = lambda h, w, b, y_, cw_, cap_: _fused_stats(
       h, w, b, y_, cw_, cap_, tn, tv, need_u, return_aux
     )

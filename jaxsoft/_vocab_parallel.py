@@ -32,15 +32,19 @@ from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
 
 
-def check_axis(fn: str, mesh, axis_name, vocab: int) -> int:
-  """The number of devices along ``axis_name`` (the vocabulary shards), checked.
+def vocab_sizes(fn: str, mesh, axis_name, width: int) -> tuple[int, int]:
+  """``(classes per device, all classes)`` for a ``weight`` of ``width`` columns, the options checked.
 
-  ``vocab`` is ``weight.shape[1]``: the global vocabulary with ``mesh``, the
+  ``width`` is the global vocabulary with ``mesh`` (or on one device), the
   local shard without it (inside the caller's ``shard_map``).
   """
+  if axis_name is None:
+    if mesh is not None:
+      V.fail(fn, "axis_name", "be given with mesh (the axis that splits the vocabulary)", None, exc=TypeError)
+    return width, width
   if mesh is None:
     try:
-      return lax.axis_size(axis_name)
+      return width, width * lax.axis_size(axis_name)
     except NameError:
       V.fail(
         fn,
@@ -54,9 +58,9 @@ def check_axis(fn: str, mesh, axis_name, vocab: int) -> int:
   if axis_name not in mesh.axis_names:
     V.fail(fn, "axis_name", f"be an axis of mesh {tuple(mesh.axis_names)}", repr(axis_name))
   size = mesh.shape[axis_name]
-  if vocab % size:
-    V.fail(fn, "weight", f"have V divisible by the {size} devices of axis {axis_name!r}", f"V = {vocab}")
-  return size
+  if width % size:
+    V.fail(fn, "weight", f"have V divisible by the {size} devices of axis {axis_name!r}", f"V = {width}")
+  return width // size, width
 
 
 def _varying_axes(x) -> frozenset:
