@@ -183,6 +183,23 @@ SCRIPT = textwrap.dedent(r'''
     close(four, one, rtol=1e-6, atol=1e-6)
 
 
+  @check
+  def sharded_vmap_errors():
+    cases = [
+      (lambda: sharded_vmap(3), TypeError, "sharded_vmap: fun must be callable"),
+      (lambda: sharded_vmap(jnp.sum, devices=5), ValueError, "devices must be between 1 and 4"),
+      (lambda: sharded_vmap(jnp.add)(jnp.ones((3, 2)), jnp.ones(4)), ValueError, "args must share one leading"),
+      (lambda: sharded_vmap(jnp.sum)(jnp.ones(())), ValueError, "args must share one leading"),
+    ]
+    for call, exc, msg in cases:
+      try:
+        call()
+      except exc as e:
+        assert msg in str(e), e
+      else:
+        raise AssertionError(f"no error: {msg}")
+
+
   # ------------------------------------------------------------ Monte Carlo
   @check
   def integrate_same_for_1_2_4_devices():
@@ -217,6 +234,7 @@ CHECK_NAMES = [
   "vocab_parallel_inside_shard_map",
   "vocab_parallel_errors",
   "sharded_fits_four_devices_equal_one",
+  "sharded_vmap_errors",
   "integrate_same_for_1_2_4_devices",
 ]
 
