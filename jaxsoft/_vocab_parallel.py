@@ -1,7 +1,7 @@
 r"""Vocabulary parallelism: per-token softmax statistics of a weight split by columns over a mesh axis.
 
 Device :math:`k` of the axis holds the columns :math:`[kV_\ell, (k+1)V_\ell)`
-of ``weight`` (``V_l = V / D``) and computes, with the chunked engine of
+of ``weight`` (:math:`V_\ell = V / D`) and computes, with the chunked engine of
 :mod:`jaxsoft._vocab` on its own columns only, each token's local
 logsumexp :math:`\mathrm{lse}_k`, its label logit when it owns the label, the
 class-weighted sum :math:`u_k = \sum_{c \in k} w_c z_c` and the mean logit
@@ -106,7 +106,8 @@ def merged_stats(local_stats, hidden, weight, bias, labels, class_weight, cap, *
   lowest = jnp.finfo(lse_k.dtype).min
   m = lax.pmax(jnp.maximum(lax.stop_gradient(lse_k), lowest), axis_name)
   e = jnp.exp(lse_k - m)
-  # The mean logit of an empty shard (e = 0) is -inf - -inf: its term is 0.
+  # lse_k - ent_k is the mean logit under the local softmax; for an empty
+  # shard (e = 0) it is -inf - -inf, and its term is 0.
   zbar = jnp.where(e > 0, e * (lse_k - ent_k), 0)
   s, z_y, u, t = lax.psum((e, jnp.where(owns, zy_k, 0), u_k, zbar), axis_name)
   lse = m + jnp.log(s)
