@@ -43,9 +43,11 @@ same points. For the quasi-Monte Carlo methods (whole randomizations per
 device) the result equals the single-device result exactly; for the i.i.d.
 methods (contiguous ranges of blocks per device) the per-device statistics
 are merged in another order, so it equals it to float rounding.
-``integrate_to_tolerance`` starts at one step per device, so the sizes it
-tries depend on the device count: it stops at the one-device size (and
-result) whenever that size is at least one step per device.
+``integrate_to_tolerance`` starts at one step per device and doubles, so
+the sizes it tries depend on the device count: with a power-of-two count
+``D`` they are the one-device sizes from ``D`` steps on, and it stops at the
+one-device size (and result, to float rounding) whenever that size is at
+least ``D`` steps; a smaller one-device size is overshot.
 """
 
 from __future__ import annotations
