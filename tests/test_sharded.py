@@ -56,7 +56,7 @@ SCRIPT = textwrap.dedent(r'''
   MASK = jnp.array([True, True, True, True, False, True, True])
 
 
-  def dense(h, w, b, y, *, cw=None, eps=0.0, zl=0.0, cap=None, where=None, reduction="mean"):
+  def dense(h, w, b, y, *, cw=None, eps=None, zl=0.0, cap=None, where=None, reduction="mean"):
     """Float64 cross-entropy of the full logits, PyTorch's weighted smoothing, mean over counted weight."""
     h, w, b = (jnp.asarray(x, jnp.float64) for x in (h, w, b))
     h = h.reshape(-1, h.shape[-1])
@@ -71,7 +71,7 @@ SCRIPT = textwrap.dedent(r'''
     zy = jnp.take_along_axis(z, ys[:, None], 1)[:, 0]
     wy = jnp.where(keep, cw[ys], 0)
     main = wy * (lse - zy)
-    if eps:
+    if eps is not None:  # (the term is 0 * inf = NaN with a -inf logit)
       main = (1 - eps) * main + eps / w.shape[1] * jnp.sum(cw * (lse[:, None] - z), -1)
     per = jnp.where(keep, main + zl * lse**2, 0)
     if reduction == "none":
@@ -86,29 +86,32 @@ SCRIPT = textwrap.dedent(r'''
     return loss, {k: jnp.where(keep, a, 0) for k, a in aux.items()}
 
 
-  def objective(loss_fn):
-    """A scalar through the loss and every aux output, so that each one's gradient is checked."""
-    def f(h, w, b, cw):
-      loss, aux = loss_fn(h, w, b, cw)
+  def objective(loss_fn, num_args=4):
+    """A scalar through the loss and every aux output, and its gradient in every argument."""
+    def f(*args):
+      loss, aux = loss_fn(*args)
       return jnp.sum(loss) + 0.3 * jnp.sum(aux["entropy"]) - 0.2 * jnp.sum(aux["log_prob"]) + 0.1 * jnp.sum(aux["lse"])
-    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))
+    return jax.jit(jax.value_and_grad(f, argnums=tuple(range(num_args))))
 
 
-  OPTS = dict(ignore_index=-100, where=MASK, label_smoothing=0.1, z_loss=1e-2, logit_soft_cap=4.0, return_aux=True)
-  REF_OPTS = dict(eps=0.1, zl=1e-2, cap=4.0, where=MASK)
+  # Differentiated too: label_smoothing, z_loss, logit_soft_cap.
+  OPTIONS = (0.1, 1e-2, 4.0)
+
+
+  def lce(*, mesh=None, axis_name=None):
+    return lambda h, w, b, cw, eps, zl, cap: linear_cross_entropy(
+      h, w, Y, bias=b, class_weight=cw, chunk_size=(3, 2), ignore_index=-100, where=MASK, label_smoothing=eps,
+      z_loss=zl, logit_soft_cap=cap, return_aux=True, mesh=mesh, axis_name=axis_name)
 
 
   @check
   def vocab_parallel_every_option():
-    sharded = objective(lambda h, w, b, cw: linear_cross_entropy(
-      h, w, Y, bias=b, class_weight=cw, chunk_size=(3, 2), mesh=MESH, axis_name="v", **OPTS))
-    single = objective(lambda h, w, b, cw: linear_cross_entropy(
-      h, w, Y, bias=b, class_weight=cw, chunk_size=(3, 2), **OPTS))
-    ref = objective(lambda h, w, b, cw: dense(h, w, b, Y, cw=cw, **REF_OPTS))
+    sharded = objective(lce(mesh=MESH, axis_name="v"), 7)
+    ref = objective(lambda h, w, b, cw, eps, zl, cap: dense(h, w, b, Y, cw=cw, eps=eps, zl=zl, cap=cap, where=MASK), 7)
     w_sharded = jax.device_put(W, NamedSharding(MESH, P(None, "v")))
-    got = sharded(H, w_sharded, B, CW)
-    close(got, single(H, W, B, CW))  # the single-device loss, to float32 rounding
-    close(got, ref(*(x.astype(jnp.float64) for x in (H, W, B, CW))), rtol=1e-4, atol=1e-5)
+    got = sharded(H, w_sharded, B, CW, *OPTIONS)
+    close(got, objective(lce(), 7)(H, W, B, CW, *OPTIONS))  # the single-device loss, to float32 rounding
+    close(got, ref(*(x.astype(jnp.float64) for x in (H, W, B, CW)), *OPTIONS), rtol=1e-4, atol=1e-5)
     # The weight's gradient stays split like the weight.
     assert got[1][1].sharding.spec == P(None, "v"), got[1][1].sharding
 
