@@ -35,16 +35,26 @@ Black-Scholes call, at n = 2**12 and 2**16 (``experiments/monte_carlo.py``
 measures it; ``benchmarks/RESULTS.md`` has the table).
 
 Several devices. ``devices=`` spreads the work over local devices with
-``jax.shard_map`` and merges the partial statistics with ``all_gather``; for
-the quasi-Monte Carlo methods the randomizations are split across devices and
-the result equals the single-device result exactly.
+``jax.shard_map`` and merges the partial statistics with ``all_gather``. The
+random streams are keyed by global position, not by device: block ``j`` is
+drawn from ``fold_in(key, j)`` and randomization ``r`` from ``fold_in(key,
+r)`` whichever device runs it, so 1, 2 or 4 devices evaluate ``f`` at the
+same points. For the quasi-Monte Carlo methods (whole randomizations per
+device) the result equals the single-device result exactly; for the i.i.d.
+methods (contiguous ranges of blocks per device) the per-device statistics
+are merged in another order, so it equals it to float rounding.
+``integrate_to_tolerance`` starts at one step per device and doubles, so
+the sizes it tries depend on the device count: with a power-of-two count
+``D`` they are the one-device sizes from ``D`` steps on, and it stops at the
+one-device size (and result, to float rounding) whenever that size is at
+least ``D`` steps; a smaller one-device size is overshot.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,13 +62,14 @@ import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from jaxsoft import _running_stats as RS
 from jaxsoft import _validate as V
 from jaxsoft import qmc as _qmc
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._interval import Interval, t_quantile
+from jaxsoft._sharding import device_mesh
 
 __all__ = [
   "MCResult",
@@ -211,7 +222,7 @@ def _check_integrate(fn, method, n, batch_size, replicates, devices, size_arg="n
   V.check_option(fn, "method", method, _METHODS)
   n = V.check_int(fn, size_arg, n, minimum=1)
   batch_size = _check_batch_size(fn, batch_size)
-  mesh = _mesh(fn, devices)
+  mesh = device_mesh(fn, devices, _AXIS)
   if method in _QMC:
     replicates = _check_replicates(fn, method, replicates, size_arg, n)
     if method == "sobol" and n // replicates > 2**30:
@@ -244,21 +255,6 @@ def _check_strata(fn, method, strata_per_axis, dim: int, n: int, size_arg: str) 
   if n < 2 * k**dim:
     V.fail(fn, size_arg, f"hold at least two rounds of the {k**dim} strata", n)
   return k
-
-
-def _mesh(fn: str, devices):
-  if devices is None:
-    return None
-  if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-    available = jax.local_devices()
-    if not 1 <= devices <= len(available):
-      V.fail(fn, "devices", f"be between 1 and {len(available)} (the local device count)", devices)
-    devices = available[:devices]
-  if not isinstance(devices, Sequence) or not all(isinstance(d, jax.Device) for d in devices) or not devices:
-    V.fail(
-      fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
-    )
-  return Mesh(np.asarray(list(devices)), (_AXIS,))
 
 
 def _on_devices(mesh, local):
@@ -554,10 +550,10 @@ def integrate(
       ``n`` as above.
     devices: ``None`` (default device), an int (the first that many local
       devices) or a sequence of devices to spread the work over with
-      ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (same
-      estimate up to float rounding), whole randomizations for QMC
-      (``replicates`` must be a multiple of the device count; same result
-      bit for bit).
+      ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (the
+      same points; the same estimate up to float rounding), whole
+      randomizations for QMC (``replicates`` must be a multiple of the
+      device count; same result bit for bit), for any device count.
 
   Returns:
     ``MCResult(estimate, stderr, n)``, estimate and stderr shaped like
