@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxsoft import _attention_structure as structure
 from jaxsoft import _chunked_attention as chunked
+from jaxsoft import _context_parallel as context_parallel
 from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
@@ -270,10 +271,32 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
     V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
   else:
     o["dropout_key"] = V.check_key(fn, "dropout_key", o["dropout_key"])
-  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked"))
+  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked", "ring"))
   o["block_size"] = _parse_blocks(fn, o["block_size"])
-  if o["return_weights"] and o["implementation"] == "chunked":
-    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
+  if o["implementation"] is None and o["mesh"] is not None:
+    o["implementation"] = "ring"
+  if o["return_weights"] and o["implementation"] in ("chunked", "ring"):
+    want = f'be False with implementation="{o["implementation"]}" (it never forms the weights)'
+    V.fail(fn, "return_weights", want, True)
+  if o["implementation"] == "ring":
+    for name, x in (("mask", mask), ("bias", bias)):
+      if x is not None:
+        V.fail(fn, name, 'be None with implementation="ring" (a dense [T, S] array defeats the split)', "an array")
+    o["ring"] = context_parallel.ring(
+      fn,
+      o["mesh"],
+      o["axis_name"],
+      T=T,
+      S=S,
+      band=o["band"],
+      cap=o["logit_soft_cap"],
+      is_causal=bool(is_causal),
+      blocks=o["block_size"],
+      dropout_rate=rate,
+    )
+  elif o["mesh"] is not None or o["axis_name"] is not None:
+    name = "mesh" if o["mesh"] is not None else "axis_name"
+    V.fail(fn, name, 'be None unless implementation="ring"', f'implementation="{o["implementation"]}"')
   return query, key, value, o
 
 
@@ -312,13 +335,16 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
     out, weights, lse = _dense(*args, **kwargs)
   else:
     try:
-      out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+      if implementation == "ring":
+        out, lse = context_parallel.attention(*args, ring=o["ring"])
+      else:
+        out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
     except TypeError as e:
-      # The chunked kernel has a custom VJP (its memory-lean backward pass),
-      # and JAX differentiates such a function in reverse mode only.
+      # The chunked kernel and the ring have a custom VJP (their memory-lean
+      # backward pass), and JAX differentiates such a function in reverse mode only.
       if "forward-mode" not in str(e):
         raise
-      got = '"chunked"' if o["implementation"] else '"chunked" (picked by implementation=None)'
+      got = f'"{implementation}"' if o["implementation"] else '"chunked" (picked by implementation=None)'
       want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian)'
       V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
@@ -356,6 +382,8 @@ def scaled_dot_product_attention(
   return_residual: bool = False,
   implementation: str | None = None,
   block_size: int | tuple[int, int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Scaled dot-product attention that is exact and never NaN under masks.
 
@@ -503,6 +531,8 @@ def scaled_dot_product_attention(
     return_residual=return_residual,
     implementation=implementation,
     block_size=block_size,
+    mesh=mesh,
+    axis_name=axis_name,
   )
 
 
@@ -671,6 +701,8 @@ def multi_head_attention(
   return_residual: bool = False,
   implementation: str | None = None,
   block_size: int | tuple[int, int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Multi-head attention layer over a params dict from :func:`init_multi_head_attention`.
 
@@ -734,6 +766,8 @@ def multi_head_attention(
     return_residual=return_residual,
     implementation=implementation,
     block_size=block_size,
+    mesh=mesh,
+    axis_name=axis_name,
   )
   attn = res.output if isinstance(res, AttentionResult) else res
   po = params["out"]
