@@ -281,7 +281,9 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
   if o["implementation"] == "ring":
     for name, x in (("mask", mask), ("bias", bias)):
       if x is not None:
-        V.fail(fn, name, 'be None with implementation="ring" (a dense [T, S] array defeats the split)', "an array")
+        V.fail(
+          fn, name, 'be None with implementation="ring" (a dense [T, S] array defeats the split)', "an array"
+        )
     o["ring"] = context_parallel.ring(
       fn,
       o["mesh"],
