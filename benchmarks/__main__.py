@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-NAMES = ["softmax", "attention", "attention_structure", "montecarlo", "mle", "vocab"]
+NAMES = ["softmax", "attention", "attention_structure", "context_parallel", "montecarlo", "mle", "vocab"]
 
 
 def header() -> str:

@@ -380,6 +380,15 @@ def _device(q, k, v, sink, st, key, cfg: Ring):
   return out, lse
 
 
+def _place(ring: Ring, spec, x):
+  """``x`` resharded to ``spec``: needed on an explicit mesh axis, where the sharding is part of the type.
+
+  Other explicit axes are dropped (replicated): keeping them would need the
+  ring's loop carries typed with them too.
+  """
+  return None if x is None else jax.reshard(x, NamedSharding(ring.mesh, spec))
+
+
 def attention(q, k, v, bias, mask, sink, st, dropout_key, *, ring: Ring):
   """Head-major global q, k, v -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T], as the chunked path.
 
@@ -396,9 +405,7 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, ring: Ring):
   out_specs = (seq(5, 3), seq(4, 3))
   args = (q, k, v, sink, st, dropout_key)
   if dict(zip(ring.mesh.axis_names, ring.mesh.axis_types))[ax] == jax.sharding.AxisType.Explicit:
-    # An explicit mesh axis types the arrays' sharding: put them on it first.
-    place = lambda spec, x: x if x is None else jax.reshard(x, NamedSharding(ring.mesh, spec))  # noqa: E731
-    args = jax.tree.map(place, in_specs, args, is_leaf=lambda x: isinstance(x, P))
+    args = jax.tree.map(functools.partial(_place, ring), in_specs, args, is_leaf=lambda x: isinstance(x, P))
   run = jax.shard_map(
     functools.partial(_device, cfg=ring),
     mesh=ring.mesh,

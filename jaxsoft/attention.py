@@ -17,6 +17,9 @@ Two implementations compute the same function:
   linear in ``T + S``. Under ``is_causal`` blocks above the diagonal are
   skipped, forward and backward. The kernel lives in
   :mod:`jaxsoft._chunked_attention`.
+* ``"ring"`` splits the sequence over the devices of a mesh axis (context
+  parallelism): each device runs the chunked kernel on its query shard while
+  the key/value shards travel around the ring (:mod:`jaxsoft._context_parallel`).
 """
 
 from __future__ import annotations
@@ -438,6 +441,27 @@ def scaled_dot_product_attention(
   The batch dimensions of ``query`` and of ``key``/``value`` broadcast
   against each other (a key/value batch of 1 serves every query row).
 
+  **Context parallelism.** ``implementation="ring"`` (picked when a ``mesh``
+  is given) splits the sequence over the devices of the mesh axis
+  ``axis_name`` with ``jax.shard_map``: each device keeps ``T / D`` queries
+  and the ``S / D`` keys and values pass from device to device with
+  ``lax.ppermute``, each step merged into the running softmax by its
+  log-normalizer (ring attention), so memory per device is ``O(T / D)``,
+  forward and backward (a custom VJP that runs the ring again). Pass global
+  arrays (ideally already sharded along the sequence on that axis); the
+  result is the global output, sharded the same way. Under ``is_causal`` the
+  devices hold one early and one late chunk each ("zigzag"), so that they do
+  the same work; the permutation is applied and undone inside. With a window
+  shorter than a shard the ring visits only the neighbouring shards. Every
+  structure option, the soft cap, sinks, ``return_residual`` and dropout
+  work; ``mask`` and ``bias`` do not (a dense ``[T, S]`` array is what the
+  split avoids). Dropout is keyed by global block, so with a ``block_size``
+  that divides each device's chunks it draws the same bits as the chunked
+  path, for any number of devices. ``T`` and ``S`` must be divisible by
+  ``D`` (``2D`` under ``is_causal``). It is an implementation rather than a
+  separate function because it computes the same function of the same
+  arguments, and so reaches :func:`multi_head_attention` unchanged.
+
   Args:
     query: ``[B..., T, N, H]``, floating.
     key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``; its batch
@@ -472,10 +496,16 @@ def scaled_dot_product_attention(
     return_weights: also return the weights (dense implementation only).
     return_residual: also return the log of each row's normalizer
       (differentiable).
-    implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when the
-      weights are requested or ``T * S <= 2**17``, chunked otherwise).
+    implementation: ``"dense"``, ``"chunked"``, ``"ring"`` or ``None``
+      (ring when a ``mesh`` is given; else dense when the weights are
+      requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
       default ``(256, 512)``. Blocks need not divide the lengths.
+    mesh: a ``jax.sharding.Mesh`` whose axis ``axis_name`` splits the
+      sequence (``implementation="ring"`` only). Its other axes are left to
+      JAX's automatic partitioning: on ``Auto`` axes a batch sharded over
+      them stays so; on ``Explicit`` ones the inputs are replicated over them.
+    axis_name: the mesh axis of the sequence; default the mesh's only axis.
 
   Returns:
     The output ``[B..., T, N, H_v]`` in the dtype of ``query`` (half precision
@@ -721,7 +751,7 @@ def multi_head_attention(
     bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths,
       segment_ids, local_window_size, logit_soft_cap, sink_logits,
       dropout_rate, dropout_key, return_weights, return_residual,
-      implementation, block_size: as in
+      implementation, block_size, mesh, axis_name: as in
       :func:`scaled_dot_product_attention`, applied to the projected heads.
 
   Returns:
