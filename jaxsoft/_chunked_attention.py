@@ -22,6 +22,14 @@ The ranges are shared by the batch rows, so they cover the union of the
 rows' allowed blocks. Inside a visited block every pair is still masked
 element by element (:func:`_block_logits`), so a range may hold blocks
 without an allowed pair (wasted work) but must hold every block with one.
+
+The kernel may run on one shard of a longer sequence (the ring of
+:mod:`jaxsoft._context_parallel`): the structure's offsets then give the
+global positions of the shard's first query and key, so the band, the
+lengths and the dropout bits are those of the whole sequence.
+:func:`forward` and :func:`backward` are the two passes on padded inputs,
+shared with the ring, whose backward adds up the gradients of the key shards
+given the rows' final log-normalizers.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ Liu et al. (2023), "Ring Attention with Blockwise Transformers".
 **Global positions.** A shard's structure (causal band, window, lengths) is
 that of its place in the whole sequence: the kernel takes each shard's
 offset, so the block skipping, the masks and the dropout bits are those of
-the whole sequence. Dropout is keyed by the global (query block, key block),
-so with blocks that divide the shards the same bits are drawn for any
-number of devices, and as by the single-device chunked path.
+the whole sequence. Dropout uses the blocks of the whole sequence, keyed by
+the global (query block, key block), so when they divide the shards the
+same bits are drawn for any number of devices as by the single-device
+chunked path.
 
 **Only the steps that matter.** Which ring steps can hold an allowed pair
 follows from the band (causal, window) and the static shard layout: a window
@@ -149,13 +150,20 @@ def ring(fn, mesh, axis_name, *, T, S, band, cap, is_causal, blocks, dropout_rat
         V.fail(fn, name, f"have a sequence length {why}", n)
     first, steps = _steps(band, T, S, D, 2)
   cq, ck = T // (chunks * D), S // (chunks * D)
-  plan = chunked.make_plan(cq, ck, band, cap, blocks) if cq and ck else None
-  if dropout_rate > 0 and plan is not None and (cq % plan.bq or ck % plan.bk):
-    want = (
-      f"divide the chunks of {cq} queries and {ck} keys held by each device when dropout_rate > 0 "
-      "(dropout is keyed by global block)"
-    )
-    V.fail(fn, "block_size", want, blocks)
+  if not (cq and ck):
+    return Ring(mesh, axis_name, D, chunks, first, steps, None, float(dropout_rate))
+  plan = chunked.make_plan(cq, ck, band, cap, blocks)
+  if dropout_rate > 0:
+    # Dropout bits are keyed by block: the blocks of the unsplit sequence, so
+    # that every device count draws what one device draws.
+    whole = chunked.make_plan(T, S, band, cap, blocks)
+    if cq % whole.bq or ck % whole.bk:
+      want = (
+        f"divide the chunks of {cq} queries and {ck} keys held by each device when dropout_rate > 0 "
+        f"(dropout is keyed by the blocks ({whole.bq}, {whole.bk}) of the whole sequence)"
+      )
+      V.fail(fn, "block_size", want, blocks)
+    plan = plan._replace(bq=whole.bq, bk=whole.bk)
   return Ring(mesh, axis_name, D, chunks, first, steps, plan, float(dropout_rate))
 
 

@@ -455,9 +455,10 @@ def scaled_dot_product_attention(
   shorter than a shard the ring visits only the neighbouring shards. Every
   structure option, the soft cap, sinks, ``return_residual`` and dropout
   work; ``mask`` and ``bias`` do not (a dense ``[T, S]`` array is what the
-  split avoids). Dropout is keyed by global block, so with a ``block_size``
-  that divides each device's chunks it draws the same bits as the chunked
-  path, for any number of devices. ``T`` and ``S`` must be divisible by
+  split avoids). Dropout uses the blocks of the whole sequence, keyed by
+  their global place, so it draws the same bits as the chunked path with
+  the same ``block_size``, for any number of devices; those blocks must
+  divide each device's chunks. ``T`` and ``S`` must be divisible by
   ``D`` (``2D`` under ``is_causal``). It is an implementation rather than a
   separate function because it computes the same function of the same
   arguments, and so reaches :func:`multi_head_attention` unchanged.

@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent("""
       "causal_packed_d8": (8, True, FAST["causal_packed_d4"][2], True, False),
       "window_shuffled_d4": (4, False, dict(local_window_size=6, segment_ids=shuffled), False, False),
       "bottom_right_d8": (8, False, dict(is_causal="bottom_right", query_seq_lengths=[9, 32]), False, False),
-      "dropout_causal_d4": (4, False, dict(is_causal=True), False, True),
+      "dropout_causal_d4": (4, False, dict(is_causal=True), False, True),  # blocks of 2 in chunks of 4
     }
 
     def attend(impl, options, with_sink, dropout, mesh=None):
