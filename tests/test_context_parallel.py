@@ -94,6 +94,10 @@ SCRIPT = textwrap.dedent("""
       for impl, extra in (("ring", dict(mesh=m)), ("reference", dict(implementation="dense"))):
         layer = jax.jit(lambda x: multi_head_attention(params, x, is_causal=True, **extra))
         results["layer/" + impl] = [np.asarray(layer(x))]
+      # Under vmap (over a leading axis: each slice is one unbatched call).
+      for impl, extra in (("ring", dict(mesh=m)), ("reference", dict(implementation="dense"))):
+        one = lambda x: sdpa(x, x, x, is_causal=True, **extra)
+        results["vmap/" + impl] = [np.asarray(jax.jit(jax.vmap(one))(q[:, :, :1]))]
 
     if which == "fast":
       # Trace-time errors.
@@ -217,7 +221,8 @@ def test_more_compositions(name):
 
 
 @pytest.mark.slow
-def test_multi_head_layer_passes_the_mesh_through():
-  got = np.asarray(_results("slow")["layer/ring"][0], np.float64)
-  want = np.asarray(_results("slow")["layer/reference"][0], np.float64)
+@pytest.mark.parametrize("name", ["layer", "vmap"])
+def test_multi_head_layer_and_vmap(name):
+  got = np.asarray(_results("slow")[name + "/ring"][0], np.float64)
+  want = np.asarray(_results("slow")[name + "/reference"][0], np.float64)
   np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
