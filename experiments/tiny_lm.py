@@ -39,9 +39,10 @@ with three ways of computing that last softmax:
 Validation perplexity is ``exp`` of the mean next-word negative
 log-likelihood on held-out documents under each model's normalized
 distribution (the exact softmax for ``linear`` and ``sampled``). The summary
-holds deterministic figures (perplexities, XLA's peak memory of the compiled
-training step); tokens per second and wall times go to
-``method_timing.json``.
+holds deterministic figures: perplexities, the mean ``log Z`` of the exact
+softmax, and XLA's peak memory of the compiled training step and of each
+method's output layer (forward and backward on one batch). Tokens per second
+and wall times go to ``method_timing.json``.
 """
 
 from __future__ import annotations
@@ -273,12 +274,6 @@ def init_params(key, *, vocab, config):
   return params
 
 
-def method_params(params, method):
-  """The parameters that ``method`` trains: the transformer and its own output layer."""
-  drop = "softmax" if method == "adaptive" else "adaptive"
-  return {k: v for k, v in params.items() if k != drop}
-
-
 def window(config, layer):
   """``local_window_size`` of ``layer``: ``(left, 0)`` on the even layers, None (global) on the odd ones."""
   return (config.local_window_size, 0) if config.local_window_size and layer % 2 == 0 else None
@@ -316,40 +311,54 @@ def attention_weights(params, rows, *, config):
 # -- the last softmax: three training losses, one likelihood -----------------------------
 
 
-def loss(params, rows, key, config, method):
-  """The training loss of ``method``: mean over the counted next-word targets."""
-  h = apply_model(params, rows, config)
-  h, y, valid = h.reshape(-1, config.d_model), rows["targets"].reshape(-1), rows["valid"].reshape(-1)
+def head(params, method):
+  """The output layer that ``method`` reads: ``"adaptive"`` or ``"softmax"``."""
+  return params["adaptive" if method == "adaptive" else "softmax"]
+
+
+def output_loss(out, h, y, valid, key, config, method):
+  """``method``'s training loss from the hidden states ``h [tokens, d_model]`` and its output layer
+  ``out``: a mean over the counted targets (``valid``)."""
   if method == "linear":
-    return jaxsoft.linear_cross_entropy(
-      h, params["softmax"]["w"], y, bias=params["softmax"]["b"], where=valid, z_loss=config.z_loss
-    )
+    return jaxsoft.linear_cross_entropy(h, out["w"], y, bias=out["b"], where=valid, z_loss=config.z_loss)
   if method == "sampled":
     return jaxsoft.sampled_softmax_cross_entropy(
-      h,
-      params["softmax"]["w"],
-      y,
-      key,
-      num_samples=config.num_samples,
-      bias=params["softmax"]["b"],
-      where=valid,
+      h, out["w"], y, key, num_samples=config.num_samples, bias=out["b"], where=valid
     )
-  return jaxsoft.adaptive_log_softmax(h, params["adaptive"], y, cutoffs=_cutoffs(config), where=valid).loss
+  return jaxsoft.adaptive_log_softmax(h, out, y, cutoffs=_cutoffs(config), where=valid).loss
+
+
+def _flat(h, rows, config):
+  return h.reshape(-1, config.d_model), rows["targets"].reshape(-1), rows["valid"].reshape(-1)
+
+
+def loss(params, rows, key, config, method_index):
+  """The training loss of ``METHODS[method_index]`` on packed rows."""
+  h, y, valid = _flat(apply_model(params, rows, config), rows, config)
+  # The methods share the transformer and differ only in the last softmax, so one
+  # compiled program serves the three: lax.switch runs the method's branch alone.
+  # The output layer a method does not read gets zero gradients.
+  branches = [lambda p, m=m: output_loss(head(p, m), h, y, valid, key, config, m) for m in METHODS]
+  return jax.lax.switch(method_index, branches, params)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def log_likelihood(params, rows, *, config):
-  """Sum of the log-probabilities of the counted targets under the model's normalized distribution,
-  their number, and the sum of the log-normalizers ``log Z`` (0 for the adaptive softmax)."""
-  h = apply_model(params, rows, config)
-  h, y, valid = h.reshape(-1, config.d_model), rows["targets"].reshape(-1), rows["valid"].reshape(-1)
-  if "adaptive" in params:
-    log_prob = jaxsoft.adaptive_log_softmax(h, params["adaptive"], y, cutoffs=_cutoffs(config), where=valid)
-    return jnp.sum(log_prob.log_prob), jnp.sum(valid), jnp.zeros(())
+def log_likelihood(params, rows, adaptive, *, config):
+  """Sum of the log-probabilities of the counted targets under the model's normalized
+  distribution (the adaptive softmax's when ``adaptive``, else the exact softmax's), their
+  number, and the sum of the exact softmax's log-normalizers ``log Z``."""
+  h, y, valid = _flat(apply_model(params, rows, config), rows, config)
   nll, aux = jaxsoft.linear_cross_entropy(
     h, params["softmax"]["w"], y, bias=params["softmax"]["b"], where=valid, reduction="sum", return_aux=True
   )
-  return -nll, jnp.sum(valid), jnp.sum(aux["lse"])
+  log_p = jax.lax.cond(
+    adaptive,
+    lambda: jnp.sum(
+      jaxsoft.adaptive_log_softmax(h, params["adaptive"], y, cutoffs=_cutoffs(config), where=valid).log_prob
+    ),
+    lambda: -nll,
+  )
+  return log_p, jnp.sum(valid), jnp.sum(aux["lse"])
 
 
 def optimizer(config):
@@ -357,8 +366,8 @@ def optimizer(config):
   return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "method"))
-def train_steps(state, train_rows, start, *, config, method):
+@functools.partial(jax.jit, static_argnames=("config",))
+def train_steps(state, train_rows, start, method_index, *, config):
   """``eval_every`` AdamW steps from step ``start``; returns the state and the mean training loss.
 
   Module-level and jitted on the (hashable) config, so a rerun in the same
@@ -375,7 +384,7 @@ def train_steps(state, train_rows, start, *, config, method):
     )
     batch = jax.tree.map(lambda a: a[idx], train_rows)
     key = jax.random.fold_in(jax.random.fold_in(base, 2), i)
-    value, grads = jax.value_and_grad(loss)(params, batch, key, config, method)
+    value, grads = jax.value_and_grad(loss)(params, batch, key, config, method_index)
     updates, opt_state = optimizer(config).update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), value
 
@@ -383,22 +392,31 @@ def train_steps(state, train_rows, start, *, config, method):
   return state, values.mean()
 
 
+_output_grad = jax.jit(jax.value_and_grad(output_loss, argnums=(0, 1)), static_argnames=("config", "method"))
+
+
+def output_layer_peak_bytes(params, config, method):
+  """XLA's peak memory of ``method``'s last softmax, forward and backward, on one training batch:
+  where the three methods differ (the rest of the training step is shared)."""
+  n = config.batch_size * config.seq_len
+  h = jax.ShapeDtypeStruct((n, config.d_model), jnp.float32)
+  y, valid = jax.ShapeDtypeStruct((n,), jnp.int32), jax.ShapeDtypeStruct((n,), jnp.bool_)
+  compiled = _output_grad.lower(head(params, method), h, y, valid, jax.random.key(0), config, method)
+  return int(compiled.compile().memory_analysis().peak_memory_in_bytes)
+
+
 def train(method, config, params, train_rows, val_rows, ctx):
   """Trains ``method`` from the shared initialization, logging the training and validation loss."""
-  params = method_params(params, method)
+  index, adaptive = jnp.int32(METHODS.index(method)), jnp.bool_(method == "adaptive")
   state = (params, optimizer(config).init(params))
-  t0 = time.perf_counter()
-  compiled = train_steps.lower(state, train_rows, jnp.int32(0), config=config, method=method).compile()
-  compile_seconds = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
   bar = ctx.progress(total=config.steps, desc=f"{NAME} {method}")
   seconds = 0.0
   for start in range(0, config.steps, config.eval_every):
     t0 = time.perf_counter()
-    state, train_loss = compiled(state, train_rows, jnp.int32(start))
+    state, train_loss = train_steps(state, train_rows, jnp.int32(start), index, config=config)
     train_loss = float(train_loss)  # waits for the steps
     seconds += time.perf_counter() - t0
-    log_p, count, _ = log_likelihood(state[0], val_rows, config=config)
+    log_p, count, _ = log_likelihood(state[0], val_rows, adaptive, config=config)
     ctx.log(
       start + config.eval_every,
       **{f"{method}.train_loss": train_loss, f"{method}.val_nll": -float(log_p) / float(count)},
@@ -408,11 +426,10 @@ def train(method, config, params, train_rows, val_rows, ctx):
   tokens = config.steps * config.batch_size * config.seq_len
   timing = {
     "train_seconds": seconds,
-    "compile_seconds": compile_seconds,
     "ms_per_step": 1e3 * seconds / config.steps,
     "tokens_per_second": tokens / seconds,
   }
-  return state[0], int(mem.peak_memory_in_bytes), timing
+  return state[0], timing
 
 
 def run(config: Config, ctx) -> dict:
@@ -450,17 +467,24 @@ def run(config: Config, ctx) -> dict:
     "corpus.val_unk_fraction": float(np.mean(counted == UNK)),
     "unigram_val_perplexity": float(np.exp(-np.mean(np.log(freq[counted] / freq.sum())))),
   }
-  params0 = init_params(jax.random.key(config.seed), vocab=len(vocab), config=config)
-  timing, trained = {}, {}
+  params = init_params(jax.random.key(config.seed), vocab=len(vocab), config=config)
+  # One training program for the three methods (see loss); compiled here to read its memory.
+  t0 = time.perf_counter()
+  state = (params, optimizer(config).init(params))
+  step_program = train_steps.lower(state, train_rows, jnp.int32(0), jnp.int32(0), config=config).compile()
+  timing = {"compile_seconds": time.perf_counter() - t0}
+  summary["train_step_peak_bytes"] = int(step_program.memory_analysis().peak_memory_in_bytes)
+  trained = {}
   for method in METHODS:
-    params, peak_bytes, timing[method] = train(method, config, params0, train_rows, val_rows, ctx)
-    log_p, count, sum_lse = log_likelihood(params, val_rows, config=config)
+    trained[method], timing[method] = train(method, config, params, train_rows, val_rows, ctx)
+    log_p, count, sum_lse = log_likelihood(
+      trained[method], val_rows, jnp.bool_(method == "adaptive"), config=config
+    )
     summary[f"{method}.val_perplexity"] = float(np.exp(-float(log_p) / float(count)))
     summary[f"{method}.train_loss"] = ctx.metrics[-1][f"{method}.train_loss"]
     if method != "adaptive":
       summary[f"{method}.val_mean_log_normalizer"] = float(sum_lse) / float(count)
-    summary[f"{method}.step_peak_bytes"] = peak_bytes
-    trained[method] = params
+    summary[f"{method}.output_layer_peak_bytes"] = output_layer_peak_bytes(params, config, method)
   timing["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   _runs.write_json(ctx.run_dir / "method_timing.json", timing)
   _print_report(summary, timing)
@@ -475,11 +499,11 @@ def _print_report(summary, timing):
       m,
       f"{summary[f'{m}.val_perplexity']:.2f}",
       f"{timing[m]['tokens_per_second']:,.0f}",
-      f"{summary[f'{m}.step_peak_bytes'] / 2**20:.1f}",
+      f"{summary[f'{m}.output_layer_peak_bytes'] / 2**20:.1f}",
     )
     for m in METHODS
   ]
-  header = ("method", "val perplexity", "train tokens/s", "step peak MiB (XLA)")
+  header = ("method", "val perplexity", "train tokens/s", "output layer peak MiB (XLA)")
   print(_runs.format_table(header, rows), flush=True)
 
 
