@@ -170,7 +170,7 @@ def test_validation_likelihood_counts_only_targets_of_the_same_document(packed_m
 @pytest.mark.parametrize(
   "args, expected",
   [
-    (["--steps", "7"], "tiny_lm: --steps must be a multiple of eval_every (50), got 7"),
+    (["--steps", "7"], "tiny_lm: --steps must be a multiple of eval_every (25), got 7"),
     (["--d_model", "30"], "--d_model must be a multiple of num_heads (4), got 30"),
     (["--cutoffs", "500,20"], "--cutoffs must be comma-separated increasing positive integers"),
     (["--local_window_size", "-1"], "--local_window_size must be 0 (no window) or positive, got -1"),
