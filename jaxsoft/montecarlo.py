@@ -201,32 +201,47 @@ def _check_replicates(fn, method, replicates, size_arg, size):
   return replicates
 
 
-def _check_integrate(fn, method, n, batch_size, replicates, devices):
-  """``integrate``'s static options, checked: ``(n, batch_size, replicates, mesh)``."""
+def _check_integrate(fn, method, n, batch_size, replicates, devices, size_arg="n"):
+  """``integrate``'s static options, checked: ``(n, batch_size, replicates, mesh)``.
+
+  ``size_arg`` names the size in messages (``integrate_to_tolerance``'s is ``max_n``).
+  """
   V.check_option(fn, "method", method, _METHODS)
-  n = V.check_int(fn, "n", n, minimum=1)
+  n = V.check_int(fn, size_arg, n, minimum=1)
   batch_size = _check_batch_size(fn, batch_size)
   mesh = _mesh(fn, devices)
   if method in _QMC:
-    replicates = _check_replicates(fn, method, replicates, "n", n)
+    replicates = _check_replicates(fn, method, replicates, size_arg, n)
     if method == "sobol" and n // replicates > 2**30:
-      V.fail(fn, "n", "give at most 2**30 points per replicate for method 'sobol'", n)
+      V.fail(fn, size_arg, "give at most 2**30 points per replicate for method 'sobol'", n)
     if mesh is not None and replicates % mesh.devices.size:
       V.fail(fn, "replicates", f"be a multiple of the number of devices ({mesh.devices.size})", replicates)
-  elif method == "antithetic" and n % 2:
+  elif method == "antithetic" and n % 2 and size_arg == "n":
     V.fail(fn, "n", "be even for method 'antithetic'", n)
   return n, batch_size, replicates, mesh
 
 
-def _check_tolerance(fn, method, atol, rtol, max_n, replicates):
-  """``integrate_to_tolerance``'s static options, checked: ``(max_n, replicates)``."""
-  V.check_option(fn, "method", method, ("mc", "antithetic") + _QMC)
-  max_n = V.check_int(fn, "max_n", max_n, minimum=2)
+def _check_tolerance(fn, method, atol, rtol, max_n, batch_size, replicates, devices):
+  """``integrate_to_tolerance``'s static options, checked: ``(max_n, batch_size, replicates, mesh)``."""
   V.check_range(fn, "atol", atol, 0.0, math.inf)
   V.check_range(fn, "rtol", rtol, 0.0, math.inf)
-  if method in _QMC:
-    replicates = _check_replicates(fn, method, replicates, "max_n", max_n)
-  return max_n, replicates
+  max_n = V.check_int(fn, "max_n", max_n, minimum=2)
+  return _check_integrate(fn, method, max_n, batch_size, replicates, devices, size_arg="max_n")
+
+
+def _check_strata(fn, method, strata_per_axis, dim: int, n: int, size_arg: str) -> int:
+  """Strata per axis of ``"stratified"``: ``strata_per_axis``, or the default for size ``n``."""
+  block = _block_size(dim, 2**62)
+  if strata_per_axis is None:
+    return _strata(dim, n, block) if method == "stratified" else 1
+  if method != "stratified":
+    V.fail(fn, "strata_per_axis", "be None unless method is 'stratified'", strata_per_axis)
+  k = V.check_int(fn, "strata_per_axis", strata_per_axis, minimum=1)
+  if k**dim > block:
+    V.fail(fn, "strata_per_axis", f"give at most {block} strata (strata_per_axis ** {dim})", k)
+  if n < 2 * k**dim:
+    V.fail(fn, size_arg, f"hold at least two rounds of the {k**dim} strata", n)
+  return k
 
 
 def _mesh(fn: str, devices):
@@ -242,6 +257,11 @@ def _mesh(fn: str, devices):
       fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
     )
   return Mesh(np.asarray(list(devices)), (_AXIS,))
+
+
+def _on_devices(mesh, local):
+  """``local()`` on every device of ``mesh``, its (replicated) result returned."""
+  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
 
 
 # ----------------------------------------------------------------------------
@@ -295,12 +315,12 @@ def _uniform(key, shape, dtype):
   return lax.bitcast_convert_type((words >> 9) | jnp.uint32(0x3F800000), jnp.float32) - 1
 
 
-def _unit_fn(method: str, box: _Box, block: int, n: int | None = None):
+def _unit_fn(method: str, box: _Box, block: int, k_axis: int = 1):
   """``(unit_fn, units_per_block, evals_per_unit)`` of an i.i.d. method.
 
   ``unit_fn(k)`` draws one block of ``block`` points from the key ``k`` and
   returns the values of its units, leaves ``[units_per_block, ...]``.
-  ``"stratified"`` picks its number of strata from the total ``n``.
+  ``"stratified"`` cuts each axis into ``k_axis`` strata.
   """
   dim, cdtype = box.dim, box.cdtype
   if method == "mc":
@@ -314,7 +334,6 @@ def _unit_fn(method: str, box: _Box, block: int, n: int | None = None):
 
     return unit_fn, pairs, 2
   # "stratified": a unit is a round of one point in each of the k**dim strata.
-  k_axis = _strata(dim, n, _block_size(dim, 2**62))
   strata = k_axis**dim
   rounds = max(block // strata, 1)
   corners = jnp.asarray(
@@ -384,7 +403,7 @@ def _iid_stats(unit_fn, key, value_struct, *, num_units, units_per_block, blocks
     gathered = jax.tree.map(lambda x: lax.all_gather(x, _AXIS), stats)
     return RS.merge_sequential(init, gathered)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
+  return _on_devices(mesh, local)
 
 
 def _qmc_adder(box: _Box, points, *, chunk: int, points_per_replicate: int | None = None):
@@ -422,7 +441,7 @@ def _map_replicates(replicate, replicates: int, mesh):
     out = lax.map(replicate, lax.axis_index(_AXIS) * per + jnp.arange(per))
     return jax.tree.map(lambda m: lax.all_gather(m, _AXIS, tiled=True), out)
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(), out_specs=PartitionSpec(), check_vma=False)()
+  return _on_devices(mesh, local)
 
 
 def _qmc_chunks(method, key, dim, chunk, dtype):
@@ -475,6 +494,7 @@ def integrate(
   method: str = "mc",
   batch_size: int | None = None,
   replicates: int | None = None,
+  strata_per_axis: int | None = None,
   devices=None,
 ) -> MCResult:
   r"""Integral of ``f`` over the box ``[lower, upper]`` with a standard error.
@@ -488,10 +508,11 @@ def integrate(
   * ``"mc"``: uniform points (units = points).
   * ``"antithetic"``: pairs :math:`(u, 1-u)` (units = pair means; ``n`` even).
   * ``"stratified"``: a grid of :math:`k^{dim}` equal strata with one uniform
-    point in each per *round*; units = round means (proportional allocation,
-    at least 64 rounds; ``n`` is rounded down to whole rounds and ``k`` is
-    capped so a round fits one block, so in high dimension it falls back to
-    plain Monte Carlo with ``k = 1``).
+    point in each per *round*; units = round means (proportional allocation;
+    ``n`` is rounded down to whole rounds). By default ``k`` is the largest
+    that leaves at least 64 rounds and lets a round fit one block, so in high
+    dimension it falls back to plain Monte Carlo with ``k = 1``;
+    ``strata_per_axis`` sets it.
   * ``"sobol"``, ``"halton"``, ``"lattice"``: ``replicates`` independent
     randomizations of ``n // replicates`` points each
     (:func:`jaxsoft.qmc.sobol`, :func:`~jaxsoft.qmc.halton`,
@@ -526,6 +547,9 @@ def integrate(
       fewer replicates leave more points to each and give smaller error bars
       on smooth integrands, at the risk of a too narrow interval when the
       replicate means are skewed.
+    strata_per_axis: ``k`` for ``"stratified"`` (static; ``k ** dim`` strata
+      must fit one block of ``2**19 // dim`` points). Default: chosen from
+      ``n`` as above.
     devices: ``None`` (default device), an int (the first that many local
       devices) or a sequence of devices to spread the work over with
       ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (same
@@ -553,18 +577,19 @@ def integrate(
   n, batch_size, replicates, mesh = _check_integrate(fn, method, n, batch_size, replicates, devices)
   box = _box(fn, f, lower, upper)
   key = V.check_key(fn, "key", key)
+  k_axis = _check_strata(fn, method, strata_per_axis, box.dim, n, "n")
   if method in _QMC:
     units, used = _integrate_qmc(box, key, method, n, batch_size, replicates, mesh)
   else:
-    units, used = _integrate_iid(box, key, method, n, batch_size, mesh)
+    units, used = _integrate_iid(box, key, method, n, batch_size, k_axis, mesh)
   estimate, stderr, dof = _summary(units, box.volume)
   return MCResult(_cast(estimate, box.dtype), _cast(stderr, box.dtype), jnp.asarray(used, jnp.int32), dof)
 
 
-def _integrate_iid(box, key, method, n, batch_size, mesh):
+def _integrate_iid(box, key, method, n, batch_size, k_axis, mesh):
   """Statistics of the units of ``"mc"``, ``"antithetic"`` or ``"stratified"``, and the evaluations."""
   block = _block_size(box.dim, n)
-  unit_fn, upb, per_unit = _unit_fn(method, box, block, n)
+  unit_fn, upb, per_unit = _unit_fn(method, box, block, k_axis)
   units = n // per_unit
   bps = max(1, (batch_size or _default_batch(block)) // (upb * per_unit))
   stats = _iid_stats(
@@ -917,7 +942,10 @@ def integrate_to_tolerance(
   rtol=1e-3,
   max_n: int = 2**26,
   method: str = "mc",
+  batch_size: int | None = None,
   replicates: int | None = None,
+  strata_per_axis: int | None = None,
+  devices=None,
   level: float = 0.95,
 ) -> ToleranceResult:
   r"""Integrates, doubling the sample size until the confidence interval is narrow enough.
@@ -930,10 +958,12 @@ def integrate_to_tolerance(
   leaf, or when doubling again would exceed ``max_n``. Runs
   inside one ``lax.while_loop``; already drawn points are kept and the new
   points continue the same stream, so the result at size :math:`N` equals
-  ``integrate(..., n=N)`` with the same key and method: bit for bit for
-  ``"mc"`` and ``"antithetic"``, to float rounding for ``"sobol"`` and
-  ``"halton"`` and ``"lattice"`` (the same points, summed in chunks of
-  another size).
+  ``integrate(..., n=N)`` with the same key, method and options: bit for bit
+  for ``"mc"``, ``"antithetic"`` and ``"stratified"`` on one device, to float
+  rounding for the quasi-Monte Carlo methods (the same points, summed in
+  chunks of another size) and on several devices (the same blocks, merged in
+  another order). The first size is one step (``batch_size`` points; with
+  ``devices``, one step per device).
 
   Differentiation. Forward mode (``jax.jvp``, ``jax.jacfwd``) works through
   the loop, with respect to parameters that ``f`` closes over. Reverse mode
@@ -950,10 +980,14 @@ def integrate_to_tolerance(
     atol, rtol: absolute and relative tolerances on the half-width of the
       ``level`` confidence interval.
     max_n: the most evaluations (static).
-    method: ``"mc"``, ``"antithetic"``, ``"sobol"``, ``"halton"`` or
-      ``"lattice"``.
-    replicates: randomizations for the quasi-Monte Carlo methods (static;
-      default as in :func:`integrate`).
+    method, batch_size, replicates, devices: as in :func:`integrate`. For
+      the quasi-Monte Carlo methods ``batch_size`` counts the points of all
+      randomizations together (they advance side by side).
+    strata_per_axis: ``k`` for ``"stratified"`` (static). Default: the
+      largest whose ``k ** dim`` strata leave at least 64 rounds in one block
+      of ``2**19 // dim`` points, so that the first step already has an
+      honest error bar; pass the same value to :func:`integrate` to
+      reproduce a result.
     level: the confidence level of the interval whose half-width is tested
       (a Python float in (0, 1)).
 
@@ -969,11 +1003,20 @@ def integrate_to_tolerance(
     3.1408 +- 0.0011, n=2097152, True
   """
   fn = "integrate_to_tolerance"
-  max_n, replicates = _check_tolerance(fn, method, atol, rtol, max_n, replicates)
+  max_n, batch_size, replicates, mesh = _check_tolerance(
+    fn, method, atol, rtol, max_n, batch_size, replicates, devices
+  )
   box = _box(fn, f, lower, upper)
   key = V.check_key(fn, "key", key)
   level = _check_level(fn, level)
-  plan = _doubling_plan(box, key, method, max_n, replicates)
+  if method in _QMC:
+    _check_strata(fn, method, strata_per_axis, box.dim, max_n, "max_n")
+    plan = _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh)
+  else:
+    block = _block_size(box.dim, max_n)
+    # The default strata leave at least 64 rounds in one block (the first step).
+    k_axis = _check_strata(fn, method, strata_per_axis, box.dim, block, "max_n")
+    plan = _iid_doubling(box, key, method, block, batch_size, k_axis, max_n, mesh)
   volume = box.volume
   atol = jnp.asarray(atol, box.cdtype)
   rtol = jnp.asarray(rtol, box.cdtype)
@@ -987,57 +1030,92 @@ def integrate_to_tolerance(
     return jnp.all(jnp.stack(jax.tree.leaves(ok)))
 
   def cond(state):
-    stats, blocks = state
-    return (~done(*summary(stats))) & (2 * blocks <= plan.max_blocks)
+    stats, steps = state
+    return (~done(*summary(stats))) & (2 * steps <= plan.max_steps)
 
   def body(state):
-    stats, blocks = state
-    return plan.add(stats, blocks, blocks), 2 * blocks
+    stats, steps = state
+    return plan.add(stats, steps, steps), 2 * steps
 
-  stats, blocks = lax.while_loop(cond, body, (plan.add(plan.init, 0, 1), jnp.asarray(1, jnp.int32)))
+  first = jnp.asarray(plan.first_steps, jnp.int32)
+  stats, steps = lax.while_loop(cond, body, (plan.add(plan.init, 0, first), first))
   estimate, stderr, dof = summary(stats)
   return ToleranceResult(
     _cast(estimate, box.dtype),
     _cast(stderr, box.dtype),
-    (blocks * plan.evals_per_block).astype(jnp.int32),
+    (steps * plan.evals_per_step).astype(jnp.int32),
     done(estimate, stderr, dof),
     dof,
   )
 
 
 class _DoublingPlan(NamedTuple):
-  """How ``integrate_to_tolerance`` grows: ``add(stats, first, count)`` adds blocks ``first ..``."""
+  """How ``integrate_to_tolerance`` grows: ``add(stats, first, count)`` adds steps ``first ..``."""
 
   init: Any
   add: Callable
   units: Callable  # stats -> running statistics of the i.i.d. units
-  evals_per_block: int
-  max_blocks: int
+  evals_per_step: int
+  first_steps: int  # one step per device
+  max_steps: int
 
 
-def _doubling_plan(box, key, method, max_n, replicates) -> _DoublingPlan:
-  if method in _QMC:
-    # A block is one chunk of every randomization; they run side by side.
-    max_rep = max_n // replicates
-    chunk = min(_pow2_floor(_block_size(box.dim, 2**62) // replicates), _pow2_floor(max_rep))
-    scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
-    add = _qmc_adder(box, points, chunk=chunk)
-    # Every randomization is drawn once, before the loop.
-    scrambled = jax.vmap(scramble)(jnp.arange(replicates))
-    return _DoublingPlan(
-      init=jax.vmap(lambda _: RS.zeros(box.struct))(jnp.arange(replicates)),
-      add=lambda stats, first, count: jax.vmap(lambda sc, s: add(sc, s, first, count))(scrambled, stats),
-      units=lambda stats: RS.block_stats(stats[1]),
-      evals_per_block=chunk * replicates,
-      max_blocks=max_rep // chunk,
-    )
-  unit_fn, upb, per_unit = _unit_fn(method, box, _block_size(box.dim, max_n))
+def _iid_doubling(box, key, method, block, batch_size, k_axis, max_n, mesh) -> _DoublingPlan:
+  """Steps of whole blocks (as :func:`integrate` makes them); with ``mesh``, each
+  device adds a contiguous range of the new steps and the ranges are merged in order."""
+  unit_fn, upb, per_unit = _unit_fn(method, box, block, k_axis)
+  bps = max(1, (batch_size or _default_batch(block)) // (upb * per_unit))
+  add = _iid_adder(unit_fn, key, units_per_block=upb, blocks_per_step=bps)
+  devices = 1 if mesh is None else mesh.devices.size
+  if mesh is not None:
+    local_add = add
+
+    def add(stats, first, count):
+      def local():
+        per = count // devices
+        mine = local_add(RS.zeros(box.struct), first + lax.axis_index(_AXIS) * per, per)
+        return RS.merge_sequential(stats, jax.tree.map(lambda x: lax.all_gather(x, _AXIS), mine))
+
+      return _on_devices(mesh, local)
+
+  evals = bps * upb * per_unit
+  return _DoublingPlan(RS.zeros(box.struct), add, lambda s: s, evals, devices, max(max_n // evals, devices))
+
+
+def _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh) -> _DoublingPlan:
+  """A step is one chunk of every randomization; they advance side by side (on
+  ``mesh``, each device advances its own randomizations)."""
+  max_rep = max_n // replicates
+  per_step = batch_size or _block_size(box.dim, 2**62)
+  chunk = min(_pow2_floor(max(per_step // replicates, 1)), _pow2_floor(max_rep))
+  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
+  add_one = _qmc_adder(box, points, chunk=chunk)
+  # Every randomization is drawn once, before the loop.
+  scrambled = jax.vmap(scramble)(jnp.arange(replicates))
+
+  def add_all(scrambled, stats, first, count):
+    return jax.vmap(lambda sc, s: add_one(sc, s, first, count))(scrambled, stats)
+
+  if mesh is None:
+    add = lambda stats, first, count: add_all(scrambled, stats, first, count)
+  else:
+    per = replicates // mesh.devices.size
+
+    def add(stats, first, count):
+      def local():
+        mine = lambda x: lax.dynamic_slice_in_dim(x, lax.axis_index(_AXIS) * per, per)
+        new = add_all(jax.tree.map(mine, scrambled), jax.tree.map(mine, stats), first, count)
+        return jax.tree.map(lambda x: lax.all_gather(x, _AXIS, tiled=True), new)
+
+      return _on_devices(mesh, local)
+
   return _DoublingPlan(
-    init=RS.zeros(box.struct),
-    add=_iid_adder(unit_fn, key, units_per_block=upb, blocks_per_step=1),
-    units=lambda stats: stats,
-    evals_per_block=upb * per_unit,
-    max_blocks=max(max_n // (upb * per_unit), 1),
+    init=jax.vmap(lambda _: RS.zeros(box.struct))(jnp.arange(replicates)),
+    add=add,
+    units=lambda stats: RS.block_stats(stats[1]),
+    evals_per_step=chunk * replicates,
+    first_steps=1,
+    max_steps=max_rep // chunk,
   )
 
 

@@ -496,6 +496,55 @@ def test_integrate_to_tolerance(method):
       np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+  "method, options",
+  [
+    ("stratified", dict(strata_per_axis=4)),
+    ("mc", dict(batch_size=2**15)),
+    ("sobol", dict(batch_size=2**12)),
+  ],
+)
+def test_integrate_to_tolerance_takes_integrates_options(method, options):
+  # rtol = 0 runs to max_n; at that size the result is integrate's with the
+  # same options: bit for bit for the i.i.d. methods, to rounding for QMC.
+  f = lambda x: genz(x)["gaussian"]
+  box = dict(lower=ZEROS3, upper=ONES3, method=method, **options)
+  r, same = jax.jit(
+    lambda k: (
+      integrate_to_tolerance(f, k, rtol=0.0, max_n=2**18, **box),
+      integrate(f, k, n=2**18, **box),
+    )
+  )(jax.random.key(5))
+  assert int(r.n) == int(same.n) == 2**18 and int(r.dof) == int(same.dof)
+  if method == "sobol":
+    np.testing.assert_allclose(r.estimate, same.estimate, rtol=1e-6)
+    # float32 rounding of the replicate means (~1e-8) against a stderr of 2e-7.
+    np.testing.assert_allclose(r.stderr, same.stderr, atol=5e-9)
+  else:
+    np.testing.assert_array_equal(r.estimate, same.estimate)
+    np.testing.assert_array_equal(r.stderr, same.stderr)
+  if method == "stratified":
+    # 4**3 strata a round, 2**18 / 64 = 4096 rounds.
+    assert int(r.dof) == 4095
+
+
+def test_integrate_to_tolerance_stratified_default_strata():
+  # The default cuts each axis so that one block (2**17 points in 3
+  # dimensions) holds at least 64 rounds: 12**3 = 1728 strata, 75 rounds a
+  # block (13**3 * 64 > 2**17); the tolerance is met on the smooth integrand.
+  f = lambda x: genz(x)["gaussian"]
+  r = jax.jit(
+    lambda k: integrate_to_tolerance(
+      f, k, rtol=1e-4, max_n=2**22, method="stratified", lower=ZEROS3, upper=ONES3
+    )
+  )(jax.random.key(6))
+  assert bool(r.converged) and int(r.n) % 1728 == 0
+  assert (int(r.dof) + 1) % 75 == 0 and int(r.n) == (int(r.dof) + 1) * 1728
+  q = stats.t.ppf(0.975, int(r.dof))
+  assert q * float(r.stderr) <= 1e-4 * abs(float(r.estimate)) * (1 + 1e-5)
+  assert abs(float(r.estimate) - GENZ_EXACT["gaussian"]) < 4.5 * float(r.stderr) + 1e-7
+
+
 def test_integrate_to_tolerance_forward_mode_derivative():
   # d/da of the integral of a * x over [0, 1] is 1/2 at every sample size;
   # forward mode goes through the doubling loop (reverse mode cannot).
@@ -565,7 +614,15 @@ def test_errors():
   with pytest.raises(ValueError, match="devices"):
     integrate(gauss8, key, n=16, devices=len(jax.local_devices()) + 1, **kw)
   with pytest.raises(ValueError, match="method"):
-    integrate_to_tolerance(gauss8, key, method="stratified", **kw)
+    integrate_to_tolerance(gauss8, key, method="qmc", **kw)
+  with pytest.raises(ValueError, match="strata_per_axis must be None unless method is 'stratified'"):
+    integrate(gauss8, key, n=16, strata_per_axis=2, **kw)
+  with pytest.raises(ValueError, match=r"strata_per_axis must give at most 262144 strata"):
+    integrate(gauss8, key, n=2**20, method="stratified", strata_per_axis=513, **kw)
+  with pytest.raises(ValueError, match="n must hold at least two rounds of the 16 strata, got 20"):
+    integrate(gauss8, key, n=20, method="stratified", strata_per_axis=4, **kw)
+  with pytest.raises(ValueError, match="max_n must give at most 2"):
+    integrate_to_tolerance(gauss8, key, method="sobol", max_n=2**40, **kw)
   with pytest.raises(ValueError, match="rtol"):
     integrate_to_tolerance(gauss8, key, rtol=-1.0, **kw)
   with pytest.raises(TypeError, match="control_variate"):
@@ -622,7 +679,7 @@ def test_property_n_and_finite(n, method):
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import sys
     import jax, jax.numpy as jnp, numpy as np
-    from jaxsoft.montecarlo import integrate
+    from jaxsoft.montecarlo import integrate, integrate_to_tolerance
     assert len(jax.devices()) == 4, jax.devices()
     f = lambda x: {"g": jnp.exp(-jnp.sum(x ** 2)), "v": x}
     kw = dict(lower=jnp.zeros(3), upper=jnp.ones(3))
@@ -642,6 +699,17 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         assert int(one.n) == int(four.n)
         np.testing.assert_allclose(one.estimate["g"], four.estimate["g"], rtol=1e-5)
         np.testing.assert_allclose(one.stderr["g"], four.stderr["g"], rtol=1e-4)
+      # integrate_to_tolerance on four devices: integrate's result at its size
+      # (the same blocks or randomizations, merged in another order). In 16
+      # dimensions a block is 2**15 points: one per device, then doubled once.
+      kw16 = dict(lower=jnp.zeros(16), upper=jnp.ones(16), method=method)
+      tol = jax.jit(lambda k: integrate_to_tolerance(f, k, rtol=0.0, max_n=2 ** 18, devices=4, **kw16))(
+        jax.random.key(2)
+      )
+      ref = integrate(f, jax.random.key(2), n=2 ** 18, **kw16)
+      assert int(tol.n) == 2 ** 18 and int(tol.dof) == int(ref.dof), (int(tol.n), int(tol.dof), int(ref.dof))
+      np.testing.assert_allclose(tol.estimate["g"], ref.estimate["g"], rtol=1e-5)
+      np.testing.assert_allclose(tol.stderr["g"], ref.stderr["g"], rtol=1e-3)
     print("OK")
 """)
 
