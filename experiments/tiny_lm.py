@@ -98,7 +98,7 @@ class Config:
   """Transformer blocks; the even ones (0, 2, ...) attend through the sliding window."""
   local_window_size: int = 16
   """Sliding window of the even layers: each word sees itself and this many words before it (0: no window)."""
-  batch_size: int = 8
+  batch_size: int = 4
   """Packed rows per training step."""
   steps: int = 200
   """Training steps of each method."""
