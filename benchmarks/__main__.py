@@ -17,7 +17,16 @@ import time
 import jax
 import numpy as np
 
-NAMES = ["softmax", "attention", "attention_structure", "montecarlo", "mle", "vocab"]
+NAMES = [
+  "softmax",
+  "attention",
+  "attention_structure",
+  "context_parallel",
+  "montecarlo",
+  "mle",
+  "vocab",
+  "vocab_parallel",
+]
 
 
 def header() -> str:

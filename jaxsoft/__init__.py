@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from jaxsoft import attention, distributions, mle, montecarlo, qmc
+from jaxsoft._sharding import sharded_vmap
 from jaxsoft.attention import (
   AttentionResult,
   init_multi_head_attention,
@@ -80,6 +81,7 @@ __all__ = [
   "importance_sampling",
   "integrate",
   "integrate_to_tolerance",
+  "sharded_vmap",
   "halton",
   "lattice",
   "sobol",

@@ -18,6 +18,12 @@ intervals, the smallest and largest segment id of each block) which
 a necessary condition, so the block mask holds every block with an allowed
 pair; it is exact for the band and the lengths, and for segments whose ids
 do not decrease along the sequence (packed documents).
+
+The band and the lengths are conditions on *positions*, the segment ids are
+read by *index*. They differ when the arrays hold one shard of a longer
+sequence (context parallelism): :attr:`Structure.q_offset` and
+:attr:`Structure.kv_offset` give the global position of index 0, so that a
+shard's tiles and block summaries are those of the whole sequence.
 """
 
 from __future__ import annotations
@@ -55,35 +61,42 @@ class Structure(NamedTuple):
     kv_len: ``[B]`` int, the number of real keys.
     q_seg: ``[B, T]`` int, the segment id of each query.
     kv_seg: ``[B, S]`` int, the segment id of each key.
+    q_offset: int scalar, the position of query index 0 (None: 0).
+    kv_offset: int scalar, the position of key index 0 (None: 0).
   """
 
   q_len: jax.Array | None = None
   kv_len: jax.Array | None = None
   q_seg: jax.Array | None = None
   kv_seg: jax.Array | None = None
+  q_offset: jax.Array | None = None
+  kv_offset: jax.Array | None = None
 
 
 def _and(a, b):
   return b if a is None else a & b
 
 
+def _shift(x, offset):
+  return x if offset is None else x + offset
+
+
 def allowed(st: Structure, bd: Band, t0, s0, bq: int, bk: int, s_true: int | None = None):
-  """The allowed pairs of the ``[bq, bk]`` tile starting at query ``t0``, key ``s0``.
+  """The allowed pairs of the ``[bq, bk]`` tile starting at query index ``t0``, key index ``s0``.
 
   Returns a boolean ``[bq, bk]`` (no per-row data) or ``[B, bq, bk]``, or
-  None when everything is allowed. ``s_true``: keys at or past it are
+  None when everything is allowed. ``s_true``: key indices at or past it are
   padding (the kernel pads the keys to whole blocks). The segment ids are
   read from ``t0``/``s0`` on, so they must be padded to whole tiles.
   """
   rows = t0 + lax.broadcasted_iota(jnp.int32, (bq, 1), 0)
   cols = s0 + lax.broadcasted_iota(jnp.int32, (1, bk), 1)
-  a = None
+  a = None if s_true is None else cols < s_true
+  rows, cols = _shift(rows, st.q_offset), _shift(cols, st.kv_offset)  # indices -> positions
   if bd.lo is not None:
     a = _and(a, cols - rows >= bd.lo)
   if bd.hi is not None:
     a = _and(a, cols - rows <= bd.hi)
-  if s_true is not None:
-    a = _and(a, cols < s_true)
   if a is not None:
     a = jnp.broadcast_to(a, (bq, bk))
   if st.q_len is not None:
@@ -97,12 +110,17 @@ def allowed(st: Structure, bd: Band, t0, s0, bq: int, bk: int, s_true: int | Non
   return a
 
 
-def _extent(start, size, true_len, lengths):
-  """First and last real index of each of the blocks ``[start, start + size)``: ``[B|1, n]`` each."""
+def _extent(start, size, true_len, lengths, offset):
+  """First and last real index of each of the blocks ``[start, start + size)``: ``[B|1, n]`` each.
+
+  An index is real when it is below ``true_len`` and its position (index +
+  ``offset``) below the row's length.
+  """
   first = start[None]
   last = jnp.minimum(start + size, true_len)[None] - 1
   if lengths is not None:
-    last = jnp.minimum(last, lengths[:, None] - 1)
+    real = lengths if offset is None else lengths - offset
+    last = jnp.minimum(last, real[:, None] - 1)
   return first, last
 
 
@@ -119,17 +137,22 @@ def _seg_range(seg, n, size, last):
 
 
 def block_mask(st: Structure, bd: Band, T: int, S: int, bq: int, bk: int):
-  """``[nq, nk]`` bool: the (query block, key block) pairs that may hold an allowed pair in some row."""
+  """``[nq, nk]`` bool: the (query block, key block) pairs that may hold an allowed pair in some row.
+
+  ``T`` and ``S`` are the numbers of query and key indices.
+  """
   nq, nk = -(-T // bq), -(-S // bk)
-  t_first, t_last = _extent(jnp.arange(nq) * bq, bq, T, st.q_len)  # [B|1, nq]
-  s_first, s_last = _extent(jnp.arange(nk) * bk, bk, S, st.kv_len)  # [B|1, nk]
+  t_first, t_last = _extent(jnp.arange(nq) * bq, bq, T, st.q_len, st.q_offset)  # [B|1, nq]
+  s_first, s_last = _extent(jnp.arange(nk) * bk, bk, S, st.kv_len, st.kv_offset)  # [B|1, nk]
   ok = (t_first <= t_last)[:, :, None] & (s_first <= s_last)[:, None, :]
-  # The band meets the rectangle [t_first, t_last] x [s_first, s_last] when the
-  # range of s - t over it, [s_first - t_last, s_last - t_first], meets [lo, hi].
+  # The band meets the rectangle [t_first, t_last] x [s_first, s_last] (as
+  # positions) when the range of s - t over it, [s_first - t_last, s_last -
+  # t_first], meets [lo, hi].
+  shift = _shift(0, st.kv_offset) - _shift(0, st.q_offset)
   if bd.hi is not None:
-    ok = ok & (s_first[:, None, :] - t_last[:, :, None] <= bd.hi)
+    ok = ok & (s_first[:, None, :] - t_last[:, :, None] + shift <= bd.hi)
   if bd.lo is not None:
-    ok = ok & (s_last[:, None, :] - t_first[:, :, None] >= bd.lo)
+    ok = ok & (s_last[:, None, :] - t_first[:, :, None] + shift >= bd.lo)
   if st.q_seg is not None:
     q_min, q_max = _seg_range(st.q_seg, nq, bq, t_last)
     k_min, k_max = _seg_range(st.kv_seg, nk, bk, s_last)

@@ -22,6 +22,14 @@ The ranges are shared by the batch rows, so they cover the union of the
 rows' allowed blocks. Inside a visited block every pair is still masked
 element by element (:func:`_block_logits`), so a range may hold blocks
 without an allowed pair (wasted work) but must hold every block with one.
+
+The kernel may run on one shard of a longer sequence (the ring of
+:mod:`jaxsoft._context_parallel`): the structure's offsets then give the
+global positions of the shard's first query and key, so the band, the
+lengths and the dropout bits are those of the whole sequence.
+:func:`forward` and :func:`backward` are the two passes on padded inputs,
+shared with the ring, whose backward adds up the gradients of the key shards
+given the rows' final log-normalizers.
 """
 
 from __future__ import annotations
@@ -146,8 +154,15 @@ def _block_logits(qi, kj, bias, i, j, plan: BlockPlan):
   return (s if b is None else s + b), raw
 
 
-def _dropout_scale(key, i, j, shape, rate):
-  """Dropout multiplier of block (i, j): 0 or 1 / (1 - rate); the same bits in both passes."""
+def _dropout_scale(key, st, i, j, shape, plan: BlockPlan, rate):
+  """Dropout multiplier of block (i, j): 0 or 1 / (1 - rate); the same bits in both passes.
+
+  The bits are keyed by the block's place in the whole sequence (its index
+  plus the offset of a shard, in blocks), so a sequence split into shards of
+  whole blocks draws the same bits as the unsplit one.
+  """
+  if st.q_offset is not None:
+    i, j = i + st.q_offset // plan.bq, j + st.kv_offset // plan.bk
   bits_key = jax.random.fold_in(jax.random.fold_in(key, i), j)
   keep = bernoulli(bits_key, 1.0 - rate, shape)
   return jnp.where(keep, 1.0 / (1.0 - rate), 0.0)
@@ -164,8 +179,8 @@ def sink_state(sink, shape, dtype):
   return online.Partial(jnp.broadcast_to(sink, shape), jnp.ones(shape, dtype))
 
 
-def _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
-  """-> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
+def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
+  """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
   bq, bk = plan.bq, plan.bk
@@ -182,7 +197,7 @@ def _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: Block
       block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan))
       state, alpha, beta = online.merge(state, block)
       if rate > 0.0:
-        p = p * _dropout_scale(dropout_key, i, j, p.shape, rate)
+        p = p * _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
       return state, acc * alpha + pv(p, vj) * beta
 
     init = (sink_state(sink, (B, K, G, bq, 1), q.dtype), jnp.zeros((B, K, G, bq, Hv), q.dtype))
@@ -201,15 +216,30 @@ def _reduce_to(x, shape):
   return jnp.sum(x, axis=axes, keepdims=True) if axes else x
 
 
-def _backward(
-  q, k, v, bias, mask, sink, st, dropout_key, query_ranges, out, lse, g, g_lse, need_dbias, plan, rate
-):
-  bq, bk = plan.bq, plan.bk
-  # delta_i = <dO_i, O_i> = sum_j P_ij dP_ij: the softmax-Jacobian term per
-  # row; the log-normalizer's cotangent enters as d lse / d logit_ij = P_ij.
+def row_delta(out, g, g_lse):
+  """``delta_i = <dO_i, O_i> - d lse_i``: the softmax-Jacobian term of each row.
+
+  ``<dO_i, O_i> = sum_j P_ij dP_ij``, and the log-normalizer's cotangent
+  enters as ``d lse_i / d logit_ij = P_ij``.
+  """
   delta = jnp.sum(g * out, axis=-1)
-  if g_lse is not None:
-    delta = delta - g_lse
+  return delta if g_lse is None else delta - g_lse
+
+
+def sink_grad(sink, lse, delta):
+  """The sink logits' gradient (shape of ``sink``): d out / d sink = -P_sink out, d lse / d sink = P_sink."""
+  p_sink = jnp.exp(sink[..., 0] - lse)
+  return _reduce_to(-p_sink * delta, sink.shape[:-1])[..., None]
+
+
+def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate):
+  """Padded inputs, the final log-normalizer, ``delta`` and ``g`` -> dq, dk, dv, dbias (None unless ``need_dbias``).
+
+  ``lse`` and ``delta`` are those of the whole rows: the gradient of a block
+  depends on the other blocks of its row only through them, so the
+  gradients of a split key range add up.
+  """
+  bq, bk = plan.bq, plan.bk
 
   def key_block(j, carry):
     dq, dk, dv, dbias = carry
@@ -230,7 +260,7 @@ def _backward(
         p = jnp.where(allowed, p, 0)
       dp = qk(gi, vj)
       if rate > 0.0:
-        z = _dropout_scale(dropout_key, i, j, p.shape, rate)
+        z = _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
         dvj = dvj + _tp(p * z, gi)
         dp = dp * z
       else:
@@ -255,18 +285,12 @@ def _backward(
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
   init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
-  dq, dk, dv, dbias = lax.fori_loop(0, plan.nk, key_block, init)
-  dsink = None
-  if sink is not None:
-    # d out / d sink = -P_sink out and d lse / d sink = P_sink, per row.
-    p_sink = jnp.exp(sink[..., 0] - lse)
-    dsink = _reduce_to(-p_sink * delta, sink.shape[:-1])[..., None]
-  return dq, dk, dv, dbias, dsink
+  return lax.fori_loop(0, plan.nk, key_block, init)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
 def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
-  return _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
+  return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
 def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
@@ -274,7 +298,7 @@ def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ra
   value = lambda a: None if a is None else a.value
   args = [value(a) for a in (q, k, v, bias, mask, sink)]
   st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
-  out, lse = _forward(*args, st, dropout_key, key_ranges.value, plan, rate)
+  out, lse = forward(*args, st, dropout_key, key_ranges.value, plan, rate)
   # The pytree structure of the flag ((), or None) tells the backward pass,
   # statically, whether the bias is differentiated: a constant bias (ALiBi,
   # padding) then costs no T x S gradient.
@@ -289,8 +313,12 @@ def _kernel_bwd(plan, rate, res, cotangents):
     return (None,) * 10
   if g is None:
     g = jnp.zeros_like(out)
-  grads = _backward(*args, st, dropout_key, query_ranges, out, lse, g, g_lse, flag is not None, plan, rate)
-  dq, dk, dv, dbias, dsink = grads
+  q, k, v, bias, mask, sink = args
+  delta = row_delta(out, g, g_lse)
+  dq, dk, dv, dbias = backward(
+    q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plan, rate
+  )
+  dsink = None if sink is None else sink_grad(sink, lse, delta)
   return dq, dk, dv, dbias, None, dsink, None, None, None, None
 
 
@@ -301,7 +329,7 @@ _kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
 # Entry point
 
 
-def _pad_axis(x, axis, multiple):
+def pad_axis(x, axis, multiple):
   extra = -x.shape[axis] % multiple
   if extra == 0:
     return x
@@ -315,14 +343,39 @@ def _pad_ts(x, bq, bk):
   if x is None:
     return None
   if x.shape[3] != 1:
-    x = _pad_axis(x, 3, bq)
+    x = pad_axis(x, 3, bq)
   if x.shape[4] != 1:
-    x = _pad_axis(x, 4, bk)
+    x = pad_axis(x, 4, bk)
   return x
 
 
 def _pad_rows(x, multiple):
-  return None if x is None else _pad_axis(x, 1, multiple)
+  return None if x is None else pad_axis(x, 1, multiple)
+
+
+def make_plan(T: int, S: int, band, cap, blocks) -> BlockPlan:
+  """The plan of ``T`` queries against ``S`` keys (both > 0) with the requested ``blocks``."""
+  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded
+  # much, and a length under 8 (one decoding query) is one unpadded block.
+  bq, bk = (n if n < 8 else min(b, -(-n // 8) * 8) for n, b in ((T, blocks[0]), (S, blocks[1])))
+  return BlockPlan(bq, bk, T, S, band, cap)
+
+
+def pad(q, k, v, bias, mask, st, plan: BlockPlan):
+  """Pads the query and key axes of the inputs (and of the segment ids) to whole blocks."""
+  q = pad_axis(q, 3, plan.bq)
+  k, v = pad_axis(k, 2, plan.bk), pad_axis(v, 2, plan.bk)
+  bias, mask = _pad_ts(bias, plan.bq, plan.bk), _pad_ts(mask, plan.bq, plan.bk)
+  st = st._replace(q_seg=_pad_rows(st.q_seg, plan.bq), kv_seg=_pad_rows(st.kv_seg, plan.bk))
+  return q, k, v, bias, mask, st
+
+
+def empty_result(q, v, sink):
+  """The result when there is no query or no key: zeros, and the lowest number (or the sink) as lse."""
+  lse = jnp.full(q.shape[:4], jnp.finfo(q.dtype).min, q.dtype)
+  if sink is not None:
+    lse = jnp.broadcast_to(sink[..., 0], lse.shape)
+  return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
 
 
 def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks):
@@ -338,19 +391,10 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_
   T, S = q.shape[3], k.shape[2]
   if T == 0 or S == 0:
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
-    lse = jnp.full(q.shape[:4], jnp.finfo(q.dtype).min, q.dtype)
-    if sink is not None:
-      lse = jnp.broadcast_to(sink[..., 0], lse.shape)
-    return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
-  # Blocks never exceed the (8-rounded) lengths, so short inputs are not padded
-  # much, and a length under 8 (one decoding query) is one unpadded block.
-  bq, bk = (n if n < 8 else min(b, -(-n // 8) * 8) for n, b in ((T, blocks[0]), (S, blocks[1])))
-  plan = BlockPlan(bq, bk, T, S, band, cap)
+    return empty_result(q, v, sink)
+  plan = make_plan(T, S, band, cap, blocks)
   key_ranges, query_ranges = block_ranges(st, plan)
-  q = _pad_axis(q, 3, bq)
-  k, v = _pad_axis(k, 2, bk), _pad_axis(v, 2, bk)
-  bias, mask = _pad_ts(bias, bq, bk), _pad_ts(mask, bq, bk)
-  st = st._replace(q_seg=_pad_rows(st.q_seg, bq), kv_seg=_pad_rows(st.kv_seg, bk))
+  q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, plan)
   out, lse = _kernel(
     q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate)
   )

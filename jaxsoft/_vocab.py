@@ -22,6 +22,7 @@ from jax import lax
 
 from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
+from jaxsoft import _vocab_parallel as VP
 from jaxsoft._classification import check_lm_options, is_zero, soft_cap
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._labels import class_labels
@@ -125,9 +126,8 @@ def _chunked_stats(h, w, b, cw, cap, tn, tv, dtype, need_u, need_h):
       return (state, t, u), None
 
     zeros = jnp.zeros((tn, 1), dtype)
-    (state, t, u), _ = lax.scan(
-      vocab_chunk, (online.empty((tn, 1), dtype), zeros, zeros), jnp.arange(-(-vocab // tv))
-    )
+    init = VP.vary_like((online.empty((tn, 1), dtype), zeros, zeros), h, w, b, cw)
+    (state, t, u), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
     lse = online.logsumexp(state)
     ent = lse - t / online.safe(state.s)
     return None, (lse[:, 0], u[:, 0], ent[:, 0])
@@ -181,6 +181,9 @@ def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
   the saved logsumexp.
   """
   h, w, b, y, cw, cap, lse, ent = res
+  # A token whose every class is -inf (a vocabulary shard masked by its bias)
+  # has lse = -inf; floored, its p = exp(-inf - lowest) is 0 instead of NaN.
+  lse = jnp.maximum(lse, jnp.finfo(lse.dtype).min)
   g_lse, g_zy, g_u, g_h = g
   n, d = h.shape
   vocab = w.shape[1]
@@ -227,6 +230,7 @@ def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
       return (dw_j, db_j, dcw_j, dcap_acc), dh_i
 
     init = (jnp.zeros((d, tv), dtype), jnp.zeros((tv,), dtype), jnp.zeros((tv,), dtype), jnp.zeros((), dtype))
+    init = VP.vary_like(init, h, w, b, cw, lse)
     (dw_j, db_j, dcw_j, dcap_j), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
     dh = dh + _assemble(dh_parts, n, tn)
     # Columns outside col_ok got dz = 0, so adding keeps the earlier chunk's values.
@@ -242,6 +246,7 @@ def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
     jnp.zeros((vocab,), dtype),
     jnp.zeros((), dtype),
   )
+  init = VP.vary_like(init, h, w, b, cw, lse)
   (dh, dw, db, dcw, dcap), _ = lax.scan(vocab_chunk, init, jnp.arange(-(-vocab // tv)))
   dcap = None if cap is None else dcap.astype(cap.dtype)
   return (dh.astype(h.dtype), dw.astype(w.dtype), db.astype(b.dtype), None, dcw.astype(cw.dtype), dcap)
@@ -316,6 +321,8 @@ def linear_cross_entropy(
   z_loss=0.0,
   logit_soft_cap=None,
   return_aux=False,
+  mesh=None,
+  axis_name=None,
 ):
   r"""Cross-entropy of a linear output layer, without materializing the logits.
 
@@ -345,6 +352,31 @@ def linear_cross_entropy(
   gradients (also in ``class_weight``, ``label_smoothing``, ``z_loss`` and
   ``logit_soft_cap``) equal the dense ones to rounding.
 
+  **Vocabulary parallelism** (Megatron-LM's vocab-parallel cross-entropy):
+  with ``axis_name``, ``weight`` is split by columns over the devices of that
+  mesh axis, device :math:`k` of :math:`D` holding classes
+  :math:`[kV/D, (k+1)V/D)`. Each device runs the chunked pass above on its
+  own columns, and one all-reduce of the per-token max and one of the sums
+  (normalizer, label logit, smoothing and entropy terms) give every device
+  the global statistics; the backward pass leaves each device the gradient
+  of its own columns (sharded like ``weight``) and sums the gradient of
+  ``hidden`` over the axis. Per-device memory for the weight and its
+  gradient is :math:`O(dV/D)`; the result equals the single-device loss to
+  float rounding, on every option. Two ways to call it:
+
+  * ``mesh=mesh, axis_name="v"`` on global arrays: the function runs its
+    own ``jax.shard_map`` over ``mesh``, splitting ``weight`` (and ``bias``,
+    ``class_weight``) along ``"v"`` (``V`` must be a multiple of the axis
+    size), with ``hidden`` and ``labels`` replicated; the loss comes back
+    replicated and ``jax.grad`` gives a weight gradient sharded
+    ``PartitionSpec(None, "v")``.
+  * ``axis_name="v"`` alone, inside the caller's ``shard_map`` over a mesh
+    with that axis (a model already written per device; tokens may be split
+    over other axes, as in data parallelism): ``weight``, ``bias`` and
+    ``class_weight`` are this device's shards (``[d, V/D]``, ``[V/D]``),
+    ``labels`` hold global class ids, and every device of the axis gets
+    the loss of its tokens.
+
   Args:
     hidden: floating ``[..., d]`` (usually ``[N, d]``), the last hidden layer.
     weight: floating ``[d, V]``, the output projection.
@@ -366,6 +398,12 @@ def linear_cross_entropy(
     logit_soft_cap: None, or :math:`c > 0` (Gemma 2 uses 30).
     return_aux: also return per-token ``{"lse", "log_prob", "entropy"}``,
       computed in the same chunked pass.
+    mesh: optional ``jax.sharding.Mesh``: split the global ``weight`` over
+      its axis ``axis_name`` (see vocabulary parallelism above).
+    axis_name: None (one device), or the mesh axis that splits the
+      vocabulary; without ``mesh``, the call must be inside ``shard_map``
+      over that axis and ``weight`` is the local shard. ``chunk_size``
+      then applies to each device's columns.
 
   Returns:
     A scalar, or the per-token losses ``labels.shape`` for ``"none"``
@@ -376,7 +414,10 @@ def linear_cross_entropy(
   Raises:
     ValueError: shape mismatches, bad options, or (when concrete) counted
       labels out of range; under ``jit`` such a token's loss is NaN, as in
-      :func:`jaxsoft.cross_entropy`.
+      :func:`jaxsoft.cross_entropy`. With ``mesh``, an ``axis_name`` that
+      is not one of its axes or a ``V`` that the axis size does not divide.
+    TypeError: ``mesh`` without ``axis_name``.
+    NameError: ``axis_name`` without ``mesh`` outside ``shard_map``.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -392,19 +433,33 @@ def linear_cross_entropy(
     >>> print(aux["log_prob"].shape, round(float(loss), 4))
     (6,) 6.0236
 
+    The vocabulary split over a mesh axis (here of one device; on ``D``
+    devices each holds ``w[:, k*V/D:(k+1)*V/D]``):
+
+    >>> from jax.sharding import Mesh
+    >>> mesh = Mesh(jax.devices()[:1], ("v",))
+    >>> print(linear_cross_entropy(h, w, y, mesh=mesh, axis_name="v").round(4))
+    6.0564
+
   References:
     Wijmans et al., 2024, "Cut Your Losses in Large-Vocabulary Language
     Models" (Cut Cross-Entropy); Hsu et al., 2024, "Liger Kernel" (fused
     linear cross-entropy); Milakov & Gimelshein, 2018, "Online normalizer
-    calculation for softmax".
+    calculation for softmax"; Shoeybi et al., 2019, "Megatron-LM"
+    (vocabulary-parallel cross-entropy).
   """
   fn = "linear_cross_entropy"
   hidden, weight, bias, labels = _check_hidden_weight(fn, hidden, weight, bias, labels, reduction)
   V.check_range(fn, "label_smoothing", label_smoothing, 0.0, 1.0)
   check_lm_options(fn, z_loss, logit_soft_cap, return_aux)
-  n, vocab = labels.size, weight.shape[1]
-  tn, tv = _chunk_sizes(fn, chunk_size, n, vocab)
-  cw = _check_class_weight(fn, class_weight, vocab)
+  v_local, vocab = VP.vocab_sizes(fn, mesh, axis_name, weight.shape[1])
+  n = labels.size
+  tn, tv = _chunk_sizes(fn, chunk_size, n, v_local)
+  # The class weights of weight's columns feed the chunked pass; the loss
+  # needs every class's (inside shard_map only this device's are here).
+  cw = cw_cols = _check_class_weight(fn, class_weight, weight.shape[1])
+  if cw is not None and axis_name is not None and mesh is None:
+    cw = VP.gather_columns(cw_cols, axis_name)
   y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(hidden.dtype)
   need_u = not is_zero(label_smoothing)
@@ -412,10 +467,17 @@ def linear_cross_entropy(
     lse = z_y = u = ent = jnp.zeros(labels.shape, dtype)
   else:
     cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
-    cw_in = jnp.ones((vocab,), dtype) if cw is None else cw
-    stats = _fused_stats(
-      hidden.reshape(n, -1), weight, bias, y.index.reshape(n), cw_in, cap, tn, tv, need_u, return_aux
+    cw_in = jnp.ones((weight.shape[1],), dtype) if cw_cols is None else cw_cols
+    local_stats = lambda h, w, b, y_, cw_, cap_: _fused_stats(
+      h, w, b, y_, cw_, cap_, tn, tv, need_u, return_aux
     )
+    args = (hidden.reshape(n, -1), weight, bias, y.index.reshape(n), cw_in, cap)
+    if axis_name is None:
+      stats = local_stats(*args)
+    elif mesh is None:
+      stats = VP.merged_stats(local_stats, *args, axis_name=axis_name)
+    else:
+      stats = VP.sharded_stats(local_stats, *args, mesh=mesh, axis_name=axis_name)
     lse, z_y, u, ent = (x.reshape(labels.shape) for x in stats)
   return _lm_loss(
     y,

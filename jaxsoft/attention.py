@@ -17,6 +17,9 @@ Two implementations compute the same function:
   linear in ``T + S``. Under ``is_causal`` blocks above the diagonal are
   skipped, forward and backward. The kernel lives in
   :mod:`jaxsoft._chunked_attention`.
+* ``"ring"`` splits the sequence over the devices of a mesh axis (context
+  parallelism): each device runs the chunked kernel on its query shard while
+  the key/value shards travel around the ring (:mod:`jaxsoft._context_parallel`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 from jaxsoft import _attention_structure as structure
 from jaxsoft import _chunked_attention as chunked
+from jaxsoft import _context_parallel as context_parallel
 from jaxsoft import _online_logsumexp as online
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
@@ -270,10 +274,34 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
     V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
   else:
     o["dropout_key"] = V.check_key(fn, "dropout_key", o["dropout_key"])
-  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked"))
+  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked", "ring"))
   o["block_size"] = _parse_blocks(fn, o["block_size"])
-  if o["return_weights"] and o["implementation"] == "chunked":
-    V.fail(fn, "return_weights", 'be False with implementation="chunked" (it never forms the weights)', True)
+  if o["implementation"] is None and o["mesh"] is not None:
+    o["implementation"] = "ring"
+  if o["return_weights"] and o["implementation"] in ("chunked", "ring"):
+    want = f'be False with implementation="{o["implementation"]}" (it never forms the weights)'
+    V.fail(fn, "return_weights", want, True)
+  if o["implementation"] == "ring":
+    for name, x in (("mask", mask), ("bias", bias)):
+      if x is not None:
+        V.fail(
+          fn, name, 'be None with implementation="ring" (a dense [T, S] array defeats the split)', "an array"
+        )
+    o["ring"] = context_parallel.ring(
+      fn,
+      o["mesh"],
+      o["axis_name"],
+      T=T,
+      S=S,
+      band=o["band"],
+      cap=o["logit_soft_cap"],
+      is_causal=bool(is_causal),
+      blocks=o["block_size"],
+      dropout_rate=rate,
+    )
+  elif o["mesh"] is not None or o["axis_name"] is not None:
+    name = "mesh" if o["mesh"] is not None else "axis_name"
+    V.fail(fn, name, 'be None unless implementation="ring"', f'implementation="{o["implementation"]}"')
   return query, key, value, o
 
 
@@ -312,13 +340,16 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
     out, weights, lse = _dense(*args, **kwargs)
   else:
     try:
-      out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+      if implementation == "ring":
+        out, lse = context_parallel.attention(*args, ring=o["ring"])
+      else:
+        out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
     except TypeError as e:
-      # The chunked kernel has a custom VJP (its memory-lean backward pass),
-      # and JAX differentiates such a function in reverse mode only.
+      # The chunked kernel and the ring have a custom VJP (their memory-lean
+      # backward pass), and JAX differentiates such a function in reverse mode only.
       if "forward-mode" not in str(e):
         raise
-      got = '"chunked"' if o["implementation"] else '"chunked" (picked by implementation=None)'
+      got = f'"{implementation}"' if o["implementation"] else '"chunked" (picked by implementation=None)'
       want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian)'
       V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
@@ -356,6 +387,8 @@ def scaled_dot_product_attention(
   return_residual: bool = False,
   implementation: str | None = None,
   block_size: int | tuple[int, int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Scaled dot-product attention that is exact and never NaN under masks.
 
@@ -408,6 +441,28 @@ def scaled_dot_product_attention(
   The batch dimensions of ``query`` and of ``key``/``value`` broadcast
   against each other (a key/value batch of 1 serves every query row).
 
+  **Context parallelism.** ``implementation="ring"`` (picked when a ``mesh``
+  is given) splits the sequence over the devices of the mesh axis
+  ``axis_name`` with ``jax.shard_map``: each device keeps ``T / D`` queries
+  and the ``S / D`` keys and values pass from device to device with
+  ``lax.ppermute``, each step merged into the running softmax by its
+  log-normalizer (ring attention), so memory per device is ``O(T / D)``,
+  forward and backward (a custom VJP that runs the ring again). Pass global
+  arrays (ideally already sharded along the sequence on that axis); the
+  result is the global output, sharded the same way. Under ``is_causal`` the
+  devices hold one early and one late chunk each ("zigzag"), so that they do
+  the same work; the permutation is applied and undone inside. With a window
+  shorter than a shard the ring visits only the neighbouring shards. Every
+  structure option, the soft cap, sinks, ``return_residual`` and dropout
+  work; ``mask`` and ``bias`` do not (a dense ``[T, S]`` array is what the
+  split avoids). Dropout uses the blocks of the whole sequence, keyed by
+  their global place, so it draws the same bits as the chunked path with
+  the same ``block_size``, for any number of devices; those blocks must
+  divide each device's chunks. ``T`` and ``S`` must be divisible by
+  ``D`` (``2D`` under ``is_causal``). It is an implementation rather than a
+  separate function because it computes the same function of the same
+  arguments, and so reaches :func:`multi_head_attention` unchanged.
+
   Args:
     query: ``[B..., T, N, H]``, floating.
     key: ``[B..., S, K, H]``, same dtype, with ``N % K == 0``; its batch
@@ -442,10 +497,16 @@ def scaled_dot_product_attention(
     return_weights: also return the weights (dense implementation only).
     return_residual: also return the log of each row's normalizer
       (differentiable).
-    implementation: ``"dense"``, ``"chunked"`` or ``None`` (dense when the
-      weights are requested or ``T * S <= 2**17``, chunked otherwise).
+    implementation: ``"dense"``, ``"chunked"``, ``"ring"`` or ``None``
+      (ring when a ``mesh`` is given; else dense when the weights are
+      requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
       default ``(256, 512)``. Blocks need not divide the lengths.
+    mesh: a ``jax.sharding.Mesh`` whose axis ``axis_name`` splits the
+      sequence (``implementation="ring"`` only). Its other axes are left to
+      JAX's automatic partitioning: on ``Auto`` axes a batch sharded over
+      them stays so; on ``Explicit`` ones the inputs are replicated over them.
+    axis_name: the mesh axis of the sequence; default the mesh's only axis.
 
   Returns:
     The output ``[B..., T, N, H_v]`` in the dtype of ``query`` (half precision
@@ -503,6 +564,8 @@ def scaled_dot_product_attention(
     return_residual=return_residual,
     implementation=implementation,
     block_size=block_size,
+    mesh=mesh,
+    axis_name=axis_name,
   )
 
 
@@ -671,6 +734,8 @@ def multi_head_attention(
   return_residual: bool = False,
   implementation: str | None = None,
   block_size: int | tuple[int, int] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array | AttentionResult:
   r"""Multi-head attention layer over a params dict from :func:`init_multi_head_attention`.
 
@@ -687,7 +752,7 @@ def multi_head_attention(
     bias, mask, is_causal, query_seq_lengths, key_value_seq_lengths,
       segment_ids, local_window_size, logit_soft_cap, sink_logits,
       dropout_rate, dropout_key, return_weights, return_residual,
-      implementation, block_size: as in
+      implementation, block_size, mesh, axis_name: as in
       :func:`scaled_dot_product_attention`, applied to the projected heads.
 
   Returns:
@@ -734,6 +799,8 @@ def multi_head_attention(
     return_residual=return_residual,
     implementation=implementation,
     block_size=block_size,
+    mesh=mesh,
+    axis_name=axis_name,
   )
   attn = res.output if isinstance(res, AttentionResult) else res
   po = params["out"]

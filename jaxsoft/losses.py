@@ -5,7 +5,8 @@
   ``ignore_index``, ``label_smoothing``, ``reduction``); :func:`entropy` and
   :func:`kl_divergence` take probabilities.
 * :func:`linear_cross_entropy` is ``cross_entropy(hidden @ weight + bias,
-  labels)`` without materializing the ``[tokens, vocab]`` logits, and
+  labels)`` without materializing the ``[tokens, vocab]`` logits (with
+  ``mesh=``/``axis_name=``, the vocabulary split over devices), and
   :func:`sampled_softmax_cross_entropy` estimates the normalizer from a few
   sampled classes.
 * :func:`adaptive_log_softmax` and :func:`adaptive_log_prob` are the

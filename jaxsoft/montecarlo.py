@@ -35,16 +35,26 @@ Black-Scholes call, at n = 2**12 and 2**16 (``experiments/monte_carlo.py``
 measures it; ``benchmarks/RESULTS.md`` has the table).
 
 Several devices. ``devices=`` spreads the work over local devices with
-``jax.shard_map`` and merges the partial statistics with ``all_gather``; for
-the quasi-Monte Carlo methods the randomizations are split across devices and
-the result equals the single-device result exactly.
+``jax.shard_map`` and merges the partial statistics with ``all_gather``. The
+random streams are keyed by global position, not by device: block ``j`` is
+drawn from ``fold_in(key, j)`` and randomization ``r`` from ``fold_in(key,
+r)`` whichever device runs it, so 1, 2 or 4 devices evaluate ``f`` at the
+same points. For the quasi-Monte Carlo methods (whole randomizations per
+device) the result equals the single-device result exactly; for the i.i.d.
+methods (contiguous ranges of blocks per device) the per-device statistics
+are merged in another order, so it equals it to float rounding.
+``integrate_to_tolerance`` starts at one step per device and doubles, so
+the sizes it tries depend on the device count: with a power-of-two count
+``D`` they are the one-device sizes from ``D`` steps on, and it stops at the
+one-device size (and result, to float rounding) whenever that size is at
+least ``D`` steps; a smaller one-device size is overshot.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -52,13 +62,14 @@ import jax.extend.random as jex_random
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from jaxsoft import _running_stats as RS
 from jaxsoft import _validate as V
 from jaxsoft import qmc as _qmc
 from jaxsoft._dtypes import compute_dtype
 from jaxsoft._interval import Interval, t_quantile
+from jaxsoft._sharding import device_mesh
 
 __all__ = [
   "MCResult",
@@ -79,14 +90,16 @@ _QMC = ("sobol", "halton", "lattice")
 _BLOCK_NUMBERS = 2**19
 # Calibrated defaults, chosen from coverage measured by simulation (the
 # ``monte_carlo`` experiment; benchmarks/RESULTS.md): the smallest of 16, 32,
-# 64 and 128 whose 95% Student t interval covered at least 0.9335 (0.93 plus
-# one standard deviation of the estimate) of 4000 trials on a smooth
+# 64, 128 and 256 whose 95% Student t interval covered at least 0.9335 (0.93
+# plus one standard deviation of the estimate) of 4000 trials on a smooth
 # integrand, one with a kink and the Black-Scholes call, at n = 2**12 and
-# 2**16. The call's replicate means are skewed (the inverse normal CDF makes
+# 2**16. (Lattice with 128 covered the call 0.9295 and 0.9355 over 2000
+# trials at n = 2**12 with two other seeds; with 256, 0.9390 to 0.9580 on all
+# three integrands at both sizes and both seeds.) The call's replicate means are skewed (the inverse normal CDF makes
 # its payoff unbounded near u = 1), so the interval needs more of them than
 # the t quantile alone can make up for; fewer replicates give smaller error
 # bars on smooth integrands, and can be asked for.
-_DEFAULT_REPLICATES = {"sobol": 32, "halton": 16, "lattice": 128}
+_DEFAULT_REPLICATES = {"sobol": 32, "halton": 16, "lattice": 256}
 # Stratified sampling keeps at least this many independent rounds of one point
 # per stratum (with 32, the call's interval covered 0.933 at n = 2**12).
 _MIN_ROUNDS = 64
@@ -209,7 +222,7 @@ def _check_integrate(fn, method, n, batch_size, replicates, devices, size_arg="n
   V.check_option(fn, "method", method, _METHODS)
   n = V.check_int(fn, size_arg, n, minimum=1)
   batch_size = _check_batch_size(fn, batch_size)
-  mesh = _mesh(fn, devices)
+  mesh = device_mesh(fn, devices, _AXIS)
   if method in _QMC:
     replicates = _check_replicates(fn, method, replicates, size_arg, n)
     if method == "sobol" and n // replicates > 2**30:
@@ -242,21 +255,6 @@ def _check_strata(fn, method, strata_per_axis, dim: int, n: int, size_arg: str) 
   if n < 2 * k**dim:
     V.fail(fn, size_arg, f"hold at least two rounds of the {k**dim} strata", n)
   return k
-
-
-def _mesh(fn: str, devices):
-  if devices is None:
-    return None
-  if isinstance(devices, (int, np.integer)) and not isinstance(devices, bool):
-    available = jax.local_devices()
-    if not 1 <= devices <= len(available):
-      V.fail(fn, "devices", f"be between 1 and {len(available)} (the local device count)", devices)
-    devices = available[:devices]
-  if not isinstance(devices, Sequence) or not all(isinstance(d, jax.Device) for d in devices) or not devices:
-    V.fail(
-      fn, "devices", "be None, an int or a non-empty sequence of jax devices", repr(devices), exc=TypeError
-    )
-  return Mesh(np.asarray(list(devices)), (_AXIS,))
 
 
 def _on_devices(mesh, local):
@@ -541,7 +539,7 @@ def integrate(
       ``"stratified"``. For QMC it is rounded down to a power of two and
       changes the summation order only.
     replicates: randomizations for ``"sobol"``, ``"halton"`` and ``"lattice"``
-      (static). Default (``None``): 32, 16 and 128 respectively, the counts
+      (static). Default (``None``): 32, 16 and 256 respectively, the counts
       whose 95% intervals were measured to cover 0.936 to 0.958 of the time on
       smooth, kinked and option-payoff integrands (see the module notes);
       fewer replicates leave more points to each and give smaller error bars
@@ -552,10 +550,10 @@ def integrate(
       ``n`` as above.
     devices: ``None`` (default device), an int (the first that many local
       devices) or a sequence of devices to spread the work over with
-      ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (same
-      estimate up to float rounding), whole randomizations for QMC
-      (``replicates`` must be a multiple of the device count; same result
-      bit for bit).
+      ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (the
+      same points; the same estimate up to float rounding), whole
+      randomizations for QMC (``replicates`` must be a multiple of the
+      device count; same result bit for bit), for any device count.
 
   Returns:
     ``MCResult(estimate, stderr, n)``, estimate and stderr shaped like
@@ -689,7 +687,7 @@ def expectation(
     >>> keister = lambda x: jnp.pi ** 2.5 * jnp.cos(jnp.linalg.norm(x))
     >>> r = expectation(keister, sample, jax.random.key(0), n=2**16, dim=5, method="lattice")
     >>> print(f"{r.estimate:.4f} +- {r.stderr:.4f}")  # exact 1.1353
-    1.1357 +- 0.0037
+    1.1386 +- 0.0039
 
   References:
     Glasserman, "Monte Carlo Methods in Financial Engineering", 2003, 4.1.

@@ -122,6 +122,22 @@ def test_randomized_points_uniform_and_key_determined(fn):
   assert not np.array_equal(pts[0], pts[1])
 
 
+def test_randomized_halton_spreads_high_dimensions_as_scipy():
+  # SciPy's test_qmc (TestHalton, scrambled): at d = 50, n = 1024 the 75th
+  # percentile of every coordinate lies within 0.01 of 0.75. A linear digit
+  # permutation failed this for 3 of these 20 keys; uniform ones for none.
+  keys = jax.random.split(jax.random.key(7), 20)
+  pts = np.asarray(jax.jit(jax.vmap(lambda k: halton(1024, 50, key=k)))(keys), np.float64)
+  assert np.all(np.abs(np.percentile(pts, 75, axis=1) - 0.75) < 0.01)
+  # Permuted digits keep the stratification: n = 2*3*5*7 points put exactly
+  # n / b_d points in each of the b_d intervals of width 1 / b_d.
+  x = np.asarray(halton(210, 4, key=jax.random.key(0)), np.float64)
+  for d, b in enumerate([2, 3, 5, 7]):
+    np.testing.assert_array_equal(np.bincount(np.floor(x[:, d] * b).astype(int), minlength=b), 210 // b)
+  with pytest.raises(ValueError, match="dim must be <= 1000 for randomized Halton points"):
+    halton(4, 1001, key=jax.random.key(0))
+
+
 def test_scrambled_sobol_keeps_net_property():
   # A (0, m, 1)-net in every coordinate: one point per interval of width 1/n.
   n = 2**10
