@@ -16,6 +16,7 @@ REGISTRY = (
   "monte_carlo",
   "mle_heights",
   "vocab_softmax",
+  "tiny_lm",
 )
 
 
