@@ -116,6 +116,10 @@ def test_classifier(classifier_run):
   assert "log-likelihood" in s["note"]
 
 
+# The smoke runs below take 10 to 20 s of CPU each: they run with `pytest -m slow`
+# (and in CI); the quick default run keeps the lecture, the classifier, its rerun
+# and every command-line check.
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_attention_toy_dense_equals_chunked")
 def test_attention_toy_dense_equals_chunked(tmp_path):
   _, s = _run(tmp_path, "attention_toy", "--smoke")
@@ -123,6 +127,7 @@ def test_attention_toy_dense_equals_chunked(tmp_path):
   assert s["implementations_max_rel_diff"] < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_monte_carlo")
 def test_monte_carlo(tmp_path):
   _, s = _run(tmp_path, "monte_carlo", "--smoke")
@@ -131,6 +136,7 @@ def test_monte_carlo(tmp_path):
   assert -0.9 < s["gaussian.mc.slope"] < -0.2
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_mle_heights")
 def test_mle_heights(tmp_path):
   _, s = _run(tmp_path, "mle_heights", "--smoke")
@@ -139,6 +145,7 @@ def test_mle_heights(tmp_path):
   assert 0.0 <= s["coverage.loc_wald"] <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_vocab_softmax")
 def test_vocab_softmax(tmp_path):
   _, s = _run(tmp_path, "vocab_softmax", "--smoke")
@@ -179,6 +186,7 @@ def test_rerun_is_identical_and_detects_a_difference(classifier_run, capsys, mon
   assert "DIFFERS" in out and "mlp.test_accuracy" in out
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_resume_after_sigkill_matches_uninterrupted")
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
   # Long enough to be killed between checkpoints, short enough to rerun straight.
@@ -216,6 +224,7 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path):
   assert (run_dir / "metrics.jsonl").read_text() == (ref_dir / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("test_data_parallel_four_devices_matches_one")
 def test_data_parallel_four_devices_matches_one(tmp_path):
   code = (

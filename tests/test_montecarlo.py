@@ -178,6 +178,7 @@ def _coverage(name, trials, n=2**12):
   }
 
 
+@pytest.mark.slow
 def test_coverage_at_the_defaults_on_the_call():
   # 400 trials: the standard deviation of a coverage of 0.95 is 0.011.
   coverage = _coverage("call", 400)

@@ -16,6 +16,10 @@ import textwrap
 
 import pytest
 
+# Simulated devices run in a subprocess that compiles every sharded program: an
+# end-to-end check, run by `pytest -m slow` (and in CI), not by the quick default run.
+pytestmark = pytest.mark.slow
+
 SCRIPT = textwrap.dedent(r'''
   import resource
   import time

@@ -28,6 +28,7 @@ def smoke_run(tmp_path_factory):
   return run_dir
 
 
+@pytest.mark.slow
 def test_smoke_run_and_its_rerun_are_identical(smoke_run, capsys):
   files = {p.name for p in smoke_run.iterdir()}
   assert {
