@@ -110,6 +110,26 @@ def allowed(st: Structure, bd: Band, t0, s0, bq: int, bk: int, s_true: int | Non
   return a
 
 
+def band_only(st: Structure) -> bool:
+  """True when the band (and key padding) is all there is: no per-row lengths or segments."""
+  return st.q_len is None and st.kv_len is None and st.q_seg is None
+
+
+def tile_full(st: Structure, bd: Band, t0, s0, bq: int, bk: int, s_true: int | None = None):
+  """Scalar bool: every pair of the tile is allowed by the band, and no key is padding.
+
+  Meant for a structure with ``band_only``; the tile's extreme differences
+  ``s - t`` are those of its corners.
+  """
+  full = jnp.asarray(True) if s_true is None else s0 + bk <= s_true
+  t0, s0 = _shift(t0, st.q_offset), _shift(s0, st.kv_offset)  # indices -> positions
+  if bd.lo is not None:
+    full = full & (s0 - (t0 + bq - 1) >= bd.lo)
+  if bd.hi is not None:
+    full = full & (s0 + bk - 1 - t0 <= bd.hi)
+  return full
+
+
 def _extent(start, size, true_len, lengths, offset):
   """First and last real index of each of the blocks ``[start, start + size)``: ``[B|1, n]`` each.
 

@@ -189,16 +189,26 @@ def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockP
     out, lse = carry
     qi = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
 
-    def key_block(j, carry):
+    def key_block(j, carry, masked=True):
       state, acc = carry
       kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
       vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
       logits, _ = _block_logits(qi, kj, bias, i, j, plan)
-      block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan))
+      block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan) if masked else None)
       state, alpha, beta = online.merge(state, block)
       if rate > 0.0:
         p = p * _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
       return state, acc * alpha + pv(p, vj) * beta
+
+    if mask is None and structure.band_only(st) and plan.band != structure.Band():
+      # Causal or windowed: most visited blocks lie wholly inside the band and
+      # need no mask; only the blocks the band's edges cross build one.
+      masked_block = key_block
+      s_true = plan.s if plan.s % bk else None
+
+      def key_block(j, carry):
+        full = structure.tile_full(st, plan.band, i * bq, j * bk, bq, bk, s_true)
+        return lax.cond(full, lambda c: masked_block(j, c, masked=False), lambda c: masked_block(j, c), carry)
 
     init = (sink_state(sink, (B, K, G, bq, 1), q.dtype), jnp.zeros((B, K, G, bq, Hv), q.dtype))
     state, acc = lax.fori_loop(key_ranges[i, 0], key_ranges[i, 1], key_block, init)

@@ -540,7 +540,7 @@ def integrate(
       changes the summation order only.
     replicates: randomizations for ``"sobol"``, ``"halton"`` and ``"lattice"``
       (static). Default (``None``): 32, 16 and 256 respectively, the counts
-      whose 95% intervals were measured to cover 0.936 to 0.958 of the time on
+      whose 95% intervals were measured to cover 0.93 to 0.96 of the time on
       smooth, kinked and option-payoff integrands (see the module notes);
       fewer replicates leave more points to each and give smaller error bars
       on smooth integrands, at the risk of a too narrow interval when the
