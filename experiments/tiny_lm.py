@@ -118,6 +118,8 @@ class Config:
   """Adaptive softmax: shortlist size, then cluster boundaries (word ranks), comma-separated."""
   eval_rows: int = 32
   """Validation rows evaluated (the first ones of the packed held-out documents)."""
+  devices: int = 1
+  """Context parallelism: each row's sequence split over this many devices (ring attention; 0: all)."""
 
   def __post_init__(self):
     need = functools.partial(_runs.require, NAME)
@@ -152,6 +154,12 @@ class Config:
     need(
       0 <= self.warmup_steps < self.steps, "warmup_steps", f"in [0, steps={self.steps})", self.warmup_steps
     )
+    need(self.devices >= 0, "devices", "0 (all) or a positive integer", self.devices)
+    if self.devices != 1:  # the device count initializes jax: only asked when it matters
+      n = _device_count(self.devices)
+      need(n <= jax.device_count(), "devices", f"at most jax.device_count() = {jax.device_count()}", n)
+      # The ring's causal (zigzag) layout gives each device two chunks of every row.
+      need(self.seq_len % (2 * n) == 0, "seq_len", f"a multiple of 2 * devices ({2 * n})", self.seq_len)
     need(self.learning_rate > 0, "learning_rate", "positive", self.learning_rate)
     need(self.weight_decay >= 0, "weight_decay", "non-negative", self.weight_decay)
     need(self.z_loss >= 0, "z_loss", "non-negative", self.z_loss)
@@ -279,8 +287,25 @@ def window(config, layer):
   return (config.local_window_size, 0) if config.local_window_size and layer % 2 == 0 else None
 
 
+def _device_count(devices: int) -> int:
+  return jax.device_count() if devices == 0 else devices
+
+
+@functools.cache
+def _sequence_mesh(n: int):
+  """The mesh whose one axis splits each row's sequence (``--devices``)."""
+  return jax.sharding.Mesh(np.array(jax.devices()[:n]), ("seq",))
+
+
 def apply_model(params, rows, config, *, return_weights=False):
-  """Hidden states ``[rows, seq_len, d_model]`` (and each layer's attention weights ``[rows, heads, T, T]``)."""
+  """Hidden states ``[rows, seq_len, d_model]`` (and each layer's attention weights ``[rows, heads, T, T]``).
+
+  With ``config.devices > 1`` the attention runs as a ring over that many
+  devices (each holds a slice of every row's queries, keys and values); the
+  attention map (``return_weights``) is drawn on one device.
+  """
+  n = _device_count(config.devices)
+  ring = {} if n == 1 or return_weights else {"mesh": _sequence_mesh(n)}
   x = params["embed"][rows["tokens"]] + params["pos"][rows["positions"]]
   weights = []
   for i, blk in enumerate(params["blocks"]):
@@ -291,6 +316,7 @@ def apply_model(params, rows, config, *, return_weights=False):
       segment_ids=rows["segment_ids"],  # packed documents never see each other
       local_window_size=window(config, i),
       return_weights=return_weights,
+      **ring,
     )
     if return_weights:
       out, w, _ = out

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -176,6 +179,8 @@ def test_validation_likelihood_counts_only_targets_of_the_same_document(packed_m
     (["--cutoffs", "500,20"], "--cutoffs must be comma-separated increasing positive integers"),
     (["--local_window_size", "-1"], "--local_window_size must be 0 (no window) or positive, got -1"),
     (["--z_loss=-1e-4"], "--z_loss must be non-negative, got -0.0001"),
+    (["--devices", "-1"], "--devices must be 0 (all) or a positive integer, got -1"),
+    (["--devices", "64"], "--devices must be at most jax.device_count() = "),
   ],
 )
 def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, args, expected):
@@ -183,3 +188,41 @@ def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, args, expecte
   err = capsys.readouterr().err
   assert expected in err and len(err.strip().splitlines()) == 1, err
   assert not (tmp_path / "tiny_lm").exists()
+
+
+DEVICES_SCRIPT = """
+import json, sys
+from pathlib import Path
+from experiments.__main__ import main
+root = Path(sys.argv[1])
+assert main(["run", "tiny_lm", "--smoke", "--devices", "4", "--runs-dir", str(root / "four")]) == 0
+assert main(["run", "tiny_lm", "--smoke", "--seq_len", "36", "--devices", "4", "--runs-dir", str(root / "x")]) == 2
+assert main(["run", "tiny_lm", "--smoke", "--runs-dir", str(root / "one")]) == 0
+"""
+
+
+@pytest.mark.slow
+def test_four_devices_reproduce_the_single_device_training_curve(tmp_path, capsys):
+  # Ring attention over 4 simulated devices (each holds two slices of every
+  # row) trains the same model: every logged loss equal to float32 rounding.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=root)
+  proc = subprocess.run(
+    [sys.executable, "-c", DEVICES_SCRIPT, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=900,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "--seq_len must be a multiple of 2 * devices (8), got 36" in proc.stderr
+  one, four = (
+    [json.loads(line) for line in next((tmp_path / d / "tiny_lm").iterdir()).joinpath("metrics.jsonl").open()]
+    for d in ("one", "four")
+  )
+  assert len(one) == len(four) > 0
+  for a, b in zip(one, four):
+    assert a.keys() == b.keys()
+    for k in a:
+      assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
