@@ -73,7 +73,10 @@ def cmd_run(argv) -> int:
   config, options = parsed
   run_dir = _runs.new_run_dir(options.runs_dir, module.NAME)
   print(f"{module.NAME}: run directory {run_dir}", flush=True)
-  summary = _runs.execute(module, config, run_dir)
+  try:
+    summary = _runs.execute(module, config, run_dir)
+  except _runs.ConfigError as e:  # a check that needs the data (execute removed the directory)
+    return _err(str(e))
   _print_summary(summary)
   return 0
 

@@ -18,6 +18,7 @@ compare it exactly; wall-clock times go to ``timing.json``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import difflib
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -486,7 +488,16 @@ def execute(module, config, run_dir: Path, *, resume: bool = False, quiet=None) 
     write_json(run_dir / "environment.json", environment())
   ctx = RunContext(run_dir, resume=resume, quiet=quiet)
   t0 = time.perf_counter()
-  summary = module.run(config, ctx)
+  try:
+    summary = module.run(config, ctx)
+  except ConfigError:
+    # A value that only the data can reject (a cutoff past the vocabulary):
+    # the run never started, so it leaves no directory behind.
+    if not resume:
+      shutil.rmtree(run_dir, ignore_errors=True)
+      with contextlib.suppress(OSError):  # the experiment's folder, when this was its only run
+        run_dir.parent.rmdir()
+    raise
   seconds = time.perf_counter() - t0
   ctx.flush_metrics()
   summary = _to_jsonable(summary)

@@ -181,6 +181,8 @@ def test_validation_likelihood_counts_only_targets_of_the_same_document(packed_m
     (["--z_loss=-1e-4"], "--z_loss must be non-negative, got -0.0001"),
     (["--devices", "-1"], "--devices must be 0 (all) or a positive integer, got -1"),
     (["--devices", "64"], "--devices must be at most jax.device_count() = "),
+    # Checked once the corpus is read (the vocabulary's size); still no directory.
+    (["--smoke", "--cutoffs", "50,99999"], "--cutoffs must be below the vocabulary size"),
   ],
 )
 def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, args, expected):
