@@ -40,7 +40,9 @@ random streams are keyed by global position, not by device: block ``j`` is
 drawn from ``fold_in(key, j)`` and randomization ``r`` from ``fold_in(key,
 r)`` whichever device runs it, so 1, 2 or 4 devices evaluate ``f`` at the
 same points. For the quasi-Monte Carlo methods (whole randomizations per
-device) the result equals the single-device result exactly; for the i.i.d.
+device) the result equals the single-device result exactly for Sobol' and
+lattice points (integer digits) and to an ulp for Halton's (float digit sums
+that XLA may contract differently in the sharded program); for the i.i.d.
 methods (contiguous ranges of blocks per device) the per-device statistics
 are merged in another order, so it equals it to float rounding.
 ``integrate_to_tolerance`` starts at one step per device and doubles, so
@@ -553,7 +555,8 @@ def integrate(
       ``shard_map``: contiguous ranges of blocks for the i.i.d. methods (the
       same points; the same estimate up to float rounding), whole
       randomizations for QMC (``replicates`` must be a multiple of the
-      device count; same result bit for bit), for any device count.
+      device count; same result, bit for bit for Sobol' and lattice, to an
+      ulp for Halton), for any device count.
 
   Returns:
     ``MCResult(estimate, stderr, n)``, estimate and stderr shaped like

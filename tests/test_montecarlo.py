@@ -686,11 +686,21 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     kw = dict(lower=jnp.zeros(3), upper=jnp.ones(3))
     for method in sys.argv[1:]:
       if method in ("sobol", "halton"):
-        # Whole randomizations per device: the same result bit for bit.
+        # Whole randomizations per device, the same points: bit for bit for
+        # Sobol' (integer digits); Halton's float digit sums may round an ulp
+        # apart in the sharded program.
         run = jax.jit(lambda k: [integrate(f, k, n=2 ** 12, method=method, devices=d, **kw) for d in (None, 4)])
         one, four = run(jax.random.key(0))
-        for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
-          np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        if method == "sobol":
+          for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        else:
+          assert int(one.n) == int(four.n) and int(one.dof) == int(four.dof)
+          for a, b in zip(jax.tree.leaves(one.estimate), jax.tree.leaves(four.estimate)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+          # The stderr of 16 replicate means that agree to an ulp: ~1e-6 relative.
+          for a, b in zip(jax.tree.leaves(one.stderr), jax.tree.leaves(four.stderr)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4)
       else:
         # Contiguous ranges of blocks per device (the last ones partly masked):
         # the same estimate up to float rounding.
