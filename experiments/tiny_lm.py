@@ -60,7 +60,7 @@ import optax
 
 import jaxsoft
 from experiments import _runs
-from experiments.vocab_softmax import _WORD, stdlib_documents
+from experiments.vocab_softmax import _WORD, _cutoffs, stdlib_documents
 
 NAME = "tiny_lm"
 HEADLINE = (
@@ -72,10 +72,6 @@ HEADLINE = (
 )
 METHODS = ("linear", "sampled", "adaptive")
 UNK, DOC = 0, 1  # ids of "<unk>" and "<doc>"; the words follow by decreasing frequency
-
-
-def _cutoffs(config) -> tuple[int, ...]:
-  return tuple(int(c) for c in config.cutoffs.split(","))
 
 
 @dataclasses.dataclass(frozen=True)
