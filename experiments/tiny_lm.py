@@ -47,7 +47,6 @@ and wall times go to ``method_timing.json``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import resource
@@ -60,7 +59,7 @@ import optax
 
 import jaxsoft
 from experiments import _runs
-from experiments.vocab_softmax import _WORD, _cutoffs, stdlib_documents
+from experiments.vocab_softmax import _cutoffs, split_documents, words_by_frequency
 
 NAME = "tiny_lm"
 HEADLINE = (
@@ -197,16 +196,8 @@ def documents(seed, val_fraction, min_count, corpus_files):
 
   Cached: a rerun in the same process (the tests) reads the standard library once.
   """
-  words = [d for d in (_WORD.findall(t.lower()) for t in stdlib_documents(corpus_files)) if d]
-  perm = np.random.default_rng(seed).permutation(len(words))
-  n_val = int(round(val_fraction * len(words)))
-  val, train = [words[i] for i in perm[:n_val]], [words[i] for i in perm[n_val:]]
-  counts = collections.Counter(w for d in train for w in d)
-  # Ties in alphabetical order; by decreasing frequency is the order that the
-  # sampled softmax's log-uniform proposal and the adaptive softmax's clusters assume.
-  vocab = ["<unk>", "<doc>"] + sorted(
-    (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
-  )
+  train, val = split_documents(seed, val_fraction, corpus_files)
+  vocab = ["<unk>", "<doc>"] + words_by_frequency(train, min_count)
   index = {w: i for i, w in enumerate(vocab)}
   ids = lambda ds: [np.array([DOC] + [index.get(w, UNK) for w in d], np.int32) for d in ds]
   return ids(train), ids(val), tuple(vocab)

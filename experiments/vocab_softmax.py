@@ -162,19 +162,26 @@ def stdlib_documents(max_files: int = 0) -> list[str]:
   return docs
 
 
-def build_corpus(seed, val_fraction, min_count, max_files=0):
-  """Token ids of the train and validation streams, and the vocabulary (by frequency)."""
-  docs = [_WORD.findall(d.lower()) for d in stdlib_documents(max_files)]
-  docs = [d for d in docs if d]
+def split_documents(seed, val_fraction, max_files=0):
+  """The standard library's documents as word lists, split at random: ``(train, validation)``."""
+  docs = [d for d in (_WORD.findall(t.lower()) for t in stdlib_documents(max_files)) if d]
   perm = np.random.default_rng(seed).permutation(len(docs))
   n_val = int(round(val_fraction * len(docs)))
-  val_docs = [docs[i] for i in perm[:n_val]]
-  train_docs = [docs[i] for i in perm[n_val:]]
+  return [docs[i] for i in perm[n_val:]], [docs[i] for i in perm[:n_val]]
+
+
+def words_by_frequency(train_docs, min_count):
+  """The training words seen at least ``min_count`` times, by decreasing frequency (ties
+  alphabetical): the order the log-uniform proposal of the sampled softmax and the
+  clusters of the adaptive softmax assume."""
   counts = collections.Counter(w for d in train_docs for w in d)
-  # Id 0 is <unk>, then words by decreasing frequency (ties alphabetical): the
-  # order the log-uniform proposal of the sampled softmax assumes.
-  words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-  vocab = ["<unk>"] + words
+  return sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+
+
+def build_corpus(seed, val_fraction, min_count, max_files=0):
+  """Token ids of the train and validation streams, and the vocabulary (id 0 is ``<unk>``)."""
+  train_docs, val_docs = split_documents(seed, val_fraction, max_files)
+  vocab = ["<unk>"] + words_by_frequency(train_docs, min_count)
   index = {w: i for i, w in enumerate(vocab)}
   stream = lambda ds: np.array([index.get(w, 0) for d in ds for w in ["<unk>"] + d], np.int32)
   return stream(train_docs), stream(val_docs), vocab
