@@ -298,41 +298,126 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
   return lax.fori_loop(0, plan.nk, key_block, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
-def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
+def _blocks(x, axis, size):
+  """``[..., n * size, ...]`` -> ``[n, ..., size, ...]``: the blocks of ``axis``, stacked first (a scan's xs)."""
+  if x is None:
+    return None
+  x = x.reshape(x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :])
+  return jnp.moveaxis(x, axis, 0)
+
+
+def _unblocks(x, axis):
+  """The inverse of :func:`_blocks`."""
+  x = jnp.moveaxis(x, 0, axis)
+  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+
+
+def tangent(primals, out, lse, tangents, key_ranges, plan: BlockPlan, rate):
+  r"""The tangents of ``out`` and of the log-normalizer: one more pass over the visited blocks, linear in ``tangents``.
+
+  ``primals`` are the padded ``(q, k, v, bias, mask, sink, st,
+  dropout_key)``, ``tangents`` those of ``(q, k, v, bias, sink)``, each None
+  when zero. With the row's weights ``P = exp(logits - lse)`` known from the
+  primal pass (no online rescaling) and ``dS`` the tangent of the logits,
+
+  .. math::
+    \dot{\ell}_t = \sum_s P_{ts} \dot{S}_{ts} + P_{t,\mathrm{sink}} \dot{\sigma}, \qquad
+    \dot{o}_t = \sum_s P_{ts} z_{ts} (\dot{v}_s + \dot{S}_{ts} v_s) - \dot{\ell}_t o_t,
+
+  ``z`` being the dropout multipliers. JAX transposes this pass for reverse
+  mode, so it is written to transpose into a memory-lean backward pass:
+  loops with static trip counts (a ``lax.cond`` skips the blocks outside a
+  query block's key range), the tangents read as the scans' stacked blocks
+  (their cotangents are then written block by block, not added into a whole
+  array per tile), and each tile under ``jax.checkpoint`` reading the
+  primals by index, so that its weights are recomputed in the backward pass
+  and the only residuals are the inputs themselves.
+  """
+  q, k, v, bias, mask, sink, st, dropout_key = primals
+  tq, tk, tv, tbias, tsink = tangents
+  bq, bk = plan.bq, plan.bk
+  B, K, G = q.shape[:3]
+  Hv = v.shape[-1]
+
+  @jax.checkpoint
+  def tile(primals, lse, i, j, tqi, tkj, tvj, tbias):
+    q, k, v, bias, mask, st, dropout_key = primals
+    qi = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
+    kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
+    vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+    lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
+    logits, raw = _block_logits(qi, kj, bias, i, j, plan)
+    p = jnp.exp(logits - lse_i[..., None])
+    allowed = _block_allowed(mask, st, i, j, plan)
+    if allowed is not None:
+      p = jnp.where(allowed, p, 0)
+    ds = None
+    if tqi is not None:
+      ds = qk(tqi, kj)
+    if tkj is not None:
+      ds = qk(qi, tkj) if ds is None else ds + qk(qi, tkj)
+    if ds is not None and plan.cap is not None:
+      ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
+    if tbias is not None:
+      b = _slice_pair(tbias, i, j, plan)
+      ds = b if ds is None else ds + b
+    pz = p
+    if rate > 0.0:
+      pz = p * _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
+    acc = jnp.zeros(qi.shape[:4] + (Hv,), q.dtype)
+    rs = jnp.zeros(qi.shape[:4], q.dtype)
+    if ds is not None:
+      ds = jnp.broadcast_to(ds, p.shape)
+      acc = acc + pv(pz * ds, vj)
+      rs = rs + jnp.sum(p * ds, axis=-1)
+    if tvj is not None:
+      acc = acc + pv(pz, tvj)
+    return acc, rs
+
+  tile_primals = (q, k, v, bias, mask, st, dropout_key)
+
+  def query_block(carry, xs):
+    i, tqi = xs
+
+    def key_block(carry, xs):
+      j, tkj, tvj = xs
+      visit = (key_ranges[i, 0] <= j) & (j < key_ranges[i, 1])
+      a, r = lax.cond(
+        visit,
+        lambda: tile(tile_primals, lse, i, j, tqi, tkj, tvj, tbias),
+        lambda: jax.tree.map(jnp.zeros_like, carry),
+      )
+      return (carry[0] + a, carry[1] + r), None
+
+    init = (jnp.zeros((B, K, G, bq, Hv), q.dtype), jnp.zeros((B, K, G, bq), q.dtype))
+    xs = (jnp.arange(plan.nk), _blocks(tk, 2, bk), _blocks(tv, 2, bk))
+    (acc, rs), _ = lax.scan(key_block, init, xs)
+    lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
+    if tsink is not None:
+      rs = rs + jnp.exp(sink[..., 0] - lse_i) * tsink[..., 0]
+    out_i = lax.dynamic_slice_in_dim(out, i * bq, bq, axis=3)
+    return carry, (acc - rs[..., None] * out_i, rs)
+
+  _, (t_out, t_lse) = lax.scan(query_block, None, (jnp.arange(plan.nq), _blocks(tq, 3, bq)))
+  return _unblocks(t_out, 3), _unblocks(t_lse, 3)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9, 10))
+def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate):
   return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
-def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
-  # Optional arguments that are None arrive as None, the others wrapped.
-  value = lambda a: None if a is None else a.value
-  args = [value(a) for a in (q, k, v, bias, mask, sink)]
-  st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
-  out, lse = forward(*args, st, dropout_key, key_ranges.value, plan, rate)
-  # The pytree structure of the flag ((), or None) tells the backward pass,
-  # statically, whether the bias is differentiated: a constant bias (ALiBi,
-  # padding) then costs no T x S gradient.
-  flag = () if (bias is not None and bias.perturbed) else None
-  return (out, lse), (*args, st, dropout_key, query_ranges.value, out, lse, flag)
+def _kernel_jvp(plan, rate, primals, tangents):
+  *primals, key_ranges = primals
+  out, lse = forward(*primals, key_ranges, plan, rate)
+  # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
+  # costs no T x S tangent, and its transpose no T x S gradient.
+  tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])
+  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), key_ranges, plan, rate)
+  return (out, lse), (t_out, t_lse)
 
 
-def _kernel_bwd(plan, rate, res, cotangents):
-  *args, st, dropout_key, query_ranges, out, lse, flag = res
-  g, g_lse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
-  if g is None and g_lse is None:
-    return (None,) * 10
-  if g is None:
-    g = jnp.zeros_like(out)
-  q, k, v, bias, mask, sink = args
-  delta = row_delta(out, g, g_lse)
-  dq, dk, dv, dbias = backward(
-    q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plan, rate
-  )
-  dsink = None if sink is None else sink_grad(sink, lse, delta)
-  return dq, dk, dv, dbias, None, dsink, None, None, None, None
-
-
-_kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
+_kernel.defjvp(_kernel_jvp, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
@@ -403,9 +488,7 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
     return empty_result(q, v, sink)
   plan = make_plan(T, S, band, cap, blocks)
-  key_ranges, query_ranges = block_ranges(st, plan)
+  key_ranges, _ = block_ranges(st, plan)
   q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, plan)
-  out, lse = _kernel(
-    q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate)
-  )
+  out, lse = _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, float(dropout_rate))
   return out[:, :, :, :T], lse[:, :, :, :T]
