@@ -425,8 +425,10 @@ def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate):
 
 
 def _kernel_jvp(plan, rate, primals, tangents):
+  # The primal through the kernel itself, so that a derivative of this rule
+  # (reverse over reverse) again meets this rule, never the forward loops.
+  out, lse = _kernel(*primals, plan, rate)
   *primals, key_ranges = primals
-  out, lse = forward(*primals, key_ranges, plan, rate)
   # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
   # costs no T x S tangent, and its transpose no T x S gradient.
   tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])

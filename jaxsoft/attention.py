@@ -339,16 +339,7 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
   if implementation == "dense":
     out, weights, lse = _dense(*args, **kwargs)
   elif implementation == "ring":
-    try:
-      out, lse = context_parallel.attention(*args, ring=o["ring"])
-    except TypeError as e:
-      # The ring has a custom VJP (its memory-lean backward pass, which runs
-      # the ring again), and JAX differentiates such a function in reverse mode only.
-      if "forward-mode" not in str(e):
-        raise
-      got = '"ring"' if o["implementation"] else '"ring" (picked by mesh=)'
-      want = 'be "chunked" or "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd)'
-      V.fail(fn, "implementation", want, got, exc=TypeError)
+    out, lse = context_parallel.attention(*args, ring=o["ring"])
   else:
     out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
@@ -446,8 +437,9 @@ def scaled_dot_product_attention(
   and the ``S / D`` keys and values pass from device to device with
   ``lax.ppermute``, each step merged into the running softmax by its
   log-normalizer (ring attention), so memory per device is ``O(T / D)``,
-  forward and backward (a custom VJP that runs the ring again; forward mode
-  alone needs ``"chunked"`` or ``"dense"``: an eager call says so). Pass global
+  forward and backward (a custom VJP that runs the ring again, so forward
+  mode alone needs ``"chunked"`` or ``"dense"``: JAX's error says "can't
+  apply forward-mode autodiff (jvp) to a custom_vjp function"). Pass global
   arrays (ideally already sharded along the sequence on that axis); the
   result is the global output, sharded the same way. Under ``is_causal`` the
   devices hold one early and one late chunk each ("zigzag"), so that they do
