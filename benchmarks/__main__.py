@@ -21,6 +21,7 @@ NAMES = [
   "softmax",
   "attention",
   "attention_structure",
+  "attention_jvp",
   "context_parallel",
   "montecarlo",
   "mle",
