@@ -164,31 +164,44 @@ def test_chunked_jvp_equals_dense_jvp():
 # Transforms: jacfwd, hessian, check_grads, vmap, dropout
 
 
-def test_jacfwd_and_hessian_match_dense():
-  # Forward mode alone (jacfwd), and forward over reverse (hessian) of a
-  # scalar loss, which composes the JVP with its transpose.
+def _small_case(seed):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(_rand(rng, (1, 12, N, 3))) for _ in range(3))
+  opts = dict(is_causal=True, local_window_size=(5, 1), logit_soft_cap=2.0, block_size=4)
+
+  def attend(q, sink, impl):
+    kv_len = jnp.array([10])
+    return sdpa(q, k, v, sink_logits=sink, key_value_seq_lengths=kv_len, implementation=impl, **opts)
+
+  return attend, q, jnp.asarray(_rand(rng, (N,)))
+
+
+def test_jacfwd_matches_dense():
   with jax.enable_x64(True):
-    rng = np.random.default_rng(1)
-    q, k, v = (jnp.asarray(_rand(rng, (1, 12, N, 3))) for _ in range(3))
-    sink = jnp.asarray(_rand(rng, (N,)))
-    opts = dict(is_causal=True, local_window_size=(5, 1), logit_soft_cap=2.0, block_size=4)
-
-    def attend(q, sink, impl):
-      kv_len = jnp.array([10])
-      return sdpa(q, k, v, sink_logits=sink, key_value_seq_lengths=kv_len, implementation=impl, **opts)
-
-    loss = lambda q, sink, impl: jnp.sum(jnp.sin(attend(q, sink, impl)))
-
-    @jax.jit
-    def run(q, sink):
-      return [(jax.jacfwd(attend, (0, 1))(q, sink, i), jax.hessian(loss, (0, 1))(q, sink, i)) for i in IMPLS]
-
+    attend, q, sink = _small_case(1)
+    run = jax.jit(lambda q, sink: [jax.jacfwd(attend, (0, 1))(q, sink, i) for i in IMPLS])
     dense, chunked = run(q, sink)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(dense)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def _check_grads_case(order, modes):
+@pytest.mark.slow
+def test_hessian_of_a_scalar_loss_matches_dense():
+  # Forward over reverse: the JVP of the transposed tangent pass (also
+  # checked, quickly, in test_attention_structure.py).
+  with jax.enable_x64(True):
+    attend, q, sink = _small_case(1)
+    loss = lambda q, sink, impl: jnp.sum(jnp.sin(attend(q, sink, impl)))
+    run = jax.jit(lambda q, sink: [jax.hessian(loss, (0, 1))(q, sink, i) for i in IMPLS])
+    dense, chunked = run(q, sink)
+    for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(dense)):
+      np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_check_grads_order_2_in_both_modes():
+  # Order 1 in both modes: test_attention.py. Reverse over reverse works too:
+  # the rule computes its primal through the kernel.
   with jax.enable_x64(True):
     rng = np.random.default_rng(2)
     q, k, v = (jnp.asarray(_rand(rng, (1, 9, 1, 3))) for _ in range(3))
@@ -197,17 +210,7 @@ def _check_grads_case(order, modes):
       q, k, v, bias=bias, sink_logits=sink, is_causal=True, logit_soft_cap=3.0,
       implementation="chunked", block_size=4,
     )  # fmt: skip
-    check_grads(f, (q, k, v, bias, sink), order, modes, eps=1e-4, atol=1e-5, rtol=1e-5)
-
-
-def test_check_grads_order_1_in_both_modes():
-  _check_grads_case(1, ("fwd", "rev"))
-
-
-@pytest.mark.slow
-def test_check_grads_order_2_in_both_modes():
-  # Reverse over reverse too: the rule computes its primal through the kernel.
-  _check_grads_case(2, ("fwd", "rev"))
+    check_grads(f, (q, k, v, bias, sink), 2, ("fwd", "rev"), eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
 def test_jvp_under_vmap_and_jit_and_with_dropout():
