@@ -21,7 +21,7 @@ over ``(B, K)``: XLA's CPU dots are several times slower on other layouts.
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
 forward loop), and per key block ``j`` the range of query blocks that may
-(the backward loop), both computed by :func:`block_ranges` from the
+(the ring's backward loop), both computed by :func:`block_ranges` from the
 structure (:mod:`jaxsoft._attention_structure`: the causal/window band,
 lengths and segment ids, all given as data, never as a ``[T, S]`` array).
 The ranges are shared by the batch rows, so they cover the union of the
@@ -33,8 +33,9 @@ The kernel may run on one shard of a longer sequence (the ring of
 :mod:`jaxsoft._context_parallel`): the structure's offsets then give the
 global positions of the shard's first query and key, so the band, the
 lengths and the dropout bits are those of the whole sequence.
-:func:`forward` and :func:`backward` are the two passes on padded inputs,
-shared with the ring, whose backward adds up the gradients of the key shards
+:func:`forward` is the forward pass on padded inputs, shared with the ring;
+:func:`backward`, the hand-written FlashAttention backward pass, serves the
+ring alone (its custom VJP), which adds up the gradients of the key shards
 given the rows' final log-normalizers.
 """
 
@@ -175,7 +176,7 @@ def _dropout_scale(key, st, i, j, shape, plan: BlockPlan, rate):
 
 
 # ----------------------------------------------------------------------------
-# Forward, backward, custom VJP
+# Forward, the ring's backward, the custom JVP
 
 
 def sink_state(sink, shape, dtype):
