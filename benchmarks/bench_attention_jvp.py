@@ -28,32 +28,31 @@ from jaxsoft.attention import scaled_dot_product_attention
 N, H = 8, 64
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10))
-def _vjp_kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
+def _vjp_kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
   return chunked.forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
-def _vjp_kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate):
+def _vjp_kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
   value = lambda a: None if a is None else a.value
   args = [value(a) for a in (q, k, v, bias, mask, sink)]
   st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
   out, lse = chunked.forward(*args, st, dropout_key, key_ranges.value, plan, rate)
   flag = () if (bias is not None and bias.perturbed) else None
-  return (out, lse), (*args, st, dropout_key, out, lse, flag)
+  return (out, lse), (*args, st, dropout_key, query_ranges.value, out, lse, flag)
 
 
 def _vjp_kernel_bwd(plan, rate, res, cotangents):
-  *args, st, dropout_key, out, lse, flag = res
+  *args, st, dropout_key, query_ranges, out, lse, flag = res
   g, g_lse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
   g = jnp.zeros_like(out) if g is None else g
   q, k, v, bias, mask, sink = args
-  _, query_ranges = chunked.block_ranges(st, plan)
   delta = chunked.row_delta(out, g, g_lse)
   dq, dk, dv, dbias = chunked.backward(
     q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plan, rate
   )
   dsink = None if sink is None else chunked.sink_grad(sink, lse, delta)
-  return dq, dk, dv, dbias, None, dsink, None, None, None
+  return dq, dk, dv, dbias, None, dsink, None, None, None, None
 
 
 _vjp_kernel.defvjp(_vjp_kernel_fwd, _vjp_kernel_bwd, symbolic_zeros=True)

@@ -305,30 +305,16 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
   return lax.fori_loop(0, plan.nk, key_block, init)
 
 
-def _max_key_blocks(plan: BlockPlan) -> int:
-  """A static bound on the number of key blocks a query block visits: ``nk``, or fewer under a window."""
+def _max_query_blocks(plan: BlockPlan) -> int:
+  """A static bound on the number of query blocks a key block meets: ``nq``, or fewer under a window."""
   lo, hi = plan.band
   if lo is None or hi is None:
-    return plan.nk
-  # A query block's keys lie in a run of bq - 1 + hi - lo + 1 positions.
-  return min(plan.nk, (plan.bq + hi - lo - 1) // plan.bk + 2)
+    return plan.nq
+  # A key block's queries lie in a run of bk - 1 + hi - lo + 1 positions.
+  return min(plan.nq, (plan.bk + hi - lo - 1) // plan.bq + 2)
 
 
-def _blocks(x, axis, size):
-  """``[..., n * size, ...]`` -> ``[n, ..., size, ...]``: the blocks of ``axis``, stacked first (a scan's xs)."""
-  if x is None:
-    return None
-  x = x.reshape(x.shape[:axis] + (x.shape[axis] // size, size) + x.shape[axis + 1 :])
-  return jnp.moveaxis(x, axis, 0)
-
-
-def _unblocks(x, axis):
-  """The inverse of :func:`_blocks`."""
-  x = jnp.moveaxis(x, 0, axis)
-  return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
-
-
-def tangent(primals, out, lse, tangents, key_ranges, plan: BlockPlan, rate):
+def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
   r"""The tangents of ``out`` and of the log-normalizer: one more pass over the visited blocks, linear in ``tangents``.
 
   ``primals`` are the padded ``(q, k, v, bias, mask, sink, st,
@@ -399,32 +385,32 @@ def tangent(primals, out, lse, tangents, key_ranges, plan: BlockPlan, rate):
 
   tile_primals = (q, k, v, bias, mask, st, dropout_key)
 
-  def query_block(carry, xs):
-    i, tqi = xs
-    first, last = key_ranges[i, 0], key_ranges[i, 1]
+  def key_block(j, carry):
+    tkj, tvj = (None if t is None else lax.dynamic_slice_in_dim(t, j * bk, bk, axis=2) for t in (tk, tv))
+    first, last = query_ranges[j, 0], query_ranges[j, 1]
 
-    def key_block(carry, c):
-      # The c-th key block of the query block's range; past its end the
+    def query_block(c, carry):
+      # The c-th query block of the key block's range; past its end the
       # clamped block is read but not visited.
-      j = jnp.minimum(first + c, plan.nk - 1)
-      tkj, tvj = (None if t is None else lax.dynamic_slice_in_dim(t, j * bk, bk, axis=2) for t in (tk, tv))
+      i = jnp.minimum(first + c, plan.nq - 1)
+      tqi = None if tq is None else lax.dynamic_slice_in_dim(tq, i * bq, bq, axis=3)
       a, r = visited_tile(tile_primals, lse, first + c < last, i, j, tqi, tkj, tvj, tbias)
-      return (carry[0] + a, carry[1] + r), None
+      acc, rs = carry
+      acc = lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(acc, i * bq, bq, 3) + a, i * bq, 3)
+      rs = lax.dynamic_update_slice_in_dim(rs, lax.dynamic_slice_in_dim(rs, i * bq, bq, 3) + r, i * bq, 3)
+      return acc, rs
 
-    init = (jnp.zeros((B, K, G, bq, Hv), q.dtype), jnp.zeros((B, K, G, bq), q.dtype))
-    (acc, rs), _ = lax.scan(key_block, init, jnp.arange(_max_key_blocks(plan)))
-    lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
-    if tsink is not None:
-      rs = rs + jnp.exp(sink[..., 0] - lse_i) * tsink[..., 0]
-    out_i = lax.dynamic_slice_in_dim(out, i * bq, bq, axis=3)
-    return carry, (acc - rs[..., None] * out_i, rs)
+    return lax.fori_loop(0, _max_query_blocks(plan), query_block, carry)
 
-  _, (t_out, t_lse) = lax.scan(query_block, None, (jnp.arange(plan.nq), _blocks(tq, 3, bq)))
-  return _unblocks(t_out, 3), _unblocks(t_lse, 3)
+  # Static bounds: JAX transposes a fori_loop only when they are.
+  acc, rs = lax.fori_loop(0, plan.nk, key_block, (jnp.zeros_like(out), jnp.zeros_like(lse)))
+  if tsink is not None:
+    rs = rs + jnp.exp(sink[..., 0] - lse) * tsink[..., 0]
+  return acc - rs[..., None] * out, rs
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(9, 10))
-def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(10, 11))
+def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
   return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
@@ -432,11 +418,11 @@ def _kernel_jvp(plan, rate, primals, tangents):
   # The primal through the kernel itself, so that a derivative of this rule
   # (reverse over reverse) again meets this rule, never the forward loops.
   out, lse = _kernel(*primals, plan, rate)
-  *primals, key_ranges = primals
+  *primals, _, query_ranges = primals
   # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
   # costs no T x S tangent, and its transpose no T x S gradient.
   tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])
-  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), key_ranges, plan, rate)
+  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), query_ranges, plan, rate)
   return (out, lse), (t_out, t_lse)
 
 
@@ -511,7 +497,8 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
     return empty_result(q, v, sink)
   plan = make_plan(T, S, band, cap, blocks)
-  key_ranges, _ = block_ranges(st, plan)
+  key_ranges, query_ranges = block_ranges(st, plan)
   q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, plan)
-  out, lse = _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, float(dropout_rate))
+  args = (q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges)
+  out, lse = _kernel(*args, plan, float(dropout_rate))
   return out[:, :, :, :T], lse[:, :, :, :T]
