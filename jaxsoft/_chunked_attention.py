@@ -8,9 +8,10 @@ is one more pass over the blocks (:func:`tangent`), linear in the input
 tangents, that recomputes each block's weights from that log-normalizer, so
 memory is linear in ``T + S``. Forward mode runs it; reverse mode runs JAX's
 transpose of it, which is the memory-lean backward pass of FlashAttention
-(measured as fast as a hand-written one: see the benchmarks). One rule
-serves both modes because JAX gives a function with a custom VJP no forward
-mode, and cannot transpose a custom VJP inside a custom JVP's tangent.
+(measured against the hand-written one, :func:`backward`, which the ring
+still uses: see the benchmarks). One rule serves both modes because JAX
+gives a function with a custom VJP no forward mode, and cannot transpose a
+custom VJP inside a custom JVP's tangent.
 
 Layout (shared with the dense path of :mod:`jaxsoft.attention`): everything is
 head-major, q ``[B,K,G,T,H]``, k ``[B,K,S,H]``, v ``[B,K,S,Hv]``, and bias and
@@ -328,15 +329,14 @@ def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
 
   ``z`` being the dropout multipliers. JAX transposes this pass for reverse
   mode, so it is written to transpose into a memory-lean backward pass:
-  loops with static trip counts (a query block visits a static number of
-  key-block slots, fewer under a window, and a ``lax.cond`` skips the slots
-  past its range); the key blocks' tangents read by index (the transpose
-  adds a block's cotangent in place) and the query blocks' as the outer
-  scan's stacked blocks (measured: 20% less temporary memory than by
-  index); each tile under ``jax.checkpoint``, reading the primals by index
-  inside, so that its weights are recomputed in the backward pass and the
-  only residuals are the inputs themselves (a tile's own inputs would be
-  saved once per tile).
+  loops with static trip counts (each key block visits a static number of
+  query-block slots, fewer under a window, and a ``lax.cond`` skips the
+  slots past its range: the order of :func:`backward`); every block read
+  and written by index (the transpose adds a block's cotangent in place);
+  each tile under ``jax.checkpoint``, reading the primals by index inside,
+  so that its weights are recomputed in the backward pass and the only
+  residuals are the inputs themselves (a tile's own inputs would be saved
+  once per tile).
   """
   q, k, v, bias, mask, sink, st, dropout_key = primals
   tq, tk, tv, tbias, tsink = tangents
