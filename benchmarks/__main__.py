@@ -21,7 +21,6 @@ NAMES = [
   "softmax",
   "attention",
   "attention_structure",
-  "attention_jvp",
   "context_parallel",
   "montecarlo",
   "mle",

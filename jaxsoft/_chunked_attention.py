@@ -1,17 +1,10 @@
-"""The chunked attention kernel: an online softmax over key blocks, with a custom JVP.
+"""The chunked attention kernel: an online softmax over key blocks, with a custom VJP.
 
 For each query block the forward pass runs the online logsumexp
 (:mod:`jaxsoft._online_logsumexp`) over the key blocks, as in FlashAttention
 (Dao et al. 2022) and Rabe & Staats (2021), and keeps only the output and the
-per-row log-normalizer. The kernel's derivative is a custom JVP: the tangent
-is one more pass over the blocks (:func:`tangent`), linear in the input
-tangents, that recomputes each block's weights from that log-normalizer, so
-memory is linear in ``T + S``. Forward mode runs it; reverse mode runs JAX's
-transpose of it, which is the memory-lean backward pass of FlashAttention
-(measured against the hand-written one, :func:`backward`, which the ring
-still uses: see the benchmarks). One rule serves both modes because JAX
-gives a function with a custom VJP no forward mode, and cannot transpose a
-custom VJP inside a custom JVP's tangent.
+per-row log-normalizer. The backward pass recomputes each block's weights from
+that log-normalizer, so memory is linear in ``T + S``.
 
 Layout (shared with the dense path of :mod:`jaxsoft.attention`): everything is
 head-major, q ``[B,K,G,T,H]``, k ``[B,K,S,H]``, v ``[B,K,S,Hv]``, and bias and
@@ -22,7 +15,7 @@ over ``(B, K)``: XLA's CPU dots are several times slower on other layouts.
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
 forward loop), and per key block ``j`` the range of query blocks that may
-(the ring's backward loop), both computed by :func:`block_ranges` from the
+(the backward loop), both computed by :func:`block_ranges` from the
 structure (:mod:`jaxsoft._attention_structure`: the causal/window band,
 lengths and segment ids, all given as data, never as a ``[T, S]`` array).
 The ranges are shared by the batch rows, so they cover the union of the
@@ -34,9 +27,8 @@ The kernel may run on one shard of a longer sequence (the ring of
 :mod:`jaxsoft._context_parallel`): the structure's offsets then give the
 global positions of the shard's first query and key, so the band, the
 lengths and the dropout bits are those of the whole sequence.
-:func:`forward` is the forward pass on padded inputs, shared with the ring;
-:func:`backward`, the hand-written FlashAttention backward pass, serves the
-ring alone (its custom VJP), which adds up the gradients of the key shards
+:func:`forward` and :func:`backward` are the two passes on padded inputs,
+shared with the ring, whose backward adds up the gradients of the key shards
 given the rows' final log-normalizers.
 """
 
@@ -177,7 +169,7 @@ def _dropout_scale(key, st, i, j, shape, plan: BlockPlan, rate):
 
 
 # ----------------------------------------------------------------------------
-# Forward, the ring's backward, the custom JVP
+# Forward, backward, custom VJP
 
 
 def sink_state(sink, shape, dtype):
@@ -306,127 +298,41 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
   return lax.fori_loop(0, plan.nk, key_block, init)
 
 
-def _max_query_blocks(plan: BlockPlan) -> int:
-  """A static bound on the number of query blocks a key block meets: ``nq``, or fewer under a window."""
-  lo, hi = plan.band
-  if lo is None or hi is None:
-    return plan.nq
-  # A key block's queries lie in a run of bk - 1 + hi - lo + 1 positions.
-  return min(plan.nq, (plan.bk + hi - lo - 1) // plan.bq + 2)
-
-
-def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
-  r"""The tangents of ``out`` and of the log-normalizer: one more pass over the visited blocks, linear in ``tangents``.
-
-  ``primals`` are the padded ``(q, k, v, bias, mask, sink, st,
-  dropout_key)``, ``tangents`` those of ``(q, k, v, bias, sink)``, each None
-  when zero. With the row's weights ``P = exp(logits - lse)`` known from the
-  primal pass (no online rescaling) and ``dS`` the tangent of the logits,
-
-  .. math::
-    \dot{\ell}_t = \sum_s P_{ts} \dot{S}_{ts} + P_{t,\mathrm{sink}} \dot{\sigma}, \qquad
-    \dot{o}_t = \sum_s P_{ts} z_{ts} (\dot{v}_s + \dot{S}_{ts} v_s) - \dot{\ell}_t o_t,
-
-  ``z`` being the dropout multipliers. JAX transposes this pass for reverse
-  mode, so it is written to transpose into a memory-lean backward pass:
-  loops with static trip counts (each key block visits a static number of
-  query-block slots, fewer under a window, and a ``lax.cond`` skips the
-  slots past its range: the order of :func:`backward`); every block read
-  and written by index (the transpose adds a block's cotangent in place);
-  each tile under ``jax.checkpoint``, reading the primals by index inside,
-  so that its weights are recomputed in the backward pass and the only
-  residuals are the inputs themselves (a tile's own inputs would be saved
-  once per tile).
-  """
-  q, k, v, bias, mask, sink, st, dropout_key = primals
-  tq, tk, tv, tbias, tsink = tangents
-  bq, bk = plan.bq, plan.bk
-  B, K, G = q.shape[:3]
-  Hv = v.shape[-1]
-
-  def tile(primals, lse, i, j, tqi, tkj, tvj, tbias):
-    q, k, v, bias, mask, st, dropout_key = primals
-    qi = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
-    kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-    vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
-    lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
-    logits, raw = _block_logits(qi, kj, bias, i, j, plan)
-    p = jnp.exp(logits - lse_i[..., None])
-    allowed = _block_allowed(mask, st, i, j, plan)
-    if allowed is not None:
-      p = jnp.where(allowed, p, 0)
-    ds = None
-    if tqi is not None:
-      ds = qk(tqi, kj)
-    if tkj is not None:
-      ds = qk(qi, tkj) if ds is None else ds + qk(qi, tkj)
-    if ds is not None and plan.cap is not None:
-      ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
-    if tbias is not None:
-      b = _slice_pair(tbias, i, j, plan)
-      ds = b if ds is None else ds + b
-    pz = p
-    if rate > 0.0:
-      pz = p * _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
-    acc = jnp.zeros(qi.shape[:4] + (Hv,), q.dtype)
-    rs = jnp.zeros(qi.shape[:4], q.dtype)
-    if ds is not None:
-      ds = jnp.broadcast_to(ds, p.shape)
-      acc = acc + pv(pz * ds, vj)
-      rs = rs + jnp.sum(p * ds, axis=-1)
-    if tvj is not None:
-      acc = acc + pv(pz, tvj)
-    return acc, rs
-
-  @jax.checkpoint
-  def visited_tile(primals, lse, visit, i, j, *tangents):
-    zeros = (jnp.zeros((B, K, G, bq, Hv), q.dtype), jnp.zeros((B, K, G, bq), q.dtype))
-    return lax.cond(visit, lambda: tile(primals, lse, i, j, *tangents), lambda: zeros)
-
-  tile_primals = (q, k, v, bias, mask, st, dropout_key)
-
-  def key_block(j, carry):
-    tkj, tvj = (None if t is None else lax.dynamic_slice_in_dim(t, j * bk, bk, axis=2) for t in (tk, tv))
-    first, last = query_ranges[j, 0], query_ranges[j, 1]
-
-    def query_block(c, carry):
-      # The c-th query block of the key block's range; past its end the
-      # clamped block is read but not visited.
-      i = jnp.minimum(first + c, plan.nq - 1)
-      tqi = None if tq is None else lax.dynamic_slice_in_dim(tq, i * bq, bq, axis=3)
-      a, r = visited_tile(tile_primals, lse, first + c < last, i, j, tqi, tkj, tvj, tbias)
-      acc, rs = carry
-      acc = lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(acc, i * bq, bq, 3) + a, i * bq, 3)
-      rs = lax.dynamic_update_slice_in_dim(rs, lax.dynamic_slice_in_dim(rs, i * bq, bq, 3) + r, i * bq, 3)
-      return acc, rs
-
-    return lax.fori_loop(0, _max_query_blocks(plan), query_block, carry)
-
-  # Static bounds: JAX transposes a fori_loop only when they are.
-  acc, rs = lax.fori_loop(0, plan.nk, key_block, (jnp.zeros_like(out), jnp.zeros_like(lse)))
-  if tsink is not None:
-    rs = rs + jnp.exp(sink[..., 0] - lse) * tsink[..., 0]
-  return acc - rs[..., None] * out, rs
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(10, 11))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
 def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
   return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
 
 
-def _kernel_jvp(plan, rate, primals, tangents):
-  # The primal through the kernel itself, so that a derivative of this rule
-  # (reverse over reverse) again meets this rule, never the forward loops.
-  out, lse = _kernel(*primals, plan, rate)
-  *primals, _, query_ranges = primals
-  # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
-  # costs no T x S tangent, and its transpose no T x S gradient.
-  tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])
-  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), query_ranges, plan, rate)
-  return (out, lse), (t_out, t_lse)
+def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
+  # Optional arguments that are None arrive as None, the others wrapped.
+  value = lambda a: None if a is None else a.value
+  args = [value(a) for a in (q, k, v, bias, mask, sink)]
+  st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
+  out, lse = forward(*args, st, dropout_key, key_ranges.value, plan, rate)
+  # The pytree structure of the flag ((), or None) tells the backward pass,
+  # statically, whether the bias is differentiated: a constant bias (ALiBi,
+  # padding) then costs no T x S gradient.
+  flag = () if (bias is not None and bias.perturbed) else None
+  return (out, lse), (*args, st, dropout_key, query_ranges.value, out, lse, flag)
 
 
-_kernel.defjvp(_kernel_jvp, symbolic_zeros=True)
+def _kernel_bwd(plan, rate, res, cotangents):
+  *args, st, dropout_key, query_ranges, out, lse, flag = res
+  g, g_lse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
+  if g is None and g_lse is None:
+    return (None,) * 10
+  if g is None:
+    g = jnp.zeros_like(out)
+  q, k, v, bias, mask, sink = args
+  delta = row_delta(out, g, g_lse)
+  dq, dk, dv, dbias = backward(
+    q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plan, rate
+  )
+  dsink = None if sink is None else sink_grad(sink, lse, delta)
+  return dq, dk, dv, dbias, None, dsink, None, None, None, None
+
+
+_kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
@@ -499,6 +405,7 @@ def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_
   plan = make_plan(T, S, band, cap, blocks)
   key_ranges, query_ranges = block_ranges(st, plan)
   q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, plan)
-  args = (q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges)
-  out, lse = _kernel(*args, plan, float(dropout_rate))
+  out, lse = _kernel(
+    q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate)
+  )
   return out[:, :, :, :T], lse[:, :, :, :T]

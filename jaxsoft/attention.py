@@ -338,10 +338,20 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
   kwargs = dict(band=o["band"], cap=o["logit_soft_cap"], dropout_rate=o["dropout_rate"])
   if implementation == "dense":
     out, weights, lse = _dense(*args, **kwargs)
-  elif implementation == "ring":
-    out, lse = context_parallel.attention(*args, ring=o["ring"])
   else:
-    out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+    try:
+      if implementation == "ring":
+        out, lse = context_parallel.attention(*args, ring=o["ring"])
+      else:
+        out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+    except TypeError as e:
+      # The chunked kernel and the ring have a custom VJP (their memory-lean
+      # backward pass), and JAX differentiates such a function in reverse mode only.
+      if "forward-mode" not in str(e):
+        raise
+      got = f'"{implementation}"' if o["implementation"] else '"chunked" (picked by implementation=None)'
+      want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd)'
+      V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
   if not (o["return_weights"] or o["return_residual"]):
     return out
@@ -419,14 +429,14 @@ def scaled_dot_product_attention(
   diagonal: on ``t + S - T`` under ``"bottom_right"``, on ``t`` otherwise.
 
   ``implementation="chunked"`` never materializes the weights: it runs an
-  online softmax over ``block_size`` key blocks for each query block
-  (memory :math:`O(T + S)` per head) and has a custom JVP: the tangent is
-  one more pass over the same blocks, linear in the tangents, with each
-  block's weights recomputed from the row's log-normalizer. Forward mode
-  (``jax.jvp``, ``jax.jacfwd``), reverse mode (JAX transposes that pass into
-  the memory-lean backward pass) and their compositions (``jax.hessian``)
-  all work. Under dropout the two implementations draw different (equally
-  distributed) random masks.
+  online softmax over ``block_size`` key blocks for each query block and its
+  custom VJP recomputes the blocks in the backward pass (memory
+  :math:`O(T + S)` per head). Reverse mode and second order through it
+  (``jax.hessian``, forward over reverse) work; forward mode alone
+  (``jax.jvp``, ``jax.jacfwd``) does not, because JAX gives a function with a
+  custom VJP no forward rule: use ``implementation="dense"`` there (an eager
+  call says so; under ``jit`` JAX's own message appears). Under dropout the
+  two implementations draw different (equally distributed) random masks.
 
   The batch dimensions of ``query`` and of ``key``/``value`` broadcast
   against each other (a key/value batch of 1 serves every query row).
@@ -437,9 +447,7 @@ def scaled_dot_product_attention(
   and the ``S / D`` keys and values pass from device to device with
   ``lax.ppermute``, each step merged into the running softmax by its
   log-normalizer (ring attention), so memory per device is ``O(T / D)``,
-  forward and backward (a custom VJP that runs the ring again, so forward
-  mode alone needs ``"chunked"`` or ``"dense"``: JAX's error says "can't
-  apply forward-mode autodiff (jvp) to a custom_vjp function"). Pass global
+  forward and backward (a custom VJP that runs the ring again). Pass global
   arrays (ideally already sharded along the sequence on that axis); the
   result is the global output, sharded the same way. Under ``is_causal`` the
   devices hold one early and one late chunk each ("zigzag"), so that they do

@@ -409,7 +409,9 @@ def test_check_grads(impl):
     f = lambda q, k, v, b: sdpa_eager(
       q, k, v, bias=b, mask=mask, is_causal=True, implementation=impl, block_size=(4, 4)
     )
-    check_grads(f, (q, k, v, bias), 1, ["rev", "fwd"], eps=1e-4, atol=1e-5, rtol=1e-5)
+    # The chunked path has a custom VJP only: no forward mode.
+    modes = ["rev", "fwd"] if impl == "dense" else ["rev"]
+    check_grads(f, (q, k, v, bias), 1, modes, eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
 @settings(max_examples=8)

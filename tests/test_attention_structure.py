@@ -419,10 +419,10 @@ def test_key_value_batch_broadcasts_and_one_query_decodes():
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
-def test_second_order_through_the_chunked_path():
-  # jax.hessian is forward over reverse: the chunked path's JVP and its
-  # transpose (against the dense path, whose derivatives the reference test
-  # checks). Forward mode alone: tests/test_attention_jvp.py.
+def test_second_order_through_the_chunked_path_and_a_clear_forward_mode_error():
+  # jax.hessian is forward over reverse: the chunked VJP's passes are plain JAX
+  # code, so it works (against the dense path, whose derivatives the reference
+  # test checks). Forward mode alone meets the custom VJP: a clear error.
   with jax.enable_x64(True):
     rng = np.random.default_rng(5)
     q, k, v = (jnp.asarray(_rand(rng, s)) for s in ((1, 5, N, 3), (1, 6, 1, 3), (1, 6, 1, 3)))
@@ -437,6 +437,8 @@ def test_second_order_through_the_chunked_path():
     dense, chunked = run(q, sink)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(dense)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match='implementation must be "dense" under forward-mode'):
+      jax.jvp(lambda q: loss(q, sink, "chunked"), (q,), (q,))
 
 
 def test_dense_path_creates_no_infinities():
