@@ -80,9 +80,13 @@ def profile_confidence_intervals(
   reparametrization, stay inside the parameter space and are asymmetric
   where the likelihood is. An endpoint the profile never reaches (the
   likelihood flattens out, as for a Student's t ``df``) is the constraint's
-  bound (``inf`` for a positive parameter). Every endpoint of every
-  parameter is solved in one ``vmap``, so ``jax.jit`` compiles one program,
-  and ``jax.vmap`` over fits and datasets batches them all.
+  bound (``inf`` for a positive parameter); where the profile jumps over
+  the level (a support bound, such as a uniform's ``max(x)``) the endpoint
+  is the jump. Every endpoint of every parameter is solved in one ``vmap``,
+  so ``jax.jit`` compiles one program, and ``jax.vmap`` over fits and
+  datasets batches them all; the search is capped (20 root-finding rounds of
+  at most 50 inner optimizer steps), so a batch costs at most that many
+  steps however slow its slowest endpoint.
 
   Args:
     result: the :class:`MLEResult` of :func:`fit` on ``log_prob`` and ``data``
