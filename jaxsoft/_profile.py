@@ -193,6 +193,11 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
       t = u_hat[j] + s * d
       mean_nll = lambda v: obj.total_nll(at(t, v)) / w_sum
       inner_steps = jnp.where(active, _INNER_STEPS, 0)
+      # Warm start from the previous inner optimum, or from the estimate's
+      # where that is better: a far trial (a Student's t df near 0) can move
+      # the others to another local optimum, from which the fits back near
+      # the estimate would stay above the profile and close the bracket on 0.
+      v = jnp.where(mean_nll(jnp.zeros_like(v)) < mean_nll(v), jnp.zeros_like(v), v)
       _, v_new, f_new, _, _ = minimize(mean_nll, v, u_hat, scale, None, inner_steps, 1e-6, 1e-8, 1e-5)
       # An inner fit that ran off to a non-finite objective (a flat direction,
       # such as a Student's t df near infinity, taken in one giant step) keeps
