@@ -216,19 +216,25 @@ def _check_replicates(fn, method, replicates, size_arg, size):
   return replicates
 
 
+def _check_count(fn, arg, n) -> int:
+  """A number of evaluations: a Python int in [1, 2**31) (results count them in int32)."""
+  n = V.check_int(fn, arg, n, minimum=1)
+  if n >= 2**31:
+    V.fail(fn, arg, "be < 2**31 (the evaluation count is an int32)", n)
+  return n
+
+
 def _check_integrate(fn, method, n, batch_size, replicates, devices, size_arg="n"):
   """``integrate``'s static options, checked: ``(n, batch_size, replicates, mesh)``.
 
   ``size_arg`` names the size in messages (``integrate_to_tolerance``'s is ``max_n``).
   """
   V.check_option(fn, "method", method, _METHODS)
-  n = V.check_int(fn, size_arg, n, minimum=1)
+  n = _check_count(fn, size_arg, n)
   batch_size = _check_batch_size(fn, batch_size)
   mesh = device_mesh(fn, devices, _AXIS)
   if method in _QMC:
     replicates = _check_replicates(fn, method, replicates, size_arg, n)
-    if method == "sobol" and n // replicates > 2**30:
-      V.fail(fn, size_arg, "give at most 2**30 points per replicate for method 'sobol'", n)
     if mesh is not None and replicates % mesh.devices.size:
       V.fail(fn, "replicates", f"be a multiple of the number of devices ({mesh.devices.size})", replicates)
   elif method == "antithetic" and n % 2 and size_arg == "n":
@@ -418,7 +424,9 @@ def _qmc_adder(box: _Box, points, *, chunk: int, points_per_replicate: int | Non
 
   def add(scrambled, stats, first, count):
     def step(c, stats):
-      mask = c * chunk + jnp.arange(chunk) < n_rep if need_mask else None
+      # Only the last chunk, c = n_rep // chunk, is cut (written without c * chunk,
+      # which could overflow int32).
+      mask = (c < n_rep // chunk) | (jnp.arange(chunk) < n_rep % chunk) if need_mask else None
       return RS.merge(stats, RS.block_stats(box.at(points(scrambled, c)), mask))
 
     return _loop(step, stats, first, count)
@@ -444,7 +452,7 @@ def _map_replicates(replicate, replicates: int, mesh):
   return _on_devices(mesh, local)
 
 
-def _qmc_chunks(method, key, dim, chunk, dtype):
+def _qmc_chunks(method, key, dim, chunk, dtype, length):
   r""":func:`jaxsoft.qmc._randomized_chunks`, lattice points periodized by the tent transform.
 
   The tent (baker's) transform :math:`u \mapsto 1 - |2u - 1|` keeps every
@@ -453,7 +461,7 @@ def _qmc_chunks(method, key, dim, chunk, dtype):
   instead of :math:`O(n^{-1})` (Hickernell 2002), the lattice analogue of
   what scrambling gives Sobol' points.
   """
-  scramble, points = _qmc._randomized_chunks(method, key, dim, chunk, dtype)
+  scramble, points = _qmc._randomized_chunks(method, key, dim, chunk, dtype, length)
   if method != "lattice":
     return scramble, points
 
@@ -605,9 +613,10 @@ def _integrate_qmc(box, key, method, n, batch_size, replicates, mesh):
   chunk = min(
     _pow2_floor(batch_size or _default_batch(_block_size(box.dim, 2**62))), 1 << (n_rep - 1).bit_length()
   )
-  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
+  num_chunks = -(-n_rep // chunk)
+  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype, num_chunks * chunk)
   add = _qmc_adder(box, points, chunk=chunk, points_per_replicate=n_rep)
-  init, num_chunks = RS.zeros(box.struct), -(-n_rep // chunk)
+  init = RS.zeros(box.struct)
   means = _map_replicates(lambda r: add(scramble(r), init, 0, num_chunks)[1], replicates, mesh)
   return RS.block_stats(means), n_rep * replicates
 
@@ -816,7 +825,7 @@ def gaussian_transform(mean, cov) -> Callable:
 
 def _check_expectation(fn, key, n, batch_size, control_variate):
   """``expectation``'s arguments, checked: ``(key, n, batch_size)``."""
-  n = V.check_int(fn, "n", n, minimum=1)
+  n = _check_count(fn, "n", n)
   batch_size = _check_batch_size(fn, batch_size)
   if control_variate is not None and not (
     isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])
@@ -1089,7 +1098,7 @@ def _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh) -> _Dou
   max_rep = max_n // replicates
   per_step = batch_size or _block_size(box.dim, 2**62)
   chunk = min(_pow2_floor(max(per_step // replicates, 1)), _pow2_floor(max_rep))
-  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
+  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype, max_rep)
   add_one = _qmc_adder(box, points, chunk=chunk)
   # Every randomization is drawn once, before the loop.
   scrambled = jax.vmap(scramble)(jnp.arange(replicates))

@@ -622,8 +622,15 @@ def test_errors():
     integrate(gauss8, key, n=2**20, method="stratified", strata_per_axis=513, **kw)
   with pytest.raises(ValueError, match="n must hold at least two rounds of the 16 strata, got 20"):
     integrate(gauss8, key, n=20, method="stratified", strata_per_axis=4, **kw)
-  with pytest.raises(ValueError, match="max_n must give at most 2"):
+  # Counts are int32: beyond, a clear error for every method (Sobol' points
+  # themselves go to 2**64).
+  with pytest.raises(ValueError, match=r"max_n must be < 2\*\*31 \(the evaluation count is an int32\)"):
     integrate_to_tolerance(gauss8, key, method="sobol", max_n=2**40, **kw)
+  for method in ("mc", "sobol"):
+    with pytest.raises(ValueError, match=r"n must be < 2\*\*31"):
+      integrate(gauss8, key, n=2**31, method=method, **kw)
+  with pytest.raises(ValueError, match=r"n must be < 2\*\*31"):
+    expectation(jnp.exp, jax.random.normal, key, n=2**31)
   with pytest.raises(ValueError, match="rtol"):
     integrate_to_tolerance(gauss8, key, rtol=-1.0, **kw)
   with pytest.raises(TypeError, match="control_variate"):
