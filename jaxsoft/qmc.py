@@ -3,7 +3,8 @@
 Both functions are pure and jit-able (``n`` and ``dim`` are static Python
 ints). Without a key they return the classical sequences, identical to
 ``scipy.stats.qmc.Sobol(dim, scramble=False).random(n)`` and
-``scipy.stats.qmc.Halton(dim, scramble=False).random(n)`` in float64. With a
+``scipy.stats.qmc.Halton(dim, scramble=False).random(n)`` in float64 (Sobol'
+points beyond ``2**30``, up to ``2**64``, as SciPy's ``bits=64``). With a
 key the sequence is randomized so that every point is uniform on
 ``[0, 1)^dim`` while the low-discrepancy structure is kept; averages over
 independent randomizations then give unbiased estimates with an honest error
