@@ -442,7 +442,11 @@ def test_importance_sampling_tail_probability():
 # ---------------------------------------------------------------- adaptive
 
 
-@pytest.mark.parametrize("method", ["mc", "antithetic", "sobol", "halton", "lattice"])
+# mc and sobol in the quick suite (an i.i.d. and a QMC stopping rule); every method with -m slow.
+@pytest.mark.parametrize(
+  "method",
+  ["mc", "sobol", *(pytest.param(m, marks=pytest.mark.slow) for m in ("antithetic", "halton", "lattice"))],
+)
 def test_integrate_to_tolerance(method):
   # A vector leaf with the relative error of the scalar one: both meet the
   # tolerance at the same n.
