@@ -216,19 +216,25 @@ def _check_replicates(fn, method, replicates, size_arg, size):
   return replicates
 
 
+def _check_count(fn, arg, n) -> int:
+  """A number of evaluations: a Python int in [1, 2**31) (results count them in int32)."""
+  n = V.check_int(fn, arg, n, minimum=1)
+  if n >= 2**31:
+    V.fail(fn, arg, "be < 2**31 (the evaluation count is an int32)", n)
+  return n
+
+
 def _check_integrate(fn, method, n, batch_size, replicates, devices, size_arg="n"):
   """``integrate``'s static options, checked: ``(n, batch_size, replicates, mesh)``.
 
   ``size_arg`` names the size in messages (``integrate_to_tolerance``'s is ``max_n``).
   """
   V.check_option(fn, "method", method, _METHODS)
-  n = V.check_int(fn, size_arg, n, minimum=1)
+  n = _check_count(fn, size_arg, n)
   batch_size = _check_batch_size(fn, batch_size)
   mesh = device_mesh(fn, devices, _AXIS)
   if method in _QMC:
     replicates = _check_replicates(fn, method, replicates, size_arg, n)
-    if method == "sobol" and n // replicates > 2**30:
-      V.fail(fn, size_arg, "give at most 2**30 points per replicate for method 'sobol'", n)
     if mesh is not None and replicates % mesh.devices.size:
       V.fail(fn, "replicates", f"be a multiple of the number of devices ({mesh.devices.size})", replicates)
   elif method == "antithetic" and n % 2 and size_arg == "n":
@@ -418,7 +424,9 @@ def _qmc_adder(box: _Box, points, *, chunk: int, points_per_replicate: int | Non
 
   def add(scrambled, stats, first, count):
     def step(c, stats):
-      mask = c * chunk + jnp.arange(chunk) < n_rep if need_mask else None
+      # Only the last chunk, c = n_rep // chunk, is cut (written without c * chunk,
+      # which could overflow int32).
+      mask = (c < n_rep // chunk) | (jnp.arange(chunk) < n_rep % chunk) if need_mask else None
       return RS.merge(stats, RS.block_stats(box.at(points(scrambled, c)), mask))
 
     return _loop(step, stats, first, count)
@@ -444,7 +452,7 @@ def _map_replicates(replicate, replicates: int, mesh):
   return _on_devices(mesh, local)
 
 
-def _qmc_chunks(method, key, dim, chunk, dtype):
+def _qmc_chunks(method, key, dim, chunk, dtype, length):
   r""":func:`jaxsoft.qmc._randomized_chunks`, lattice points periodized by the tent transform.
 
   The tent (baker's) transform :math:`u \mapsto 1 - |2u - 1|` keeps every
@@ -453,7 +461,7 @@ def _qmc_chunks(method, key, dim, chunk, dtype):
   instead of :math:`O(n^{-1})` (Hickernell 2002), the lattice analogue of
   what scrambling gives Sobol' points.
   """
-  scramble, points = _qmc._randomized_chunks(method, key, dim, chunk, dtype)
+  scramble, points = _qmc._randomized_chunks(method, key, dim, chunk, dtype, length)
   if method != "lattice":
     return scramble, points
 
@@ -605,9 +613,10 @@ def _integrate_qmc(box, key, method, n, batch_size, replicates, mesh):
   chunk = min(
     _pow2_floor(batch_size or _default_batch(_block_size(box.dim, 2**62))), 1 << (n_rep - 1).bit_length()
   )
-  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
+  num_chunks = -(-n_rep // chunk)
+  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype, num_chunks * chunk)
   add = _qmc_adder(box, points, chunk=chunk, points_per_replicate=n_rep)
-  init, num_chunks = RS.zeros(box.struct), -(-n_rep // chunk)
+  init = RS.zeros(box.struct)
   means = _map_replicates(lambda r: add(scramble(r), init, 0, num_chunks)[1], replicates, mesh)
   return RS.block_stats(means), n_rep * replicates
 
@@ -816,7 +825,7 @@ def gaussian_transform(mean, cov) -> Callable:
 
 def _check_expectation(fn, key, n, batch_size, control_variate):
   """``expectation``'s arguments, checked: ``(key, n, batch_size)``."""
-  n = V.check_int(fn, "n", n, minimum=1)
+  n = _check_count(fn, "n", n)
   batch_size = _check_batch_size(fn, batch_size)
   if control_variate is not None and not (
     isinstance(control_variate, tuple) and len(control_variate) == 2 and callable(control_variate[0])
@@ -966,15 +975,15 @@ def integrate_to_tolerance(
   another order). The first size is one step (``batch_size`` points; with
   ``devices``, one step per device).
 
-  Differentiation. Forward mode (``jax.jvp``, ``jax.jacfwd``) works through
-  the loop, with respect to parameters that ``f`` closes over. Reverse mode
-  (``jax.grad``) does not: JAX cannot transpose a ``while_loop`` whose trip
-  count depends on the data, and says "Reverse-mode differentiation does not
-  work for lax.while_loop". Find the size first, then differentiate
-  :func:`integrate` at it, which gives the same estimate (to rounding)::
-
-    n = int(integrate_to_tolerance(f, key, **box).n)
-    grad = jax.grad(lambda a: integrate(partial(f, a=a), key, n=n, **box).estimate)(a)
+  Differentiation. The size :math:`N` is a constant once found, so the
+  derivatives (``jax.grad``, ``jax.jvp``, ``jax.jacfwd``) of ``estimate``
+  and ``stderr`` with respect to the arrays that ``f`` closes over and to
+  ``lower`` and ``upper`` are those of ``integrate(..., n=N)``: the
+  pathwise derivative at the same points. They are computed by a second
+  pass over the :math:`N` points in a loop that reverse mode can transpose
+  (the doubling ``while_loop`` cannot), recomputed in the backward pass so
+  that memory stays flat; under ``vmap`` over keys whose sizes differ,
+  that pass evaluates every step up to ``max_n``.
 
   Args:
     f, key, lower, upper: as in :func:`integrate`.
@@ -1012,42 +1021,91 @@ def integrate_to_tolerance(
   level = _check_level(fn, level)
   if method in _QMC:
     _check_strata(fn, method, strata_per_axis, box.dim, max_n, "max_n")
-    plan = _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh)
+    make_plan = lambda box, key: _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh)
   else:
     block = _block_size(box.dim, max_n)
     # The default strata leave at least 64 rounds in one block (the first step).
     k_axis = _check_strata(fn, method, strata_per_axis, box.dim, block, "max_n")
-    plan = _iid_doubling(box, key, method, block, batch_size, k_axis, max_n, mesh)
-  volume = box.volume
+    make_plan = lambda box, key: _iid_doubling(box, key, method, block, batch_size, k_axis, max_n, mesh)
   atol = jnp.asarray(atol, box.cdtype)
   rtol = jnp.asarray(rtol, box.cdtype)
-
-  def summary(stats):
-    return _summary(plan.units(stats), volume)
 
   def done(estimate, stderr, dof):
     q = t_quantile(level, dof).astype(box.cdtype)
     ok = jax.tree.map(lambda e, s: jnp.all(q * s <= jnp.maximum(atol, rtol * jnp.abs(e))), estimate, stderr)
     return jnp.all(jnp.stack(jax.tree.leaves(ok)))
 
-  def cond(state):
-    stats, steps = state
-    return (~done(*summary(stats))) & (2 * steps <= plan.max_steps)
+  # The arrays that f closes over (its parameters) become explicit inputs, so
+  # that the derivative rule below can differentiate with respect to them.
+  f_open, consts = jax.closure_convert(f, jnp.zeros((box.dim,), box.cdtype))
 
-  def body(state):
-    stats, steps = state
-    return plan.add(stats, steps, steps), 2 * steps
+  def box_of(params):
+    lower, upper, consts = params
+    return box._replace(f=lambda x: f_open(x, *consts), lower=lower, width=upper - lower)
 
-  first = jnp.asarray(plan.first_steps, jnp.int32)
-  stats, steps = lax.while_loop(cond, body, (plan.add(plan.init, 0, first), first))
-  estimate, stderr, dof = summary(stats)
+  @jax.custom_jvp
+  def solve(params, key):
+    """``(estimate, stderr, dof, n)`` by doubling until ``done``, in the compute dtype."""
+    box = box_of(params)
+    plan = make_plan(box, key)
+
+    def summary(stats):
+      return _summary(plan.units(stats), box.volume)
+
+    def cond(state):
+      stats, steps = state
+      return (~done(*summary(stats))) & (2 * steps <= plan.max_steps)
+
+    def body(state):
+      stats, steps = state
+      return plan.add(stats, steps, steps), 2 * steps
+
+    first = jnp.asarray(plan.first_steps, jnp.int32)
+    stats, steps = lax.while_loop(cond, body, (plan.add(plan.init, 0, first), first))
+    return *summary(stats), (steps * plan.evals_per_step).astype(jnp.int32)
+
+  # The size is a constant once found: derivatives are those of the estimate
+  # and stderr at that size, computed by a loop that reverse mode can
+  # transpose (the doubling while_loop cannot be).
+  @solve.defjvp
+  def solve_jvp(primals, tangents):
+    params, key = primals
+    out = solve(params, key)
+
+    def at_size(params):
+      box = box_of(params)
+      plan = make_plan(box, key)
+      stats = _plan_steps(plan, out[3] // plan.evals_per_step)
+      return _summary(plan.units(stats), box.volume)[:2]
+
+    _, (d_estimate, d_stderr) = jax.jvp(at_size, (params,), (tangents[0],))
+    no_tangent = [np.zeros(np.shape(x), jax.dtypes.float0) for x in out[2:]]
+    return out, (d_estimate, d_stderr, *no_tangent)
+
+  upper = jnp.asarray(upper, box.cdtype)
+  estimate, stderr, dof, n = solve((box.lower, upper, consts), key)
   return ToleranceResult(
-    _cast(estimate, box.dtype),
-    _cast(stderr, box.dtype),
-    (steps * plan.evals_per_step).astype(jnp.int32),
-    done(estimate, stderr, dof),
-    dof,
+    _cast(estimate, box.dtype), _cast(stderr, box.dtype), n, done(estimate, stderr, dof), dof
   )
+
+
+def _plan_steps(plan, steps):
+  """``plan``'s statistics after its first ``steps`` steps (traced), in reverse-differentiable form.
+
+  A ``scan`` over every group of ``plan.first_steps`` steps up to
+  ``plan.max_steps`` that skips (``cond``) the groups from ``steps`` on: a
+  loop of traced length cannot be transposed, this one can. Each group is
+  recomputed in the backward pass (``checkpoint``), so memory stays flat.
+  """
+  group = plan.first_steps
+
+  def body(stats, g):
+    first = g * group
+    return lax.cond(
+      first < steps, lambda stats: plan.add(stats, first, group), lambda stats: stats, stats
+    ), None
+
+  return lax.scan(jax.checkpoint(body), plan.init, jnp.arange(plan.max_steps // group))[0]
 
 
 class _DoublingPlan(NamedTuple):
@@ -1089,7 +1147,7 @@ def _qmc_doubling(box, key, method, max_n, batch_size, replicates, mesh) -> _Dou
   max_rep = max_n // replicates
   per_step = batch_size or _block_size(box.dim, 2**62)
   chunk = min(_pow2_floor(max(per_step // replicates, 1)), _pow2_floor(max_rep))
-  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype)
+  scramble, points = _qmc_chunks(method, key, box.dim, chunk, box.cdtype, max_rep)
   add_one = _qmc_adder(box, points, chunk=chunk)
   # Every randomization is drawn once, before the loop.
   scrambled = jax.vmap(scramble)(jnp.arange(replicates))

@@ -3,7 +3,8 @@
 Both functions are pure and jit-able (``n`` and ``dim`` are static Python
 ints). Without a key they return the classical sequences, identical to
 ``scipy.stats.qmc.Sobol(dim, scramble=False).random(n)`` and
-``scipy.stats.qmc.Halton(dim, scramble=False).random(n)`` in float64. With a
+``scipy.stats.qmc.Halton(dim, scramble=False).random(n)`` in float64 (Sobol'
+points beyond ``2**30``, up to ``2**64``, as SciPy's ``bits=64``). With a
 key the sequence is randomized so that every point is uniform on
 ``[0, 1)^dim`` while the low-discrepancy structure is kept; averages over
 independent randomizations then give unbiased estimates with an honest error
@@ -41,8 +42,13 @@ from jaxsoft import _validate as V
 
 __all__ = ["sobol", "halton", "lattice", "SOBOL_MAX_DIM", "HALTON_MAX_DIM", "LATTICE_MAX_DIM"]
 
-# Bits of resolution, as SciPy's default: at most 2**30 points per sequence.
-_BITS = 30
+# Bits of the randomized points: the linear matrix scramble is a 30 x 30 binary
+# matrix per dimension (SciPy's default resolution). Plain points are exact to
+# 64 bits, truncated to the output dtype.
+_SCRAMBLE_BITS = 30
+# Bits of the point index (two uint32 words): at most 2**64 points per
+# sequence, as SciPy's ``bits=64``.
+_INDEX_BITS = 64
 SOBOL_MAX_DIM = 21201
 # Halton in high dimension is poor anyway; the cap keeps the prime table small.
 HALTON_MAX_DIM = 10000
@@ -68,38 +74,65 @@ def _joe_kuo_table():
 
 
 @functools.lru_cache(maxsize=32)
-def _direction_numbers(dim: int) -> np.ndarray:
-  """Direction numbers ``v[d, k]`` (uint32, already shifted to 30 bits).
+def _direction_numbers(dim: int, columns: int) -> tuple[np.ndarray, np.ndarray]:
+  """Direction numbers ``v[d, k]`` for index bits ``k < columns``, as 64-bit
+  fractions split into (high, low) uint32 words ``[dim, columns]``.
 
-  Same recurrence as Bratley and Fox (1988), Algorithm 659, and SciPy's
-  ``_initialize_v``; vectorized over dimensions.
+  ``v[d, k] = m[d, k] * 2**(63 - k)`` with the odd integers ``m[d, k] <
+  2**(k + 1)`` of Bratley and Fox's (1988) Algorithm 659 recurrence, as
+  SciPy's ``_initialize_v`` with ``bits=64``; vectorized over dimensions.
+  Below ``2**30`` the high words are SciPy's default 30-bit numbers times 4.
   """
   poly, vinit = _joe_kuo_table()
   poly, vinit = poly[:dim], vinit[:dim]
   degree = np.floor(np.log2(np.maximum(poly, 1))).astype(np.int64)
-  v = np.zeros((dim, _BITS), np.int64)
-  v[0] = 1
+  m = np.zeros((dim, columns), np.uint64)
+  m[0] = 1
   rows = np.arange(1, dim)
-  p, m = poly[1:], degree[1:]
-  for j in range(_BITS):
-    from_table = j < m
-    new = v[rows, np.clip(j - m, 0, None)]
-    for k in range(int(m.max(initial=0))):
-      use = (k < m) & (((p >> np.clip(m - 1 - k, 0, None)) & 1) == 1)
-      new = np.where(use, new ^ ((2 << k) * v[rows, max(j - k - 1, 0)]), new)
+  p, deg = poly[1:], degree[1:]
+  for j in range(columns):
+    from_table = j < deg
+    new = m[rows, np.clip(j - deg, 0, None)]
+    for k in range(int(deg.max(initial=0))):
+      use = (k < deg) & (((p >> np.clip(deg - 1 - k, 0, None)) & 1) == 1)
+      new = np.where(use, new ^ (np.uint64(2 << k) * m[rows, max(j - k - 1, 0)]), new)
     init = vinit[1:, j] if j < vinit.shape[1] else 0
-    v[1:, j] = np.where(from_table, init, new)
-  v <<= _BITS - 1 - np.arange(_BITS)
-  return v.astype(np.uint32)
+    m[1:, j] = np.where(from_table, np.asarray(init).astype(np.uint64), new)
+  v = m << (np.uint64(63) - np.arange(columns, dtype=np.uint64))
+  return (v >> np.uint64(32)).astype(np.uint32), (v & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+
+def _xor(a, b):
+  return jax.tree.map(jnp.bitwise_xor, a, b)
+
+
+def _index_words(low, high):
+  return jnp.asarray(low).astype(jnp.uint32), jnp.asarray(high).astype(jnp.uint32)
+
+
+def _static_index(i: int):
+  """The (low, high) uint32 words of a Python int index."""
+  return _index_words(np.uint32(i & 0xFFFFFFFF), np.uint32(i >> 32))
 
 
 def _sobol_point(index, v):
-  """Integer Sobol' point of one (possibly traced) index, by its Gray code."""
-  index = jnp.asarray(index, jnp.uint32)
-  gray = index ^ (index >> 1)
-  bits = (gray >> jnp.arange(_BITS, dtype=jnp.uint32)) & 1
-  picked = jnp.where(bits[None, :] == 1, v, jnp.uint32(0))
-  return jax.lax.reduce(picked, jnp.uint32(0), jax.lax.bitwise_xor, (1,))
+  """Integer Sobol' point of one index, by its Gray code.
+
+  ``index`` is the (low, high) uint32 words of the index (traced is fine),
+  ``v`` a tuple of direction-number words ``[dim, columns]``; returns the
+  point's words ``[dim]``.
+  """
+  low, high = index
+  gray = (low ^ (low >> 1) ^ (high << 31), high ^ (high >> 1))
+  columns = v[0].shape[1]
+  bits = [(gray[0] >> jnp.arange(min(columns, 32), dtype=jnp.uint32)) & 1]
+  if columns > 32:
+    bits.append((gray[1] >> jnp.arange(columns - 32, dtype=jnp.uint32)) & 1)
+  bits = jnp.concatenate(bits)
+  return tuple(
+    jax.lax.reduce(jnp.where(bits[None, :] == 1, w, jnp.uint32(0)), jnp.uint32(0), jax.lax.bitwise_xor, (1,))
+    for w in v
+  )
 
 
 def _sobol_doubling(v, first: int, levels: int):
@@ -108,15 +141,15 @@ def _sobol_doubling(v, first: int, levels: int):
   With Gray-code order, ``gray(2**m + i) = gray(i) ^ 2**m ^ 2**(m-1)`` for
   ``i < 2**m``, so each doubling appends the table XOR one constant.
   """
-  table = jnp.zeros((1, v.shape[0]), jnp.uint32)
+  table = tuple(jnp.zeros((1, w.shape[0]), jnp.uint32) for w in v)
   for k in range(first, first + levels):
-    c = v[:, k] if k == 0 else v[:, k] ^ v[:, k - 1]
-    table = jnp.concatenate([table, table ^ c], axis=0)
+    c = tuple(w[:, k] if k == 0 else w[:, k] ^ w[:, k - 1] for w in v)
+    table = tuple(jnp.concatenate([t, t ^ ck], axis=0) for t, ck in zip(table, c))
   return table
 
 
 def _sobol_table(v, log2_size: int):
-  """Integer points of indices ``0 .. 2**log2_size - 1``.
+  """Integer points of indices ``0 .. 2**log2_size - 1`` (words ``[2**log2_size, dim]``).
 
   Index ``i = hi * 2**L + lo`` gives ``x(i) = x(hi * 2**L) ^ x(lo)``, so two
   small doubling tables and one broadcast XOR make the whole table in a
@@ -125,63 +158,70 @@ def _sobol_table(v, log2_size: int):
   low = log2_size // 2
   lo = _sobol_doubling(v, 0, low)
   hi = _sobol_doubling(v, low, log2_size - low)
-  return (hi[:, None, :] ^ lo[None, :, :]).reshape(1 << log2_size, v.shape[0])
+  return tuple((h[:, None, :] ^ l[None, :, :]).reshape(1 << log2_size, h.shape[1]) for h, l in zip(hi, lo))
 
 
 def _sobol_randomization(key, v):
   """Linear matrix scrambling plus digital shift (Matousek 1998; Owen 2003).
 
-  Each dimension's direction numbers, read as 30-digit binary fractions, are
-  multiplied by a random lower-triangular binary matrix with unit diagonal
-  (which keeps the (t, m, s)-net property) and every point is XORed with a
-  random shift (which makes each point uniform).
+  Each dimension's direction numbers ``v`` (high words ``[dim, columns]``),
+  read as 30-digit binary fractions, are multiplied by a random
+  lower-triangular binary matrix with unit diagonal (which keeps the
+  (t, m, s)-net property) and every point is XORed with a random shift
+  (which makes each point uniform). The draws do not depend on ``columns``;
+  the scrambled numbers and the shift are 30-bit fractions in the high
+  words' top bits.
   """
   dim = v.shape[0]
   k_ltm, k_shift = jax.random.split(key)
-  shift = jax.random.bits(k_shift, (dim,), jnp.uint32) >> (32 - _BITS)
-  eye = jnp.eye(_BITS, dtype=jnp.int32)
+  low_bits = 32 - _SCRAMBLE_BITS
+  shift = (jax.random.bits(k_shift, (dim,), jnp.uint32) >> low_bits) << low_bits
+  eye = jnp.eye(_SCRAMBLE_BITS, dtype=jnp.int32)
   # Drawn flat and reshaped: the same bits as a [dim, 30, 30] draw, and
   # XLA:CPU compiles a flat draw several times faster.
-  coins = jax.random.bernoulli(k_ltm, 0.5, (dim * _BITS * _BITS,)).reshape(dim, _BITS, _BITS)
+  coins = jax.random.bernoulli(k_ltm, 0.5, (dim * _SCRAMBLE_BITS**2,)).reshape(
+    dim, _SCRAMBLE_BITS, _SCRAMBLE_BITS
+  )
   ltm = jnp.tril(coins.astype(jnp.int32), -1) + eye
   # digits[d, k, c]: digit c (c = 0 is the most significant) of v[d, k].
-  places = jnp.arange(_BITS - 1, -1, -1, dtype=jnp.uint32)
+  places = jnp.arange(31, low_bits - 1, -1, dtype=jnp.uint32)
   digits = ((v[:, :, None] >> places) & 1).astype(jnp.int32)
   scrambled = jnp.einsum("drc,dkc->dkr", ltm, digits) & 1
   v_new = jnp.sum(scrambled.astype(jnp.uint32) << places, axis=-1, dtype=jnp.uint32)
   return v_new, shift
 
 
-def _to_unit(ints, dtype, bits: int = _BITS):
-  """Integer points (``bits`` bits) to floats in [0, 1) without rounding up to 1."""
+def _to_unit(high, dtype, low=None):
+  """32-bit fractions ``high * 2**-32`` (plus ``low * 2**-64``) to floats in [0, 1), truncated."""
   dtype = jnp.dtype(dtype)
   mantissa = jnp.finfo(dtype).nmant + 1
-  if mantissa >= bits:
-    return ints.astype(dtype) * dtype.type(2.0**-bits)
-  # Keep the top bits only: rounding 30-bit integers to a 24-bit float could
-  # give exactly 1.0.
-  return (ints >> (bits - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
+  if mantissa < 32:
+    # Keep the top bits only: rounding 32-bit integers to a 24-bit float could
+    # give exactly 1.0.
+    return (high >> (32 - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
+  x = high.astype(dtype) * dtype.type(2.0**-32)
+  if low is not None:
+    # The next mantissa - 32 bits: the sum is exact.
+    x = x + (low >> (64 - mantissa)).astype(dtype) * dtype.type(2.0**-mantissa)
+  return x
 
 
-def _sobol_ints(start, n: int, v, shift, *, aligned: bool):
-  """Integer points of indices ``start .. start + n - 1`` (``start`` may be traced).
+def _sobol_ints(skip: int, n: int, v, shift):
+  """Integer points (words like ``v``) of indices ``skip .. skip + n - 1``.
 
   ``gray(a + i) = gray(a) ^ gray(i)`` when ``a`` is a multiple of ``2**K > i``,
   so the points are a table of size ``2**K`` XORed with one point per aligned
-  block. ``aligned`` promises ``start % 2**K == 0`` and ``n == 2**K``.
+  block (at most two blocks).
   """
   log2_size = max(int(n - 1).bit_length(), 0)
   size = 1 << log2_size
   table = _sobol_table(v, log2_size)
-  start = jnp.asarray(start, jnp.uint32)
-  base = start & jnp.uint32(~(size - 1) & 0xFFFFFFFF)
-  first = table ^ _sobol_point(base, v)
-  if aligned:
-    out = first
-  else:
-    both = jnp.concatenate([first, table ^ _sobol_point(base + jnp.uint32(size), v)], axis=0)
-    out = jax.lax.dynamic_slice_in_dim(both, (start - base).astype(jnp.int32), n, axis=0)
-  return out ^ shift
+  base = skip - skip % size
+  out = _xor(table, _sobol_point(_static_index(base), v))
+  if skip != base or n != size:
+    second = _xor(table, _sobol_point(_static_index(base + size), v))
+    out = tuple(jnp.concatenate([a, b], axis=0)[skip - base : skip - base + n] for a, b in zip(out, second))
+  return out if shift is None else _xor(out, shift)
 
 
 def _check_common(fn, n, dim, skip, max_dim):
@@ -206,22 +246,30 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
   r"""Sobol' low-discrepancy points, plain or randomized.
 
   Point :math:`i` has coordinates
-  :math:`x_{i,d} = 2^{-30} \bigoplus_k g_k(i)\, v_{d,k}`, the XOR of the
-  direction numbers :math:`v_{d,k}` selected by the bits of the Gray code
-  :math:`g(i) = i \oplus \lfloor i/2 \rfloor`. With ``key`` the direction
-  numbers get a random linear matrix scramble and the points a random digital
-  shift, so each point is uniform on :math:`[0,1)^{dim}`.
+  :math:`x_{i,d} = 2^{-64} \bigoplus_k g_k(i)\, v_{d,k}`, the XOR of the
+  64-bit direction numbers :math:`v_{d,k}` selected by the bits of the Gray
+  code :math:`g(i) = i \oplus \lfloor i/2 \rfloor` (SciPy's ``bits=64``; the
+  coordinates of the first :math:`2^m` points are multiples of :math:`2^{-m}`,
+  so below :math:`2^{30}` points they equal SciPy's default ``bits=30``). The
+  index is held in two uint32 words, so every size works without
+  ``jax_enable_x64``. With ``key`` the direction numbers, read as 30-digit
+  binary fractions, get a random linear matrix scramble and the points a
+  random digital shift, so each point is uniform on the grid of
+  :math:`2^{-30}` in :math:`[0,1)^{dim}`; beyond :math:`2^{30}` points the
+  randomized points keep this 30-bit resolution (each cell of the grid then
+  holds several points, each coordinate still balanced).
 
   Balance properties hold for ``n`` a power of two (and ``skip`` a multiple of
   it); other ``n`` emit a ``UserWarning``, as SciPy does.
 
   Args:
-    n: number of points (static, ``skip + n <= 2**30``).
+    n: number of points (static, ``skip + n <= 2**64``).
     dim: dimension (static), at most 21201.
     key: optional ``jax.random`` key; ``None`` gives the unscrambled sequence.
     skip: index of the first point (static).
-    dtype: floating output dtype; default float32 (float64 with x64 on). In
-      float32 the 30-bit coordinates are truncated to 24 bits.
+    dtype: floating output dtype; default float32 (float64 with x64 on). The
+      exact coordinates are truncated to the dtype's mantissa (24 bits in
+      float32, 53 in float64: exact below ``2**53`` points).
 
   Returns:
     ``[n, dim]`` array of points in ``[0, 1)``.
@@ -246,21 +294,29 @@ def sobol(n: int, dim: int, *, key=None, skip: int = 0, dtype=None) -> jax.Array
   dtype = _float_dtype("sobol", dtype)
   if n == 0 or dim == 0:
     return jnp.zeros((n, dim), dtype)
-  if skip + n > 2**_BITS:
-    V.fail("sobol", "skip + n", f"be <= 2**{_BITS}", skip + n)
+  if skip + n > 2**_INDEX_BITS:
+    V.fail("sobol", "skip + n", f"be <= 2**{_INDEX_BITS}", skip + n)
   if n & (n - 1):
     warnings.warn(
       f"sobol: the balance properties of Sobol' points require n to be a power of 2, got n={n}",
       UserWarning,
       stacklevel=2,
     )
-  v = jnp.asarray(_direction_numbers(dim))
-  if key is None:
-    shift = jnp.zeros((dim,), jnp.uint32)
-  else:
-    v, shift = _sobol_randomization(key, v)
-  aligned = (n & (n - 1)) == 0 and skip % n == 0
-  return _to_unit(_sobol_ints(skip, n, v, shift, aligned=aligned), dtype)
+  high, low = _direction_numbers(dim, _sobol_columns(skip + n))
+  if key is not None:
+    v, shift = _sobol_randomization(key, jnp.asarray(high))
+    return _to_unit(_sobol_ints(skip, n, (v,), (shift,))[0], dtype)
+  # The low words hold bits 33 to 64, which only float64 can show.
+  wide = jnp.finfo(dtype).nmant + 1 > 32 and high.shape[1] > 32
+  v = (jnp.asarray(high), jnp.asarray(low)) if wide else (jnp.asarray(high),)
+  words = _sobol_ints(skip, n, v, None)
+  return _to_unit(words[0], dtype, words[1] if wide else None)
+
+
+def _sobol_columns(length: int) -> int:
+  """Direction-number columns for indices below ``length``: at least 30, so
+  that the programs (and their results) below ``2**30`` points stay as they were."""
+  return max(_SCRAMBLE_BITS, (length - 1).bit_length())
 
 
 # ----------------------------------------------------------------------------
@@ -549,7 +605,7 @@ def lattice(n: int, dim: int, *, key=None, skip: int = 0, generating_vector=None
 def _lattice_points(first, z, shift, n: int, dtype):
   # One small program per (n, dim, dtype), also when called eagerly.
   indices = first + lax.iota(jnp.uint32, n)
-  return _to_unit(_lattice_ints(indices, z, shift), dtype, _LATTICE_BITS)
+  return _to_unit(_lattice_ints(indices, z, shift), dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -557,7 +613,7 @@ def _lattice_points(first, z, shift, n: int, dtype):
 # ----------------------------------------------------------------------------
 
 
-def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
+def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype, length: int):
   """Chunk ``c`` of randomization ``r`` of the ``"sobol"``, ``"halton"`` or ``"lattice"`` sequence.
 
   Returns ``(scramble, points)``. ``scramble(r)`` draws randomization ``r``
@@ -566,20 +622,26 @@ def _randomized_chunks(method: str, key, dim: int, chunk: int, dtype):
   ``points(scramble(r), c)`` is the ``[chunk, dim]`` block of indices
   ``c * chunk`` to ``(c + 1) * chunk - 1``, equal to
   ``sobol(chunk, dim, key=fold_in(key, r), skip=c * chunk, dtype=dtype)`` (or
-  ``halton``, ``lattice``). ``r`` and ``c`` may be traced; ``chunk`` is a
-  static power of two.
+  ``halton``, ``lattice``). ``r`` and ``c`` may be traced (``c`` an int32,
+  the index ``c * chunk`` is formed without overflow); ``chunk`` is a static
+  power of two and ``length`` (static) bounds the indices that will be read,
+  ``(c + 1) * chunk <= length`` (at most ``2**64`` for Sobol', ``2**32`` for
+  lattice points and ``2**31`` for Halton's without x64).
   """
   if method == "sobol":
-    v = jnp.asarray(_direction_numbers(dim))
+    v = jnp.asarray(_direction_numbers(dim, _sobol_columns(length))[0])
     log2_chunk = chunk.bit_length() - 1
 
     def scramble(r):
       v_r, shift = _sobol_randomization(jax.random.fold_in(key, r), v)
-      return v_r, _sobol_table(v_r, log2_chunk) ^ shift
+      return v_r, _sobol_table((v_r,), log2_chunk)[0] ^ shift
 
     def points(scrambled, c):
       v_r, table = scrambled
-      return _to_unit(table ^ _sobol_point(jnp.asarray(c * chunk).astype(jnp.uint32), v_r), dtype)
+      c = jnp.asarray(c).astype(jnp.uint32)
+      # The words of c * chunk.
+      high = c >> (32 - log2_chunk) if log2_chunk else jnp.uint32(0)
+      return _to_unit(table ^ _sobol_point(_index_words(c << log2_chunk, high), (v_r,))[0], dtype)
   elif method == "lattice":
     z = _generating_vector("integrate", dim, None)
 

@@ -18,6 +18,9 @@ import pytest
 
 import jaxsoft
 
+# Run by `pytest -m docs` (`.ci/run` runs it with XLA's default compile settings).
+pytestmark = pytest.mark.docs
+
 MODULES = sorted(m.name for m in pkgutil.iter_modules(jaxsoft.__path__))
 
 

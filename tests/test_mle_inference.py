@@ -352,6 +352,22 @@ def test_profile_interval_of_an_exponential_rate_and_a_named_subset():
   assert np.isnan(sub.lower["scale"]).all()
 
 
+def test_profile_endpoint_at_a_jump_of_the_likelihood_is_found():
+  # Uniform(0, theta): NLL = n log(theta) for theta >= max(x), +inf below. The
+  # lower endpoint is the jump at max(x), where no root of the signed root exists
+  # (it leaps from 0 to inf): the bracket must close on it instead of running
+  # Newton into its iteration cap (a NaN endpoint). The upper one is closed form.
+  x = np.random.default_rng(6).uniform(0, 3, size=20).astype(np.float32)
+  unif_lp = lambda p, xi: jnp.where(xi <= p["theta"], -jnp.log(p["theta"]), -jnp.inf)
+  theta0 = np.float64(x.max()) * (1 + 1e-5)
+  r = mle.MLEResult({"theta": jnp.float32(theta0)}, *[None] * 8)
+  ci = mle.profile_confidence_intervals(r, unif_lp, jnp.asarray(x), constraints={"theta": "positive"})
+  # n log(theta / theta0) = chi2_1 / 2 on the upper side.
+  np.testing.assert_allclose(
+    [ci.lower["theta"], ci.upper["theta"]], [x.max(), theta0 * np.exp(Q95 / (2 * len(x)))], rtol=2e-4
+  )
+
+
 def test_profile_bad_input():
   r = jax.tree.map(lambda a: a[0], _normal_mle(HEIGHTS))
   x = jnp.asarray(HEIGHTS, jnp.float32)

@@ -442,7 +442,11 @@ def test_importance_sampling_tail_probability():
 # ---------------------------------------------------------------- adaptive
 
 
-@pytest.mark.parametrize("method", ["mc", "antithetic", "sobol", "halton", "lattice"])
+# mc and sobol in the quick suite (an i.i.d. and a QMC stopping rule); every method with -m slow.
+@pytest.mark.parametrize(
+  "method",
+  ["mc", "sobol", *(pytest.param(m, marks=pytest.mark.slow) for m in ("antithetic", "halton", "lattice"))],
+)
 def test_integrate_to_tolerance(method):
   # A vector leaf with the relative error of the scalar one: both meet the
   # tolerance at the same n.
@@ -546,17 +550,44 @@ def test_integrate_to_tolerance_stratified_default_strata():
   assert abs(float(r.estimate) - GENZ_EXACT["gaussian"]) < 4.5 * float(r.stderr) + 1e-7
 
 
-def test_integrate_to_tolerance_forward_mode_derivative():
-  # d/da of the integral of a * x over [0, 1] is 1/2 at every sample size;
-  # forward mode goes through the doubling loop (reverse mode cannot).
-  g = lambda a: (
-    integrate_to_tolerance(
-      lambda x: a * x[0], jax.random.key(0), lower=jnp.zeros(1), upper=jnp.ones(1), rtol=0.1, max_n=2**12
-    ).estimate
+def test_integrate_to_tolerance_derivatives():
+  # I(a, b, u) = int_0^u a sin(b x) dx = a (1 - cos(b u)) / b: jax.grad and
+  # jax.jacfwd through the doubling loop give the derivative at the size found,
+  # the pathwise derivative of integrate(n=N) at the same points.
+  a, b, u = 1.5, 2.0, 0.75
+  exact = np.array(
+    [(1 - np.cos(b * u)) / b, a * (u * np.sin(b * u) / b - (1 - np.cos(b * u)) / b**2), a * np.sin(b * u)]
   )
-  np.testing.assert_allclose(float(jax.jit(jax.jacfwd(g))(2.0)), 0.5, atol=0.05)
-  with pytest.raises(ValueError, match="Reverse-mode differentiation does not work for lax.while_loop"):
-    jax.grad(g)(2.0)
+
+  def run(p, n=None):
+    kw = dict(lower=jnp.zeros(1), upper=p[2][None], method="sobol", replicates=8, batch_size=64)
+    f = lambda x: p[0] * jnp.sin(p[1] * x[0])
+    if n is None:
+      return integrate_to_tolerance(f, jax.random.key(0), rtol=1e-5, max_n=2**12, **kw)
+    return integrate(f, jax.random.key(0), n=n, **kw)
+
+  @jax.jit
+  def derivatives(p):
+    def both(p):
+      r = run(p)
+      return (r.estimate, r.stderr), r.n
+
+    _, pullback, n = jax.vjp(both, p, has_aux=True)
+    (grad,), (grad_se,) = pullback((1.0, 0.0)), pullback((0.0, 1.0))
+    jac, jac_se = jax.jacfwd(lambda p: both(p)[0])(p)
+    return n, grad, jac, grad_se, jac_se
+
+  p = (jnp.float32(a), jnp.float32(b), jnp.float32(u))
+  n, *ds = derivatives(p)
+  grad, jac, grad_se, jac_se = (np.array(d) for d in ds)
+  assert 2**8 <= n < 2**12  # the loop doubled and stopped before max_n
+  np.testing.assert_allclose(grad, exact, rtol=1e-4)
+  np.testing.assert_allclose(jac, grad, rtol=1e-5)
+  # The stderr (3e-6 here) is differentiable too; its replicate means cancel to
+  # a few float32 digits, so the two modes agree to those.
+  np.testing.assert_allclose(jac_se, grad_se, rtol=1e-2)
+  grad_n = jax.grad(lambda p: run(p, int(n)).estimate)(p)
+  np.testing.assert_allclose(grad, np.array(grad_n), rtol=1e-5)
 
 
 # ---------------------------------------------------------------- misc
@@ -622,8 +653,15 @@ def test_errors():
     integrate(gauss8, key, n=2**20, method="stratified", strata_per_axis=513, **kw)
   with pytest.raises(ValueError, match="n must hold at least two rounds of the 16 strata, got 20"):
     integrate(gauss8, key, n=20, method="stratified", strata_per_axis=4, **kw)
-  with pytest.raises(ValueError, match="max_n must give at most 2"):
+  # Counts are int32: beyond, a clear error for every method (Sobol' points
+  # themselves go to 2**64).
+  with pytest.raises(ValueError, match=r"max_n must be < 2\*\*31 \(the evaluation count is an int32\)"):
     integrate_to_tolerance(gauss8, key, method="sobol", max_n=2**40, **kw)
+  for method in ("mc", "sobol"):
+    with pytest.raises(ValueError, match=r"n must be < 2\*\*31"):
+      integrate(gauss8, key, n=2**31, method=method, **kw)
+  with pytest.raises(ValueError, match=r"n must be < 2\*\*31"):
+    expectation(jnp.exp, jax.random.normal, key, n=2**31)
   with pytest.raises(ValueError, match="rtol"):
     integrate_to_tolerance(gauss8, key, rtol=-1.0, **kw)
   with pytest.raises(TypeError, match="control_variate"):

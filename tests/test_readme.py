@@ -14,6 +14,9 @@ import re
 
 import pytest
 
+# Run by `pytest -m docs` (`.ci/run` runs it with XLA's default compile settings).
+pytestmark = pytest.mark.docs
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
