@@ -103,6 +103,7 @@ def test_lecture(tmp_path):
   assert s["rows_matching"] == s["rows_total"] > 0
 
 
+@pytest.mark.slow
 def test_classifier(classifier_run):
   _, s = classifier_run
   for m in ("mlp", "softmax_regression"):
@@ -117,8 +118,8 @@ def test_classifier(classifier_run):
 
 
 # The smoke runs below take 10 to 20 s of CPU each: they run with `pytest -m slow`
-# (and in CI); the quick default run keeps the lecture, the classifier, its rerun
-# and every command-line check.
+# (and in CI), as do the classifier's run and its rerun above; the quick default
+# run keeps the lecture and every command-line check.
 @pytest.mark.slow
 @pytest.mark.xdist_group("test_attention_toy_dense_equals_chunked")
 def test_attention_toy_dense_equals_chunked(tmp_path):
@@ -159,6 +160,7 @@ def test_vocab_softmax(tmp_path):
 # -- rerun and resume -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rerun_is_identical_and_detects_a_difference(classifier_run, capsys, monkeypatch):
   run_dir, _ = classifier_run
   original = (run_dir / "summary.json").read_text()

@@ -780,11 +780,8 @@ def _run_on_four_devices(methods):
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
-def test_multi_device_shard_map():
-  # One method per path (randomizations per device; blocks per device).
-  _run_on_four_devices(["sobol", "mc"])
-
-
 @pytest.mark.slow
 def test_multi_device_shard_map_every_method():
+  # A subprocess with 4 simulated devices compiles every sharded program
+  # (about 20 CPU-seconds): with -m slow, beside the other device checks.
   _run_on_four_devices(METHODS)
