@@ -20,6 +20,7 @@ import numpy as np
 NAMES = [
   "softmax",
   "attention",
+  "attention_torch",
   "attention_structure",
   "context_parallel",
   "montecarlo",
