@@ -333,6 +333,33 @@ def test_block_mask_holds_every_allowed_block():
     _check_block_mask(np.asarray(got), np.asarray(ranges), want, c[7] and (c[4] or c[5] is not None))
 
 
+def test_tile_full_is_true_exactly_for_tiles_the_band_allows_whole():
+  # The forward pass skips the mask of a tile that tile_full calls full: it
+  # must be True only when every pair of the tile is allowed (and no key is
+  # padding), and True for every such tile, or the skip is wasted. NumPy
+  # checks every pair of every tile, with and without shard offsets.
+  bq, bk, s_true = 4, 8, 30
+  t0s, s0s = np.meshgrid(np.arange(0, 40, bq), np.arange(0, 32, bk), indexing="ij")
+  t0s, s0s = t0s.ravel(), s0s.ravel()
+  kinds = set()
+  for bd in (structure.Band(None, 0), structure.Band(-6, 0), structure.Band(-3, 5), structure.Band(2, None)):
+    for q_off, kv_off in ((None, None), (8, 16)):
+      st_ = structure.Structure(q_offset=q_off, kv_offset=kv_off)
+      full = jax.jit(jax.vmap(lambda t0, s0: structure.tile_full(st_, bd, t0, s0, bq, bk, s_true)))
+      got = np.asarray(full(jnp.asarray(t0s), jnp.asarray(s0s)))
+      for t0, s0, g in zip(t0s, s0s, got):
+        t = np.arange(t0, t0 + bq)[:, None] + (q_off or 0)
+        s = np.arange(s0, s0 + bk)[None, :] + (kv_off or 0)
+        ok = (np.arange(s0, s0 + bk)[None, :] < s_true) & np.ones((bq, 1), bool)
+        if bd.lo is not None:
+          ok &= s - t >= bd.lo
+        if bd.hi is not None:
+          ok &= s - t <= bd.hi
+        assert bool(g) == bool(ok.all()), (bd, q_off, t0, s0)
+      kinds |= set(got.tolist())
+  assert kinds == {True, False}  # both kinds of tile occur
+
+
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(T=st.integers(1, 40), S=st.integers(1, 40), bq=st.integers(1, 9), bk=st.integers(1, 9), **_STRUCTURES)
