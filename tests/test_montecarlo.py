@@ -590,6 +590,22 @@ def test_integrate_to_tolerance_derivatives():
   np.testing.assert_allclose(grad, np.array(grad_n), rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_integrate_to_tolerance_gradient_under_vmap_over_keys():
+  # The docstring promises the derivative under vmap over keys (whose sizes
+  # differ): d/da of int_0^1 a sin(2x) dx = (1 - cos 2) / 2 for every key.
+  def estimate(a, key):
+    f = lambda x: a * jnp.sin(2.0 * x[0])
+    kw = dict(lower=jnp.zeros(1), upper=jnp.ones(1), method="sobol", replicates=8, batch_size=64)
+    r = integrate_to_tolerance(f, key, rtol=1e-5, max_n=2**12, **kw)
+    return r.estimate, r.n
+
+  keys = jax.random.split(jax.random.key(3), 6)
+  grads, n = jax.jit(jax.vmap(jax.grad(estimate, has_aux=True), in_axes=(None, 0)))(jnp.float32(1.5), keys)
+  assert len(set(np.asarray(n).tolist())) > 1  # the keys stopped at different sizes
+  np.testing.assert_allclose(np.asarray(grads), np.full(6, (1 - np.cos(2.0)) / 2), rtol=1e-4)
+
+
 # ---------------------------------------------------------------- misc
 
 
