@@ -21,13 +21,7 @@ FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_em
 if os.environ.get("JAXSOFT_TEST_XLA_DEFAULT") != "1":
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
-
-# MLIR locations: the file and line of each operation's call, not its whole
-# Python traceback. Only the debug metadata of the compiled programs changes
-# (measured: test_softmax.py with test_distributions.py, 4% less CPU).
-jax.config.update("jax_include_full_tracebacks_in_locations", False)
 
 # A compilation cache on disk, fresh for each run and shared by its xdist
 # workers: the compiled programs that memory release (below, after each
@@ -39,8 +33,17 @@ jax.config.update("jax_include_full_tracebacks_in_locations", False)
 if "JAXSOFT_TEST_XLA_CACHE" not in os.environ:
   os.environ["JAXSOFT_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="jaxsoft-tests-xla-cache-")
   atexit.register(shutil.rmtree, os.environ["JAXSOFT_TEST_XLA_CACHE"], ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", os.environ["JAXSOFT_TEST_XLA_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def _configure_jax():
+  import jax
+
+  # MLIR locations: the file and line of each operation's call, not its whole
+  # Python traceback. Only the debug metadata of the compiled programs changes
+  # (measured: test_softmax.py with test_distributions.py, 4% less CPU).
+  jax.config.update("jax_include_full_tracebacks_in_locations", False)
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAXSOFT_TEST_XLA_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 # Hypothesis: deterministic and bounded so the suite stays fast on 2 cores.
@@ -75,6 +78,9 @@ def pytest_configure(config):
   # pytest-xdist >= 3.6 hands the modules out by their number of tests, not in
   # the order below; from 3.8 on, this option (--no-loadscope-reorder) keeps it.
   config.option.loadscopereorder = False
+  # The xdist controller runs no test: without jax it holds ~130 MB less.
+  if not getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+    _configure_jax()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -92,6 +98,8 @@ def pytest_collection_modifyitems(items):
 def _release_memory():
   """Drops compiled programs and returns freed heap pages to the OS (glibc
   keeps them otherwise, and a worker's RSS only grows)."""
+  import jax
+
   jax.clear_caches()
   gc.collect()
   with contextlib.suppress(OSError, AttributeError):
