@@ -64,6 +64,16 @@ def _start(i, chunk: int, n: int):
   return jnp.minimum(i * chunk, n - chunk)
 
 
+def _add_at(x, x_j, axis, *, start):
+  """``x`` with ``x_j`` added to its slice at ``start`` along ``axis``.
+
+  A moved-back last chunk's repeated entries carry zero gradient, so adding
+  keeps the values the chunk before gave them.
+  """
+  old = lax.dynamic_slice_in_dim(x, start, x_j.shape[axis], axis=axis)
+  return lax.dynamic_update_slice_in_dim(x, old + x_j, start, axis=axis)
+
+
 # Half-precision (bf16/f16) operands of the block matmuls: either fed to the
 # matmul as they are with float32 accumulation (preferred_element_type), or
 # upcast to float32 first. Per platform, the faster one: on the CPU, XLA's
@@ -94,6 +104,25 @@ def _block_logits(h_i, w, b, v0, tv, dtype):
   return z.astype(dtype) + b_j.astype(dtype), w_j
 
 
+def _accumulate(carry, z, ok, cw_j, need_u, need_h):
+  """Merges one vocabulary chunk's (capped) logits ``z`` into the running ``(state, t, u)``.
+
+  ``state`` is the online logsumexp, ``t = sum_c e^{z_c - m} z_c`` (when
+  ``need_h``), rescaled with the running max like the sum, and ``u = sum_c
+  cw_c z_c`` (when ``need_u``); columns outside ``ok`` do not count.
+  """
+  state, t, u = carry
+  z = jnp.where(ok, z, -jnp.inf)
+  part, e = online.reduce(z, 1)
+  state, alpha, beta = online.merge(state, part)
+  if need_h:
+    # e = 0 at a -inf logit (a class masked by its bias): its term is 0, not 0 * -inf.
+    t = t * alpha + beta * jnp.sum(jnp.where(e > 0, e * z, 0), 1, keepdims=True)
+  if need_u:
+    u = u + jnp.sum(jnp.where(ok, cw_j * z, 0), 1, keepdims=True)
+  return state, t, u
+
+
 def _chunked_stats(h, w, b, cw, cap, tn, tv, dtype, need_u, need_h):
   """Per-token statistics of the logits ``z = cap(h @ w + b)``, vocabulary chunk by chunk.
 
@@ -109,21 +138,12 @@ def _chunked_stats(h, w, b, cw, cap, tn, tv, dtype, need_u, need_h):
     h_i = lax.dynamic_slice_in_dim(h, _start(i, tn, n), tn, axis=0)
 
     def vocab_chunk(carry, j):
-      state, t, u = carry
       v0 = _start(j, tv, vocab)
       z, _ = _block_logits(h_i, w, b, v0, tv, dtype)
-      z = soft_cap(z, cap)
       # Columns of a moved-back last chunk were counted by the chunk before.
       ok = v0 + cols >= j * tv
-      z = jnp.where(ok, z, -jnp.inf)
-      part, e = online.reduce(z, 1)
-      state, alpha, beta = online.merge(state, part)
-      if need_h:
-        # e = 0 at a -inf logit (a class masked by its bias): its term is 0, not 0 * -inf.
-        t = t * alpha + beta * jnp.sum(jnp.where(e > 0, e * z, 0), 1, keepdims=True)
-      if need_u:
-        u = u + jnp.sum(jnp.where(ok, lax.dynamic_slice_in_dim(cw, v0, tv) * z, 0), 1, keepdims=True)
-      return (state, t, u), None
+      cw_j = lax.dynamic_slice_in_dim(cw, v0, tv) if need_u else None
+      return _accumulate(carry, soft_cap(z, cap), ok, cw_j, need_u, need_h), None
 
     zeros = jnp.zeros((tn, 1), dtype)
     init = VP.vary_like((online.empty((tn, 1), dtype), zeros, zeros), h, w, b, cw)
@@ -154,6 +174,41 @@ def _stats_forward(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
   return (lse, z_y, zeros if u is None else u, zeros if ent is None else ent), (lse, ent)
 
 
+def _block_backward(h_i, w_j, z_raw, lse_i, ent_i, y_i, g_i, cw_j, v0, cap, ok, need_u, need_h):
+  """One block's share of the gradients, from its raw logits and the per-token cotangents.
+
+  ``g_i = (g_lse, g_zy, g_u, g_H)``, columns ``[tn, 1]``, are the cotangents
+  of the four per-token statistics; the block gradient of the logits is
+  ``dz_c = p_c g_lse + [c = y] g_zy + cw_c g_u - p_c (z_c - lse + H) g_H``
+  (``d lse / dz = p``, ``d H / dz_c = -p_c (z_c - lse + H)``), then through
+  the cap ``dz_raw = dz (1 - tanh^2)``, ``dcap = sum dz (tanh(r) - r (1 -
+  tanh^2(r)))`` with ``r = z_raw / cap``. Entries outside ``ok`` give 0.
+  Returns ``(dhidden_i, dweight_j, dbias_j, dclass_weight_j, dcap)``.
+  """
+  g_lse, g_zy, g_u, g_h = g_i
+  dtype = z_raw.dtype
+  z = soft_cap(z_raw, cap)
+  # A token whose every class is -inf (a vocabulary shard masked by its bias)
+  # has lse = -inf; floored, its p = exp(-inf - lowest) is 0 instead of NaN.
+  p = jnp.exp(z - jnp.maximum(lse_i, jnp.finfo(dtype).min))
+  dz = p * g_lse + jnp.where(y_i == v0 + jnp.arange(z.shape[1]), g_zy, 0)
+  dcw = jnp.zeros((z.shape[1],), dtype)
+  if need_u:
+    dz = dz + g_u * cw_j[None, :]
+    dcw = jnp.sum(jnp.where(ok, g_u * z, 0), axis=0)
+  if need_h:
+    dz = dz - jnp.where(p > 0, p * (z - lse_i + ent_i), 0) * g_h
+  dz = jnp.where(ok, dz, 0)
+  dcap = jnp.zeros((), dtype)
+  if cap is not None:
+    tanh = z / cap
+    dcap = jnp.sum(dz * (tanh - z_raw / cap * (1 - tanh * tanh)))
+    dz = dz * (1 - tanh * tanh)
+  dz_in = dz if _upcast() else dz.astype(h_i.dtype)
+  dh_i = _matmul(dz_in, w_j.T, dtype)
+  return dh_i, _matmul(h_i.T, dz_in, dtype), jnp.sum(dz, axis=0), dcw, dcap
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9))
 def _fused_stats(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
   """Per token, for ``z = cap(h @ w + b)``: ``(lse, z_y, sum_c cw_c z_c, entropy)``; never holds ``[N, V]``.
@@ -171,19 +226,13 @@ def _fused_stats_fwd(h, w, b, y, cw, cap, tn, tv, need_u, need_h):
 
 
 def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
-  """The block gradient ``dz_c = p_c g_lse + [c = y] g_zy + cw_c g_u - p_c (z_c - lse + H) g_H``.
+  """The gradients from the cotangents of the four statistics (:func:`_block_backward`).
 
-  (``d lse / dz = p``, ``d H / dz_c = -p_c (z_c - lse + H)``), then through
-  the cap: ``dz_raw = dz (1 - tanh^2)``, ``dcap = sum dz (tanh(r) - r (1 -
-  tanh^2(r)))`` with ``r = z_raw / cap``. The outer loop runs over
-  vocabulary chunks so that each chunk of ``weight`` and its gradient are
-  visited once; the token chunks inside it recompute the block's logits from
-  the saved logsumexp.
+  The outer loop runs over vocabulary chunks so that each chunk of
+  ``weight`` and its gradient are visited once; the token chunks inside it
+  recompute the block's logits from the saved logsumexp.
   """
   h, w, b, y, cw, cap, lse, ent = res
-  # A token whose every class is -inf (a vocabulary shard masked by its bias)
-  # has lse = -inf; floored, its p = exp(-inf - lowest) is 0 instead of NaN.
-  lse = jnp.maximum(lse, jnp.finfo(lse.dtype).min)
   g_lse, g_zy, g_u, g_h = g
   n, d = h.shape
   vocab = w.shape[1]
@@ -200,43 +249,23 @@ def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
     cw_j = lax.dynamic_slice_in_dim(cw_c, v0, tv)
 
     def token_chunk(acc, i):
-      dw_j, db_j, dcw_j, dcap_acc = acc
       t0 = _start(i, tn, n)
       h_i = lax.dynamic_slice_in_dim(h, t0, tn, axis=0)
-      piece = lambda x: lax.dynamic_slice_in_dim(x, t0, tn)
+      piece = lambda x: None if x is None else lax.dynamic_slice_in_dim(x, t0, tn)[:, None]
       # Rows of a moved-back last token chunk were done by the chunk before.
-      row_ok = (t0 + rows >= i * tn)[:, None]
-      lse_i = piece(lse)[:, None]
+      ok = (t0 + rows >= i * tn)[:, None] & col_ok
       z_raw, w_j = _block_logits(h_i, w, b, v0, tv, dtype)
-      z = soft_cap(z_raw, cap_c)
-      p = jnp.exp(z - lse_i)
-      dz = p * piece(g_lse)[:, None] + jnp.where(
-        piece(y)[:, None] == v0 + cols[None, :], piece(g_zy)[:, None], 0
+      g_i = tuple(piece(x) for x in (g_lse, g_zy, g_u, g_h))
+      dh_i, *parts = _block_backward(
+        h_i, w_j, z_raw, piece(lse), piece(ent), piece(y), g_i, cw_j, v0, cap_c, ok, need_u, need_h
       )
-      if need_u:
-        dz = dz + piece(g_u)[:, None] * cw_j[None, :]
-        dcw_j = dcw_j + jnp.sum(jnp.where(row_ok & col_ok, piece(g_u)[:, None] * z, 0), axis=0)
-      if need_h:
-        dz = dz - jnp.where(p > 0, p * (z - lse_i + piece(ent)[:, None]), 0) * piece(g_h)[:, None]
-      dz = jnp.where(row_ok & col_ok, dz, 0)
-      if cap_c is not None:
-        tanh = z / cap_c
-        dcap_acc = dcap_acc + jnp.sum(dz * (tanh - z_raw / cap_c * (1 - tanh * tanh)))
-        dz = dz * (1 - tanh * tanh)
-      dz_in = dz if _upcast() else dz.astype(h.dtype)
-      dw_j = dw_j + _matmul(h_i.T, dz_in, dtype)
-      db_j = db_j + jnp.sum(dz, axis=0)
-      dh_i = _matmul(dz_in, w_j.T, dtype)
-      return (dw_j, db_j, dcw_j, dcap_acc), dh_i
+      return tuple(x + dx for x, dx in zip(acc, parts)), dh_i
 
     init = (jnp.zeros((d, tv), dtype), jnp.zeros((tv,), dtype), jnp.zeros((tv,), dtype), jnp.zeros((), dtype))
     init = VP.vary_like(init, h, w, b, cw, lse)
     (dw_j, db_j, dcw_j, dcap_j), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
     dh = dh + _assemble(dh_parts, n, tn)
-    # Columns outside col_ok got dz = 0, so adding keeps the earlier chunk's values.
-    add = lambda x, x_j, axis: lax.dynamic_update_slice_in_dim(
-      x, lax.dynamic_slice_in_dim(x, v0, tv, axis=axis) + x_j, v0, axis=axis
-    )
+    add = functools.partial(_add_at, start=v0)
     return (dh, add(dw, dw_j, 1), add(db, db_j, 0), add(dcw, dcw_j, 0), dcap + dcap_j), None
 
   init = (
