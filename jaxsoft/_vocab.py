@@ -38,6 +38,9 @@ _SAMPLERS = ("log_uniform", "uniform")
 # in cache between the matmul and the elementwise work.
 _TOKEN_CHUNK = 1024
 _VOCAB_CHUNK = 4096
+# The gradient pass of a "mean" or "sum" loss keeps one token chunk's logits
+# over the whole vocabulary (256 x V floats: 128 MiB at V = 131072).
+_GRAD_TOKEN_CHUNK = 256
 
 
 def _balanced(n: int, target: int) -> int:
@@ -284,6 +287,146 @@ def _fused_stats_bwd(tn, tv, need_u, need_h, res, g):
 _fused_stats.defvjp(_fused_stats_fwd, _fused_stats_bwd)
 
 
+def _scalar_value(y, lse, z_y, u, cw, eps, a_main, a_z, vocab):
+  """``a_main * sum(per-token loss) + a_z * sum(lse^2)`` (``a_z`` None: no z-loss)."""
+  per, lse_k, _, _ = _token_loss(y, lse, z_y, u, cw, eps, vocab)
+  value = a_main * jnp.sum(per)
+  return value if a_z is None else value + a_z * jnp.sum(jnp.square(lse_k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
+def _scalar_loss(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
+  """The scalar loss of ``"mean"`` or ``"sum"`` (:func:`_scalar_value` of the statistics).
+
+  Evaluated alone, it is the chunked statistics pass. Differentiated, its
+  forward rule computes the loss and every gradient in one pass
+  (:func:`_scalar_loss_fwd`), and the backward rule only scales them.
+  """
+  cw_in = jnp.ones((w.shape[1],), w.dtype) if cw is None else cw
+  (lse, z_y, u, _), _ = _stats_forward(h, w, b, y.index, cw_in, cap, tn, tv, need_u, False)
+  return _scalar_value(y, lse, z_y, u if need_u else None, cw, eps, a_main, a_z, w.shape[1])
+
+
+def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
+  """The loss and its gradients in one pass: three ``N x d x V`` products instead of four.
+
+  A scalar loss's cotangent is one number, so the gradients can be formed
+  before it is known and scaled after (Liger Kernel's fused linear
+  cross-entropy does the same). Token chunk by token chunk: (1) the chunk's
+  raw logits over the whole vocabulary are computed once, kept in a
+  ``[token_chunk, V]`` buffer, and reduced to ``lse``, ``z_y`` and ``u``;
+  (2) autodiff of the per-token loss gives each token's cotangents of those
+  statistics; (3) a second pass over the kept logits forms ``dz``
+  (:func:`_block_backward`) and accumulates the gradients. The chunked
+  statistics-then-recompute order needs a fourth product (the logits
+  twice); this one trades it for the buffer, which is why the token chunk
+  here is at most ``_GRAD_TOKEN_CHUNK``.
+  """
+  n, d = h.shape
+  vocab = w.shape[1]
+  dtype = compute_dtype(jnp.result_type(h, w))
+  tn = _balanced(n, min(tn, _GRAD_TOKEN_CHUNK))
+  cw_c = jnp.ones((vocab,), dtype) if cw is None else cw.astype(dtype)
+  cap_c = None if cap is None else cap.astype(dtype)
+  rows, cols = jnp.arange(tn), jnp.arange(tv)
+  vocab_chunks = jnp.arange(-(-vocab // tv))
+
+  def terms(y_i, lse, z_y, u, cw_, eps_, a_main_, a_z_):
+    return _scalar_value(y_i, lse, z_y, u if need_u else None, cw_, eps_, a_main_, a_z_, vocab)
+
+  def token_chunk(carry, i):
+    dw, db, dcw, dcap, d_params, value = carry
+    t0 = _start(i, tn, n)
+    h_i = lax.dynamic_slice_in_dim(h, t0, tn, axis=0)
+    y_i = jax.tree.map(lambda x: lax.dynamic_slice_in_dim(x, t0, tn), y)
+    # Rows of a moved-back last token chunk were done by the chunk before.
+    row_ok = t0 + rows >= i * tn
+    y_i = y_i._replace(keep=y_i.keep & row_ok)
+
+    def logits_pass(c, j):
+      buf, acc = c
+      v0 = _start(j, tv, vocab)
+      z_raw, _ = _block_logits(h_i, w, b, v0, tv, dtype)
+      ok = v0 + cols >= j * tv
+      acc = _accumulate(
+        acc, soft_cap(z_raw, cap_c), ok, lax.dynamic_slice_in_dim(cw_c, v0, tv), need_u, False
+      )
+      return (lax.dynamic_update_slice_in_dim(buf, z_raw, v0, axis=1), acc), None
+
+    zeros = jnp.zeros((tn, 1), dtype)
+    init = (jnp.zeros((tn, vocab), dtype), (online.empty((tn, 1), dtype), zeros, zeros))
+    (buf, (state, _, u)), _ = lax.scan(logits_pass, init, vocab_chunks)
+    lse = online.logsumexp(state)[:, 0]
+    z_y = soft_cap(jnp.take_along_axis(buf, y_i.index[:, None], axis=1)[:, 0], cap_c)
+    value_i, vjp = jax.vjp(functools.partial(terms, y_i), lse, z_y, u[:, 0], cw, eps, a_main, a_z)
+    g_lse, g_zy, g_u, *g_params = vjp(jnp.ones_like(value_i))
+    g_i = (g_lse[:, None], g_zy[:, None], g_u[:, None], None)
+
+    def grad_pass(c, j):
+      dh_i, dw, db, dcw, dcap = c
+      v0 = _start(j, tv, vocab)
+      ok = row_ok[:, None] & (v0 + cols >= j * tv)
+      z_raw = lax.dynamic_slice_in_dim(buf, v0, tv, axis=1)
+      w_j = lax.dynamic_slice_in_dim(w, v0, tv, axis=1)
+      cw_j = lax.dynamic_slice_in_dim(cw_c, v0, tv)
+      dh_ij, dw_j, db_j, dcw_j, dcap_j = _block_backward(
+        h_i, w_j, z_raw, lse[:, None], None, y_i.index[:, None], g_i, cw_j, v0, cap_c, ok, need_u, False
+      )
+      add = functools.partial(_add_at, start=v0)
+      return (dh_i + dh_ij, add(dw, dw_j, 1), add(db, db_j, 0), add(dcw, dcw_j, 0), dcap + dcap_j), None
+
+    init = (jnp.zeros((tn, d), dtype), dw, db, dcw, dcap)
+    (dh_i, dw, db, dcw, dcap), _ = lax.scan(grad_pass, init, vocab_chunks)
+    d_params = jax.tree.map(jnp.add, d_params, tuple(g_params))
+    return (dw, db, dcw, dcap, d_params, value + value_i), dh_i
+
+  params = (cw, eps, a_main, a_z)
+  init = (
+    jnp.zeros((d, vocab), dtype),
+    jnp.zeros((vocab,), dtype),
+    jnp.zeros((vocab,), dtype),
+    jnp.zeros((), dtype),
+    jax.tree.map(jnp.zeros_like, params),
+    jnp.zeros((), dtype),
+  )
+  (dw, db, dcw, dcap, d_params, value), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
+  d_cw, d_eps, d_a_main, d_a_z = d_params
+  grads = (
+    _assemble(dh_parts, n, tn).astype(h.dtype),
+    dw.astype(w.dtype),
+    db.astype(b.dtype),
+    None,
+    None if cw is None else (d_cw + dcw).astype(cw.dtype),
+    None if cap is None else dcap.astype(cap.dtype),
+    d_eps,
+    d_a_main,
+    d_a_z,
+  )
+  return value, grads
+
+
+def _scalar_loss_bwd(tn, tv, need_u, grads, g):
+  return jax.tree.map(lambda x: x * g.astype(x.dtype), grads)
+
+
+_scalar_loss.defvjp(_scalar_loss_fwd, _scalar_loss_bwd)
+
+
+def _reduction_scales(y, class_weight, z_loss, reduction, dtype):
+  """``(a_main, a_z)`` such that the ``"mean"`` or ``"sum"`` loss is :func:`_scalar_value`.
+
+  The factors :func:`reduce_loss` applies: 1 for ``"sum"``; for ``"mean"``
+  one over the counted tokens' ``sum w_y`` (main term) and over their number
+  (z-loss), 0 when nothing counts. ``a_z`` is None without a z-loss.
+  """
+  one = jnp.ones((), dtype)
+  w_y = y.keep.astype(dtype)
+  if class_weight is not None:
+    w_y = jnp.where(y.keep, class_weight.astype(dtype)[y.index], 0)
+  a_z = None if is_zero(z_loss) else z_loss * reduce_loss(one, y.keep.astype(dtype), reduction)
+  return reduce_loss(one, w_y, reduction), a_z
+
+
 def _chunk_sizes(fn, chunk_size, n, vocab):
   """``(token_chunk, vocab_chunk)`` from None, an int or a pair, capped at the sizes."""
   if chunk_size is None:
@@ -380,6 +523,18 @@ def linear_cross_entropy(
   ``O(N d + d V + token_chunk * vocab_chunk)``, never ``N x V``; the
   gradients (also in ``class_weight``, ``label_smoothing``, ``z_loss`` and
   ``logit_soft_cap``) equal the dense ones to rounding.
+
+  **Training (a scalar loss) takes one pass.** For ``"mean"`` or ``"sum"``
+  without ``return_aux`` and without ``axis_name``, the cotangent of the
+  loss is one number, so the forward rule of the custom VJP forms every
+  gradient at once and the backward rule only scales them (as Liger
+  Kernel's fused linear cross-entropy does): token chunk by token chunk,
+  the chunk's logits over the whole vocabulary are computed once, kept, and
+  used for both the normalizer and ``dlogits``. That is three
+  ``N x d x V`` products instead of four (the logits are not recomputed),
+  for one more buffer of ``min(token_chunk, 256) x V`` floats (128 MiB at
+  ``V = 131072``). Evaluated without differentiation, or for ``"none"``,
+  the pass above runs.
 
   **Vocabulary parallelism** (Megatron-LM's vocab-parallel cross-entropy):
   with ``axis_name``, ``weight`` is split by columns over the devices of that
@@ -492,10 +647,17 @@ def linear_cross_entropy(
   y = class_labels(fn, labels, vocab, ignore_index=ignore_index, where=where)
   dtype = compute_dtype(hidden.dtype)
   need_u = not is_zero(label_smoothing)
+  cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
+  if n and reduction != "none" and not return_aux and axis_name is None:
+    # A scalar loss on one device: the one-pass gradient (see _scalar_loss_fwd).
+    flat = jax.tree.map(lambda x: x.reshape(n), y)
+    a_main, a_z = _reduction_scales(flat, cw, z_loss, reduction, dtype)
+    eps = jnp.asarray(label_smoothing, dtype)
+    args = (hidden.reshape(n, -1), weight, bias, flat, cw, cap, eps, a_main, a_z)
+    return _scalar_loss(*args, tn, tv, need_u).astype(hidden.dtype)
   if n == 0:
     lse = z_y = u = ent = jnp.zeros(labels.shape, dtype)
   else:
-    cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
     cw_in = jnp.ones((weight.shape[1],), dtype) if cw_cols is None else cw_cols
     local_stats = lambda h, w, b, y_, cw_, cap_: _fused_stats(
       h, w, b, y_, cw_, cap_, tn, tv, need_u, return_aux
@@ -534,15 +696,13 @@ def _check_class_weight(fn, class_weight, vocab):
   return class_weight
 
 
-def _lm_loss(
-  y, lse, z_y, *, vocab, u, ent, class_weight, label_smoothing, z_loss, reduction, return_aux, dtype
-):
-  """The loss, its reduction and the aux outputs from the per-token statistics.
+def _token_loss(y, lse, z_y, u, class_weight, label_smoothing, vocab):
+  """Per token ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - u)``, and ``lse``, ``z_y``, ``w_y``.
 
-  Per counted token ``(1 - eps) w_y (lse - z_y) + eps / V (W lse - u)``
-  (``W = sum_c w_c``, ``u = sum_c w_c z_c``; PyTorch's weighted smoothing),
-  the mean dividing by ``sum w_y``, plus ``z_loss * lse**2`` averaged over the
-  counted tokens. Plain JAX: autodiff carries the gradients to the statistics.
+  (``W = sum_c w_c``, ``u = sum_c w_c z_c``; PyTorch's weighted smoothing;
+  ``u`` None means no smoothing.) Skipped tokens are 0, counted labels out
+  of range NaN (:meth:`ClassLabels.loss`). The returned ``lse`` and ``z_y``
+  are 0 at skipped tokens.
   """
   cdt = lse.dtype
   # Skipped tokens become 0 before any product, so no 0 * inf (a -inf label
@@ -557,10 +717,22 @@ def _lm_loss(
     # must not become 0 * -inf = NaN.
     u_k = jnp.where(y.keep & (jnp.isfinite(u) | (eps != 0)), u, 0)
     main = (1 - eps) * main + eps / vocab * (total * lse_k - u_k)
-  per = y.loss(main)
+  return y.loss(main), lse_k, zy_k, w_y
+
+
+def _lm_loss(
+  y, lse, z_y, *, vocab, u, ent, class_weight, label_smoothing, z_loss, reduction, return_aux, dtype
+):
+  """The loss, its reduction and the aux outputs from the per-token statistics.
+
+  The per-token loss of :func:`_token_loss`, the mean dividing by ``sum
+  w_y``, plus ``z_loss * lse**2`` averaged over the counted tokens. Plain
+  JAX: autodiff carries the gradients to the statistics.
+  """
+  per, lse_k, zy_k, w_y = _token_loss(y, lse, z_y, u, class_weight, label_smoothing, vocab)
   loss = reduce_loss(per, jnp.where(y.keep, w_y, 0), reduction)
   if not is_zero(z_loss):
-    loss = loss + reduce_loss(z_loss * jnp.square(lse_k), y.keep.astype(cdt), reduction)
+    loss = loss + reduce_loss(z_loss * jnp.square(lse_k), y.keep.astype(lse.dtype), reduction)
   loss = loss.astype(dtype)
   if not return_aux:
     return loss
