@@ -294,20 +294,22 @@ def _scalar_value(y, lse, z_y, u, cw, eps, a_main, a_z, vocab):
   return value if a_z is None else value + a_z * jnp.sum(jnp.square(lse_k))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
-def _scalar_loss(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
+def _scalar_loss(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u, need_h):
   """The scalar loss of ``"mean"`` or ``"sum"`` (:func:`_scalar_value` of the statistics).
 
-  Evaluated alone, it is the chunked statistics pass. Differentiated, its
-  forward rule computes the loss and every gradient in one pass
+  With ``need_h`` (the aux outputs), ``(loss, (lse, z_y, entropy))`` per
+  token. Evaluated alone, it is the chunked statistics pass. Differentiated,
+  its forward rule computes the loss and every gradient in one pass
   (:func:`_scalar_loss_fwd`), and the backward rule only scales them.
   """
   cw_in = jnp.ones((w.shape[1],), w.dtype) if cw is None else cw
-  (lse, z_y, u, _), _ = _stats_forward(h, w, b, y.index, cw_in, cap, tn, tv, need_u, False)
-  return _scalar_value(y, lse, z_y, u if need_u else None, cw, eps, a_main, a_z, w.shape[1])
+  (lse, z_y, u, ent), _ = _stats_forward(h, w, b, y.index, cw_in, cap, tn, tv, need_u, need_h)
+  value = _scalar_value(y, lse, z_y, u if need_u else None, cw, eps, a_main, a_z, w.shape[1])
+  return (value, (lse, z_y, ent)) if need_h else value
 
 
-def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
+def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u, need_h):
   """The loss and its gradients in one pass: three ``N x d x V`` products instead of four.
 
   A scalar loss's cotangent is one number, so the gradients can be formed
@@ -320,7 +322,9 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
   (:func:`_block_backward`) and accumulates the gradients. The chunked
   statistics-then-recompute order needs a fourth product (the logits
   twice); this one trades it for the buffer, which is why the token chunk
-  here is at most ``_GRAD_TOKEN_CHUNK``.
+  here is at most ``_GRAD_TOKEN_CHUNK``. With ``need_h``, the statistics
+  are outputs too; the backward rule applies their cotangents, when any is
+  nonzero, by the statistics' own backward pass (:func:`_fused_stats_bwd`).
   """
   n, d = h.shape
   vocab = w.shape[1]
@@ -349,14 +353,15 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
       z_raw, _ = _block_logits(h_i, w, b, v0, tv, dtype)
       ok = v0 + cols >= j * tv
       acc = _accumulate(
-        acc, soft_cap(z_raw, cap_c), ok, lax.dynamic_slice_in_dim(cw_c, v0, tv), need_u, False
+        acc, soft_cap(z_raw, cap_c), ok, lax.dynamic_slice_in_dim(cw_c, v0, tv), need_u, need_h
       )
       return (lax.dynamic_update_slice_in_dim(buf, z_raw, v0, axis=1), acc), None
 
     zeros = jnp.zeros((tn, 1), dtype)
     init = (jnp.zeros((tn, vocab), dtype), (online.empty((tn, 1), dtype), zeros, zeros))
-    (buf, (state, _, u)), _ = lax.scan(logits_pass, init, vocab_chunks)
+    (buf, (state, t, u)), _ = lax.scan(logits_pass, init, vocab_chunks)
     lse = online.logsumexp(state)[:, 0]
+    ent = lse - t[:, 0] / online.safe(state.s[:, 0])
     z_y = soft_cap(jnp.take_along_axis(buf, y_i.index[:, None], axis=1)[:, 0], cap_c)
     value_i, vjp = jax.vjp(functools.partial(terms, y_i), lse, z_y, u[:, 0], cw, eps, a_main, a_z)
     g_lse, g_zy, g_u, *g_params = vjp(jnp.ones_like(value_i))
@@ -378,7 +383,7 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
     init = (jnp.zeros((tn, d), dtype), dw, db, dcw, dcap)
     (dh_i, dw, db, dcw, dcap), _ = lax.scan(grad_pass, init, vocab_chunks)
     d_params = jax.tree.map(jnp.add, d_params, tuple(g_params))
-    return (dw, db, dcw, dcap, d_params, value + value_i), dh_i
+    return (dw, db, dcw, dcap, d_params, value + value_i), (dh_i, lse, z_y, ent)
 
   params = (cw, eps, a_main, a_z)
   init = (
@@ -389,10 +394,11 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
     jax.tree.map(jnp.zeros_like, params),
     jnp.zeros((), dtype),
   )
-  (dw, db, dcw, dcap, d_params, value), dh_parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
+  (dw, db, dcw, dcap, d_params, value), parts = lax.scan(token_chunk, init, jnp.arange(-(-n // tn)))
+  dh, lse, z_y, ent = (_assemble(x, n, tn) for x in parts)
   d_cw, d_eps, d_a_main, d_a_z = d_params
   grads = (
-    _assemble(dh_parts, n, tn).astype(h.dtype),
+    dh.astype(h.dtype),
     dw.astype(w.dtype),
     db.astype(b.dtype),
     None,
@@ -402,11 +408,28 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u):
     d_a_main,
     d_a_z,
   )
-  return value, grads
+  if not need_h:
+    return value, grads
+  stats_res = (h, w, b, y.index, cw_c, cap, lse, ent)
+  return (value, (lse, z_y, ent)), (grads, stats_res)
 
 
-def _scalar_loss_bwd(tn, tv, need_u, grads, g):
-  return jax.tree.map(lambda x: x * g.astype(x.dtype), grads)
+def _scalar_loss_bwd(tn, tv, need_u, need_h, res, g):
+  if not need_h:
+    return jax.tree.map(lambda x: x * g.astype(x.dtype), res)
+  grads, stats_res = res
+  g, (g_lse, g_zy, g_h) = g
+  grads = jax.tree.map(lambda x: x * g.astype(x.dtype), grads)
+  # Cotangents of the aux outputs (usually zero: the aux are logged, not
+  # differentiated) take the statistics' backward pass, only when present.
+  g_stats = (g_lse, g_zy, jnp.zeros_like(g_lse), g_h)
+  stats_bwd = lambda: _fused_stats_bwd(tn, tv, False, True, stats_res, g_stats)
+  nothing = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(stats_bwd))
+  present = jnp.any(jnp.stack([jnp.any(x != 0) for x in g_stats]))
+  dh, dw, db, _, dcw, dcap = lax.cond(present, stats_bwd, nothing)
+  add = lambda x, dx: None if x is None else x + dx.astype(x.dtype)
+  g_hid, g_w, g_b, g_y, g_cw, g_cap, *rest = grads
+  return (add(g_hid, dh), add(g_w, dw), add(g_b, db), g_y, add(g_cw, dcw), add(g_cap, dcap), *rest)
 
 
 _scalar_loss.defvjp(_scalar_loss_fwd, _scalar_loss_bwd)
@@ -525,16 +548,18 @@ def linear_cross_entropy(
   ``logit_soft_cap``) equal the dense ones to rounding.
 
   **Training (a scalar loss) takes one pass.** For ``"mean"`` or ``"sum"``
-  without ``return_aux`` and without ``axis_name``, the cotangent of the
-  loss is one number, so the forward rule of the custom VJP forms every
-  gradient at once and the backward rule only scales them (as Liger
-  Kernel's fused linear cross-entropy does): token chunk by token chunk,
-  the chunk's logits over the whole vocabulary are computed once, kept, and
-  used for both the normalizer and ``dlogits``. That is three
-  ``N x d x V`` products instead of four (the logits are not recomputed),
-  for one more buffer of ``min(token_chunk, 256) x V`` floats (128 MiB at
-  ``V = 131072``). Evaluated without differentiation, or for ``"none"``,
-  the pass above runs.
+  without ``axis_name``, the cotangent of the loss is one number, so the
+  forward rule of the custom VJP forms every gradient at once and the
+  backward rule only scales them (as Liger Kernel's fused linear
+  cross-entropy does): token chunk by token chunk, the chunk's logits over
+  the whole vocabulary are computed once, kept, and used for both the
+  normalizer and ``dlogits``. That is three ``N x d x V`` products instead
+  of four (the logits are not recomputed), for one more buffer of
+  ``min(token_chunk, 256) x V`` floats (128 MiB at ``V = 131072``). The aux
+  outputs come from the same pass; differentiating through them (rare: they
+  are usually logged) adds the recomputing backward pass, run only when
+  their cotangents are nonzero. Evaluated without differentiation, or for
+  ``"none"``, the pass above runs.
 
   **Vocabulary parallelism** (Megatron-LM's vocab-parallel cross-entropy):
   with ``axis_name``, ``weight`` is split by columns over the devices of that
@@ -648,13 +673,18 @@ def linear_cross_entropy(
   dtype = compute_dtype(hidden.dtype)
   need_u = not is_zero(label_smoothing)
   cap = None if logit_soft_cap is None else jnp.asarray(logit_soft_cap, dtype)
-  if n and reduction != "none" and not return_aux and axis_name is None:
+  if n and reduction != "none" and axis_name is None:
     # A scalar loss on one device: the one-pass gradient (see _scalar_loss_fwd).
     flat = jax.tree.map(lambda x: x.reshape(n), y)
     a_main, a_z = _reduction_scales(flat, cw, z_loss, reduction, dtype)
     eps = jnp.asarray(label_smoothing, dtype)
     args = (hidden.reshape(n, -1), weight, bias, flat, cw, cap, eps, a_main, a_z)
-    return _scalar_loss(*args, tn, tv, need_u).astype(hidden.dtype)
+    out = _scalar_loss(*args, tn, tv, need_u, return_aux)
+    if not return_aux:
+      return out.astype(hidden.dtype)
+    loss, stats = out
+    lse, z_y, ent = (x.reshape(labels.shape) for x in stats)
+    return loss.astype(hidden.dtype), _aux(y, lse, z_y, ent, hidden.dtype)
   if n == 0:
     lse = z_y = u = ent = jnp.zeros(labels.shape, dtype)
   else:
@@ -729,15 +759,19 @@ def _lm_loss(
   w_y``, plus ``z_loss * lse**2`` averaged over the counted tokens. Plain
   JAX: autodiff carries the gradients to the statistics.
   """
-  per, lse_k, zy_k, w_y = _token_loss(y, lse, z_y, u, class_weight, label_smoothing, vocab)
+  per, lse_k, _, w_y = _token_loss(y, lse, z_y, u, class_weight, label_smoothing, vocab)
   loss = reduce_loss(per, jnp.where(y.keep, w_y, 0), reduction)
   if not is_zero(z_loss):
     loss = loss + reduce_loss(z_loss * jnp.square(lse_k), y.keep.astype(lse.dtype), reduction)
   loss = loss.astype(dtype)
-  if not return_aux:
-    return loss
+  return (loss, _aux(y, lse, z_y, ent, dtype)) if return_aux else loss
+
+
+def _aux(y, lse, z_y, ent, dtype):
+  """The per-token aux outputs ``{"lse", "log_prob", "entropy"}``, 0 at skipped tokens."""
+  lse_k, zy_k = jnp.where(y.keep, lse, 0), jnp.where(y.keep, z_y, 0)
   aux = {"lse": lse_k, "log_prob": zy_k - lse_k, "entropy": jnp.where(y.keep, ent, 0)}
-  return loss, {k: v.astype(dtype) for k, v in aux.items()}
+  return {k: v.astype(dtype) for k, v in aux.items()}
 
 
 def _draw_candidates(key, sampler: str, num_samples: int, vocab: int):
