@@ -38,9 +38,12 @@ _SAMPLERS = ("log_uniform", "uniform")
 # in cache between the matmul and the elementwise work.
 _TOKEN_CHUNK = 1024
 _VOCAB_CHUNK = 4096
-# The gradient pass of a "mean" or "sum" loss keeps one token chunk's logits
-# over the whole vocabulary (256 x V floats: 128 MiB at V = 131072).
+# The one-pass gradient of a "mean" or "sum" loss keeps one token chunk's
+# logits over the whole vocabulary (256 x V floats: 128 MiB at V = 131072),
+# visited in chunks of 2048 classes (measured 10-15% less CPU than 4096 at
+# N=2048, d=512, V=32768; both chunks caps on the user's chunk_size).
 _GRAD_TOKEN_CHUNK = 256
+_GRAD_VOCAB_CHUNK = 2048
 
 
 def _balanced(n: int, target: int) -> int:
@@ -330,6 +333,7 @@ def _scalar_loss_fwd(h, w, b, y, cw, cap, eps, a_main, a_z, tn, tv, need_u, need
   vocab = w.shape[1]
   dtype = compute_dtype(jnp.result_type(h, w))
   tn = _balanced(n, min(tn, _GRAD_TOKEN_CHUNK))
+  tv = _balanced(vocab, min(tv, _GRAD_VOCAB_CHUNK))
   cw_c = jnp.ones((vocab,), dtype) if cw is None else cw.astype(dtype)
   cap_c = None if cap is None else cap.astype(dtype)
   rows, cols = jnp.arange(tn), jnp.arange(tv)
@@ -555,7 +559,8 @@ def linear_cross_entropy(
   the whole vocabulary are computed once, kept, and used for both the
   normalizer and ``dlogits``. That is three ``N x d x V`` products instead
   of four (the logits are not recomputed), for one more buffer of
-  ``min(token_chunk, 256) x V`` floats (128 MiB at ``V = 131072``). The aux
+  ``min(token_chunk, 256) x V`` floats (128 MiB at ``V = 131072``), visited
+  ``min(vocab_chunk, 2048)`` classes at a time. The aux
   outputs come from the same pass; differentiating through them (rare: they
   are usually logged) adds the recomputing backward pass, run only when
   their cotangents are nonzero. Evaluated without differentiation, or for
