@@ -49,6 +49,7 @@ __all__ = [
 # `implementation=None` picks it; both chosen from measurements on a 2-core
 # AVX-512 CPU (see benchmarks/bench_attention.py).
 _DEFAULT_BLOCKS = (256, 512)
+_DEFAULT_BACKWARD_BLOCKS = (512, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
 
@@ -141,17 +142,20 @@ def _split_heads_mask(x, batch, B, N, K):
 
 
 def _parse_blocks(fn, block_size):
+  """The (query block, key block) pairs of the forward and the backward pass."""
   if block_size is None:
-    return _DEFAULT_BLOCKS
+    return _DEFAULT_BLOCKS, _DEFAULT_BACKWARD_BLOCKS
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
-    return (
+    blocks = (
       V.check_int(fn, "block_size", block_size[0], minimum=1),
       V.check_int(fn, "block_size", block_size[1], minimum=1),
     )
-  b = V.check_int(fn, "block_size", block_size, minimum=1)
-  return (b, b)
+  else:
+    b = V.check_int(fn, "block_size", block_size, minimum=1)
+    blocks = (b, b)
+  return blocks, blocks
 
 
 def _check_lengths(fn, name, lengths, batch, B):
@@ -296,7 +300,7 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
       band=o["band"],
       cap=o["logit_soft_cap"],
       is_causal=bool(is_causal),
-      blocks=o["block_size"],
+      blocks=o["block_size"][0],
       dropout_rate=rate,
     )
   elif o["mesh"] is not None or o["axis_name"] is not None:
@@ -343,7 +347,8 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
       if implementation == "ring":
         out, lse = context_parallel.attention(*args, ring=o["ring"])
       else:
-        out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+        blocks, backward_blocks = o["block_size"]
+        out, lse = chunked.attention(*args, **kwargs, blocks=blocks, backward_blocks=backward_blocks)
     except TypeError as e:
       # The chunked kernel and the ring have a custom VJP (their memory-lean
       # backward pass), and JAX differentiates such a function in reverse mode only.
