@@ -197,8 +197,18 @@ def sink_state(sink, shape, dtype):
   return online.Partial(jnp.broadcast_to(sink, shape), jnp.ones(shape, dtype))
 
 
-def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
-  """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
+def _key_block(x, j, bk: int, seq_major: bool):
+  """Key block ``j`` [B,K,bk,D] of a head-major [B,K,S,D] or sequence-major [B,S,K,D] key or value array."""
+  if seq_major:
+    return jnp.swapaxes(lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1), 1, 2)
+  return lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
+
+
+def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate, seq_major=False):
+  """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp).
+
+  With ``seq_major`` the keys and values are [B,S,K,H] (the caller's layout, no transposed copy).
+  """
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
   bq, bk = plan.bq, plan.bk
@@ -209,8 +219,7 @@ def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockP
 
     def key_block(j, carry, masked=True):
       state, acc = carry
-      kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-      vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+      kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
       logits, _ = _block_logits(qi, kj, bias, i, j, plan, G)
       block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan, G) if masked else None)
       state, alpha, beta = online.merge(state, block)
@@ -266,8 +275,12 @@ def sink_grad(sink, lse, delta):
   return _reduce_to(-p_sink * delta, sink.shape[:-1])[..., None]
 
 
-def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate):
+def backward(
+  q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate, seq_major=False
+):
   """Padded inputs, the final log-normalizer, ``delta`` and ``g`` -> dq, dk, dv, dbias (None unless ``need_dbias``).
+
+  With ``seq_major`` the keys and values, and so their gradients, are [B,S,K,H].
 
   ``lse`` and ``delta`` are those of the whole rows: the gradient of a block
   depends on the other blocks of its row only through them, so the
@@ -280,8 +293,7 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
 
   def key_block(j, carry):
     dq, dk, dv, dbias = carry
-    kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-    vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+    kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
 
     def query_block(i, carry):
       dq, dkj, dvj, dbias = carry
@@ -316,8 +328,10 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
 
     init = (dq, jnp.zeros_like(kj), jnp.zeros_like(vj), dbias)
     dq, dkj, dvj, dbias = lax.fori_loop(query_ranges[j, 0], query_ranges[j, 1], query_block, init)
-    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=2)
+    if seq_major:
+      dkj, dvj = jnp.swapaxes(dkj, 1, 2), jnp.swapaxes(dvj, 1, 2)
+    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=1 if seq_major else 2)
+    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=1 if seq_major else 2)
     return dq, dk, dv, dbias
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
@@ -327,7 +341,7 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
 def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
-  return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plans[0], rate)
+  return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plans[0], rate, seq_major=True)
 
 
 def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
@@ -335,7 +349,7 @@ def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ra
   value = lambda a: None if a is None else a.value
   args = [value(a) for a in (q, k, v, bias, mask, sink)]
   st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
-  out, lse = forward(*args, st, dropout_key, key_ranges.value, plans[0], rate)
+  out, lse = forward(*args, st, dropout_key, key_ranges.value, plans[0], rate, seq_major=True)
   # The pytree structure of the flag ((), or None) tells the backward pass,
   # statically, whether the bias is differentiated: a constant bias (ALiBi,
   # padding) then costs no T x S gradient.
@@ -353,7 +367,21 @@ def _kernel_bwd(plans, rate, res, cotangents):
   q, k, v, bias, mask, sink = args
   delta = row_delta(out, g, g_lse)
   dq, dk, dv, dbias = backward(
-    q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plans[1], rate
+    q,
+    k,
+    v,
+    bias,
+    mask,
+    st,
+    dropout_key,
+    query_ranges,
+    lse,
+    delta,
+    g,
+    flag is not None,
+    plans[1],
+    rate,
+    seq_major=True,
   )
   dsink = None if sink is None else sink_grad(sink, lse, delta)
   return dq, dk, dv, dbias, None, dsink, None, None, None, None
@@ -399,9 +427,9 @@ def make_plan(T: int, S: int, band, cap, blocks) -> BlockPlan:
 
 
 def pad(q, k, v, bias, mask, st, mq: int, mk: int):
-  """Pads the query and key axes of the inputs (and of the segment ids) to multiples of ``mq`` and ``mk``."""
+  """Pads the query and key axes of the inputs (k, v sequence-major) and of the segment ids to multiples of ``mq``, ``mk``."""
   q = pad_axis(q, 3, mq)
-  k, v = pad_axis(k, 2, mk), pad_axis(v, 2, mk)
+  k, v = pad_axis(k, 1, mk), pad_axis(v, 1, mk)
   bias, mask = _pad_ts(bias, mq, mk), _pad_ts(mask, mq, mk)
   st = st._replace(q_seg=_pad_rows(st.q_seg, mq), kv_seg=_pad_rows(st.kv_seg, mk))
   return q, k, v, bias, mask, st
@@ -412,13 +440,17 @@ def empty_result(q, v, sink):
   lse = jnp.full(q.shape[:4], jnp.finfo(q.dtype).min, q.dtype)
   if sink is not None:
     lse = jnp.broadcast_to(sink[..., 0], lse.shape)
-  return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
+  return jnp.zeros(q.shape[:4] + v.shape[-1:], q.dtype), lse
 
 
 def attention(
   q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks, backward_blocks
 ):
-  """Head-major q, k, v (see the module docstring) -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
+  """Head-major q [B,K,G,T,H], sequence-major k, v [B,S,K,H] -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
+
+  The keys and values stay in the caller's layout (each key block is
+  transposed when it is read, and the gradients are written back in that
+  layout): no transposed copy of them, or of their gradients, is made.
 
   ``sink`` is None or ``[1,K,G,1,1]``; ``st`` a
   :class:`~jaxsoft._attention_structure.Structure`; ``band`` its static
@@ -429,7 +461,7 @@ def attention(
   finite: the dtype's lowest number where a row has nothing allowed (and no
   sink).
   """
-  T, S = q.shape[3], k.shape[2]
+  T, S = q.shape[3], k.shape[1]
   if T == 0 or S == 0:
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
     return empty_result(q, v, sink)

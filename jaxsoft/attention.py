@@ -347,8 +347,12 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
       if implementation == "ring":
         out, lse = context_parallel.attention(*args, ring=o["ring"])
       else:
+        # The chunked kernel reads the keys and values in their own layout.
+        seq_major = (key.astype(cdtype).reshape(B, S, K, H), value.astype(cdtype).reshape(B, S, K, Hv))
         blocks, backward_blocks = o["block_size"]
-        out, lse = chunked.attention(*args, **kwargs, blocks=blocks, backward_blocks=backward_blocks)
+        out, lse = chunked.attention(
+          q, *seq_major, *args[3:], **kwargs, blocks=blocks, backward_blocks=backward_blocks
+        )
     except TypeError as e:
       # The chunked kernel and the ring have a custom VJP (their memory-lean
       # backward pass), and JAX differentiates such a function in reverse mode only.
