@@ -6,11 +6,16 @@ For each query block the forward pass runs the online logsumexp
 per-row log-normalizer. The backward pass recomputes each block's weights from
 that log-normalizer, so memory is linear in ``T + S``.
 
-Layout (shared with the dense path of :mod:`jaxsoft.attention`): everything is
-head-major, q ``[B,K,G,T,H]``, k ``[B,K,S,H]``, v ``[B,K,S,Hv]``, and bias and
-mask ``[b,k,g,t,s]`` with each axis either full or 1. Folding the ``G`` query
-heads of a key head into the rows makes every product a plain batched matmul
-over ``(B, K)``: XLA's CPU dots are several times slower on other layouts.
+Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
+head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
+the caller's ``[B,S,K,H]``: each key block is transposed as it is read, so
+the whole arrays and their gradients are never copied to another layout),
+and bias and mask ``[b,k,g,t,s]`` with each axis either full or 1. Every
+tile folds the ``G`` query heads of a key head into its rows, ``[B,K,G*bq,
+bk]``, which makes every product a plain batched matmul over ``(B, K)``:
+XLA's CPU dots are several times slower on other layouts, and a 5-d tile
+costs a copy of the logits (XLA lays it out differently from the dot's
+output).
 
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
