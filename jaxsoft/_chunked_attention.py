@@ -6,11 +6,16 @@ For each query block the forward pass runs the online logsumexp
 per-row log-normalizer. The backward pass recomputes each block's weights from
 that log-normalizer, so memory is linear in ``T + S``.
 
-Layout (shared with the dense path of :mod:`jaxsoft.attention`): everything is
-head-major, q ``[B,K,G,T,H]``, k ``[B,K,S,H]``, v ``[B,K,S,Hv]``, and bias and
-mask ``[b,k,g,t,s]`` with each axis either full or 1. Folding the ``G`` query
-heads of a key head into the rows makes every product a plain batched matmul
-over ``(B, K)``: XLA's CPU dots are several times slower on other layouts.
+Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
+head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
+the caller's ``[B,S,K,H]``: each key block is transposed as it is read, so
+the whole arrays and their gradients are never copied to another layout),
+and bias and mask ``[b,k,g,t,s]`` with each axis either full or 1. Every
+tile folds the ``G`` query heads of a key head into its rows, ``[B,K,G*bq,
+bk]``, which makes every product a plain batched matmul over ``(B, K)``:
+XLA's CPU dots are several times slower on other layouts, and a 5-d tile
+costs a copy of the logits (XLA lays it out differently from the dot's
+output).
 
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
@@ -51,24 +56,42 @@ from jaxsoft import _online_logsumexp as online
 
 
 def _fold(x):
+  """[B,K,G,T,D] -> [B,K,G*T,D]: the query heads of a key head folded into the rows (free)."""
   return x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3], x.shape[4])
+
+
+def _rows_keys(x, k):
+  """[B,K,R,H] x [B,K,S,H] -> [B,K,R,S]: rows times keys."""
+  return jnp.einsum("bkrh,bksh->bkrs", x, k)
+
+
+def _rows_values(p, v):
+  """[B,K,R,S] x [B,K,S,Hv] -> [B,K,R,Hv]: weights times values."""
+  return jnp.einsum("bkrs,bksh->bkrh", p, v)
+
+
+def _keys_rows(p, x):
+  """[B,K,R,S] x [B,K,R,D] -> [B,K,S,D]: transposed weights times rows."""
+  return jnp.einsum("bkrs,bkrh->bksh", p, x)
 
 
 def qk(q, k):
   """[B,K,G,T,H] x [B,K,S,H] -> [B,K,G,T,S]: rows times keys."""
-  out = jnp.einsum("bkth,bksh->bkts", _fold(q), k)
-  return out.reshape(q.shape[:4] + (k.shape[2],))
+  return _rows_keys(_fold(q), k).reshape(q.shape[:4] + (k.shape[2],))
 
 
 def pv(p, v):
   """[B,K,G,T,S] x [B,K,S,Hv] -> [B,K,G,T,Hv]: weights times values."""
-  out = jnp.einsum("bkts,bksh->bkth", _fold(p), v)
-  return out.reshape(p.shape[:4] + (v.shape[3],))
+  return _rows_values(_fold(p), v).reshape(p.shape[:4] + (v.shape[3],))
 
 
-def _tp(p, x):
-  """[B,K,G,T,S] x [B,K,G,T,D] -> [B,K,S,D]: transposed weights times rows, summed over G."""
-  return jnp.einsum("bkts,bkth->bksh", _fold(p), _fold(x))
+def _as_rows(x, G, bq):
+  """A [b,k,g|1,bq|1,n] block in the folded row layout [b,k,G*bq|1,n] (broadcast where the rows differ)."""
+  if x is None:
+    return None
+  if x.shape[2] == 1 and x.shape[3] == 1:
+    return x[:, :, 0]
+  return _fold(jnp.broadcast_to(x, x.shape[:2] + (G, bq, x.shape[4])))
 
 
 def bernoulli(key, p, shape):
@@ -130,27 +153,27 @@ def _slice_pair(x, i, j, plan: BlockPlan):
   return x
 
 
-def _block_allowed(mask, st, i, j, plan: BlockPlan):
-  """Allowed pairs [B|1,K|1,G|1,bq,bk] of block (i, j), or None when all are."""
+def _block_allowed(mask, st, i, j, plan: BlockPlan, G):
+  """Allowed pairs of block (i, j) in the folded row layout [B|1,K|1,G*bq|1,bk], or None when all are."""
   s_true = plan.s if plan.s % plan.bk else None  # padded keys at the end of the last block
   a = structure.allowed(st, plan.band, i * plan.bq, j * plan.bk, plan.bq, plan.bk, s_true)
   if a is not None:
-    a = a[:, None, None] if a.ndim == 3 else a
+    a = a[:, None, None] if a.ndim == 3 else a[None, None, None]
   m = _slice_pair(mask, i, j, plan)
-  if m is None:
-    return a
-  return m if a is None else m & a
+  if m is not None:
+    a = m if a is None else m & a
+  return _as_rows(a, G, plan.bq)
 
 
-def _block_logits(qi, kj, bias, i, j, plan: BlockPlan):
-  """Logits [B,K,G,bq,bk] of query block i against key block j (before masking), and the raw q.k.
+def _block_logits(qi, kj, bias, i, j, plan: BlockPlan, G):
+  """Logits [B,K,G*bq,bk] of the folded query block i against key block j (before masking), and the raw q.k.
 
   With a soft cap ``c`` the logits are ``c * tanh(q.k / c) + bias``; the raw
   product is returned for the backward pass, which needs ``tanh`` again.
   """
-  raw = qk(qi, kj)
+  raw = _rows_keys(qi, kj)
   s = soft_cap(raw, plan.cap)
-  b = _slice_pair(bias, i, j, plan)
+  b = _as_rows(_slice_pair(bias, i, j, plan), G, plan.bq)
   return (s if b is None else s + b), raw
 
 
@@ -179,26 +202,35 @@ def sink_state(sink, shape, dtype):
   return online.Partial(jnp.broadcast_to(sink, shape), jnp.ones(shape, dtype))
 
 
-def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
-  """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp)."""
+def _key_block(x, j, bk: int, seq_major: bool):
+  """Key block ``j`` [B,K,bk,D] of a head-major [B,K,S,D] or sequence-major [B,S,K,D] key or value array."""
+  if seq_major:
+    return jnp.swapaxes(lax.dynamic_slice_in_dim(x, j * bk, bk, axis=1), 1, 2)
+  return lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
+
+
+def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate, seq_major=False):
+  """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp).
+
+  With ``seq_major`` the keys and values are [B,S,K,H] (the caller's layout, no transposed copy).
+  """
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
   bq, bk = plan.bq, plan.bk
 
   def query_block(i, carry):
     out, lse = carry
-    qi = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
+    qi = _fold(lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3))
 
     def key_block(j, carry, masked=True):
       state, acc = carry
-      kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-      vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
-      logits, _ = _block_logits(qi, kj, bias, i, j, plan)
-      block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan) if masked else None)
+      kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
+      logits, _ = _block_logits(qi, kj, bias, i, j, plan, G)
+      block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan, G) if masked else None)
       state, alpha, beta = online.merge(state, block)
       if rate > 0.0:
-        p = p * _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
-      return state, acc * alpha + pv(p, vj) * beta
+        p = p * _fold(_dropout_scale(dropout_key, st, i, j, (B, K, G, bq, bk), plan, rate))
+      return state, acc * alpha + _rows_values(p, vj) * beta
 
     if mask is None and structure.band_only(st) and plan.band != structure.Band():
       # Causal or windowed: most visited blocks lie wholly inside the band and
@@ -210,10 +242,16 @@ def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockP
         full = structure.tile_full(st, plan.band, i * bq, j * bk, bq, bk, s_true)
         return lax.cond(full, lambda c: masked_block(j, c, masked=False), lambda c: masked_block(j, c), carry)
 
-    init = (sink_state(sink, (B, K, G, bq, 1), q.dtype), jnp.zeros((B, K, G, bq, Hv), q.dtype))
+    init = (
+      jax.tree.map(_fold, sink_state(sink, (B, K, G, bq, 1), q.dtype)),
+      jnp.zeros((B, K, G * bq, Hv), q.dtype),
+    )
     state, acc = lax.fori_loop(key_ranges[i, 0], key_ranges[i, 1], key_block, init)
-    out = lax.dynamic_update_slice_in_dim(out, acc / online.safe(state.s), i * bq, axis=3)
-    lse = lax.dynamic_update_slice_in_dim(lse, online.log_normalizer(state)[..., 0], i * bq, axis=3)
+    o = (acc / online.safe(state.s)).reshape(B, K, G, bq, Hv)
+    out = lax.dynamic_update_slice_in_dim(out, o, i * bq, axis=3)
+    lse = lax.dynamic_update_slice_in_dim(
+      lse, online.log_normalizer(state).reshape(B, K, G, bq), i * bq, axis=3
+    )
     return out, lse
 
   init = (jnp.zeros((B, K, G, Tp, Hv), q.dtype), jnp.zeros((B, K, G, Tp), q.dtype))
@@ -242,55 +280,63 @@ def sink_grad(sink, lse, delta):
   return _reduce_to(-p_sink * delta, sink.shape[:-1])[..., None]
 
 
-def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate):
+def backward(
+  q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate, seq_major=False
+):
   """Padded inputs, the final log-normalizer, ``delta`` and ``g`` -> dq, dk, dv, dbias (None unless ``need_dbias``).
+
+  With ``seq_major`` the keys and values, and so their gradients, are [B,S,K,H].
 
   ``lse`` and ``delta`` are those of the whole rows: the gradient of a block
   depends on the other blocks of its row only through them, so the
   gradients of a split key range add up.
   """
+  B, K, G = q.shape[:3]
   bq, bk = plan.bq, plan.bk
+  rows = lambda x, i: _fold(lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3))
+  column = lambda x, i: rows(x[..., None], i)
 
   def key_block(j, carry):
     dq, dk, dv, dbias = carry
-    kj = lax.dynamic_slice_in_dim(k, j * bk, bk, axis=2)
-    vj = lax.dynamic_slice_in_dim(v, j * bk, bk, axis=2)
+    kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
 
     def query_block(i, carry):
       dq, dkj, dvj, dbias = carry
-      qi = lax.dynamic_slice_in_dim(q, i * bq, bq, axis=3)
-      gi = lax.dynamic_slice_in_dim(g, i * bq, bq, axis=3)
-      lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, axis=3)
-      delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, axis=3)
-      logits, raw = _block_logits(qi, kj, bias, i, j, plan)
+      qi, gi = rows(q, i), rows(g, i)
+      logits, raw = _block_logits(qi, kj, bias, i, j, plan, G)
       # The log-normalizer is finite, so a row with nothing allowed gets p = 0.
-      p = jnp.exp(logits - lse_i[..., None])
-      allowed = _block_allowed(mask, st, i, j, plan)
+      p = jnp.exp(logits - column(lse, i))
+      allowed = _block_allowed(mask, st, i, j, plan, G)
       if allowed is not None:
         p = jnp.where(allowed, p, 0)
-      dp = qk(gi, vj)
+      dp = _rows_keys(gi, vj)
       if rate > 0.0:
-        z = _dropout_scale(dropout_key, st, i, j, p.shape, plan, rate)
-        dvj = dvj + _tp(p * z, gi)
+        z = _fold(_dropout_scale(dropout_key, st, i, j, (B, K, G, bq, bk), plan, rate))
+        dvj = dvj + _keys_rows(p * z, gi)
         dp = dp * z
       else:
-        dvj = dvj + _tp(p, gi)
-      ds = p * (dp - delta_i[..., None])
+        dvj = dvj + _keys_rows(p, gi)
+      ds = p * (dp - column(delta, i))
       if need_dbias:
         start = [0, 0, 0, i * bq if bias.shape[3] != 1 else 0, j * bk if bias.shape[4] != 1 else 0]
         old = _slice_pair(dbias, i, j, plan)
-        dbias = lax.dynamic_update_slice(dbias, old + _reduce_to(ds, old.shape), start)
+        dbias = lax.dynamic_update_slice(
+          dbias, old + _reduce_to(ds.reshape(B, K, G, bq, bk), old.shape), start
+        )
       if plan.cap is not None:
         ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
       dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, axis=3)
-      dq = lax.dynamic_update_slice_in_dim(dq, dqi + pv(ds, kj), i * bq, axis=3)
-      dkj = dkj + _tp(ds, qi)
+      dqi = dqi + _rows_values(ds, kj).reshape(dqi.shape)
+      dq = lax.dynamic_update_slice_in_dim(dq, dqi, i * bq, axis=3)
+      dkj = dkj + _keys_rows(ds, qi)
       return dq, dkj, dvj, dbias
 
     init = (dq, jnp.zeros_like(kj), jnp.zeros_like(vj), dbias)
     dq, dkj, dvj, dbias = lax.fori_loop(query_ranges[j, 0], query_ranges[j, 1], query_block, init)
-    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=2)
+    if seq_major:
+      dkj, dvj = jnp.swapaxes(dkj, 1, 2), jnp.swapaxes(dvj, 1, 2)
+    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=1 if seq_major else 2)
+    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=1 if seq_major else 2)
     return dq, dk, dv, dbias
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
@@ -299,16 +345,16 @@ def backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, 
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
-def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
-  return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan, rate)
+def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
+  return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plans[0], rate, seq_major=True)
 
 
-def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, rate):
+def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
   # Optional arguments that are None arrive as None, the others wrapped.
   value = lambda a: None if a is None else a.value
   args = [value(a) for a in (q, k, v, bias, mask, sink)]
   st, dropout_key = jax.tree.map(value, st, is_leaf=lambda a: a is None), value(dropout_key)
-  out, lse = forward(*args, st, dropout_key, key_ranges.value, plan, rate)
+  out, lse = forward(*args, st, dropout_key, key_ranges.value, plans[0], rate, seq_major=True)
   # The pytree structure of the flag ((), or None) tells the backward pass,
   # statically, whether the bias is differentiated: a constant bias (ALiBi,
   # padding) then costs no T x S gradient.
@@ -316,7 +362,7 @@ def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ra
   return (out, lse), (*args, st, dropout_key, query_ranges.value, out, lse, flag)
 
 
-def _kernel_bwd(plan, rate, res, cotangents):
+def _kernel_bwd(plans, rate, res, cotangents):
   *args, st, dropout_key, query_ranges, out, lse, flag = res
   g, g_lse = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
   if g is None and g_lse is None:
@@ -326,7 +372,21 @@ def _kernel_bwd(plan, rate, res, cotangents):
   q, k, v, bias, mask, sink = args
   delta = row_delta(out, g, g_lse)
   dq, dk, dv, dbias = backward(
-    q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, flag is not None, plan, rate
+    q,
+    k,
+    v,
+    bias,
+    mask,
+    st,
+    dropout_key,
+    query_ranges,
+    lse,
+    delta,
+    g,
+    flag is not None,
+    plans[1],
+    rate,
+    seq_major=True,
   )
   dsink = None if sink is None else sink_grad(sink, lse, delta)
   return dq, dk, dv, dbias, None, dsink, None, None, None, None
@@ -371,12 +431,12 @@ def make_plan(T: int, S: int, band, cap, blocks) -> BlockPlan:
   return BlockPlan(bq, bk, T, S, band, cap)
 
 
-def pad(q, k, v, bias, mask, st, plan: BlockPlan):
-  """Pads the query and key axes of the inputs (and of the segment ids) to whole blocks."""
-  q = pad_axis(q, 3, plan.bq)
-  k, v = pad_axis(k, 2, plan.bk), pad_axis(v, 2, plan.bk)
-  bias, mask = _pad_ts(bias, plan.bq, plan.bk), _pad_ts(mask, plan.bq, plan.bk)
-  st = st._replace(q_seg=_pad_rows(st.q_seg, plan.bq), kv_seg=_pad_rows(st.kv_seg, plan.bk))
+def pad(q, k, v, bias, mask, st, mq: int, mk: int):
+  """Pads the query and key axes of the inputs (k, v sequence-major) and of the segment ids to multiples of ``mq``, ``mk``."""
+  q = pad_axis(q, 3, mq)
+  k, v = pad_axis(k, 1, mk), pad_axis(v, 1, mk)
+  bias, mask = _pad_ts(bias, mq, mk), _pad_ts(mask, mq, mk)
+  st = st._replace(q_seg=_pad_rows(st.q_seg, mq), kv_seg=_pad_rows(st.kv_seg, mk))
   return q, k, v, bias, mask, st
 
 
@@ -385,27 +445,41 @@ def empty_result(q, v, sink):
   lse = jnp.full(q.shape[:4], jnp.finfo(q.dtype).min, q.dtype)
   if sink is not None:
     lse = jnp.broadcast_to(sink[..., 0], lse.shape)
-  return jnp.zeros(q.shape[:4] + v.shape[3:], q.dtype), lse
+  return jnp.zeros(q.shape[:4] + v.shape[-1:], q.dtype), lse
 
 
-def attention(q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks):
-  """Head-major q, k, v (see the module docstring) -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
+def attention(
+  q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks, backward_blocks
+):
+  """Head-major q [B,K,G,T,H], sequence-major k, v [B,S,K,H] -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
+
+  The keys and values stay in the caller's layout (each key block is
+  transposed when it is read, and the gradients are written back in that
+  layout): no transposed copy of them, or of their gradients, is made.
 
   ``sink`` is None or ``[1,K,G,1,1]``; ``st`` a
   :class:`~jaxsoft._attention_structure.Structure`; ``band`` its static
-  band; ``cap`` the soft cap or None; ``blocks`` the (query block, key block)
-  pair; ``dropout_key`` is unused when ``dropout_rate`` is 0. The
-  log-normalizer is finite: the dtype's lowest number where a row has
-  nothing allowed (and no sink).
+  band; ``cap`` the soft cap or None; ``blocks`` and ``backward_blocks`` the
+  (query block, key block) pairs of the forward and the backward pass (with
+  dropout the backward pass uses ``blocks``: the bits are keyed by block);
+  ``dropout_key`` is unused when ``dropout_rate`` is 0. The log-normalizer is
+  finite: the dtype's lowest number where a row has nothing allowed (and no
+  sink).
   """
-  T, S = q.shape[3], k.shape[2]
+  T, S = q.shape[3], k.shape[1]
   if T == 0 or S == 0:
     # No query, or no key to attend to: a query with no allowed key outputs zeros.
     return empty_result(q, v, sink)
   plan = make_plan(T, S, band, cap, blocks)
-  key_ranges, query_ranges = block_ranges(st, plan)
-  q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, plan)
+  bplan = plan if dropout_rate > 0.0 else make_plan(T, S, band, cap, backward_blocks)
+  key_ranges, _ = block_ranges(st, plan)
+  _, query_ranges = block_ranges(st, bplan)
+  # Both passes' blocks tile the padded arrays. Past the forward pass's last
+  # query block the log-normalizer stays 0: the padded rows' cotangent is 0,
+  # so the backward pass gives them (finite) weights times zero.
+  mq, mk = math.lcm(plan.bq, bplan.bq), math.lcm(plan.bk, bplan.bk)
+  q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, mq, mk)
   out, lse = _kernel(
-    q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plan, float(dropout_rate)
+    q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, (plan, bplan), float(dropout_rate)
   )
   return out[:, :, :, :T], lse[:, :, :, :T]

@@ -45,10 +45,14 @@ __all__ = [
   "multi_head_attention",
 ]
 
-# Default (query block, key block) of the chunked path and the T * S above which
-# `implementation=None` picks it; both chosen from measurements on a 2-core
-# AVX-512 CPU (see benchmarks/bench_attention.py).
+# Default (query block, key block) pairs of the chunked path: its forward pass
+# (narrower key blocks under a causal or windowed band, whose edge tiles are
+# partly wasted work) and its backward pass; and the T * S above which
+# `implementation=None` picks it. All chosen from measurements on a 2-core CPU
+# (see benchmarks/bench_attention.py and benchmarks/RESULTS.md).
 _DEFAULT_BLOCKS = (256, 512)
+_DEFAULT_BANDED_BLOCKS = (256, 256)
+_DEFAULT_BACKWARD_BLOCKS = (512, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
 
@@ -140,18 +144,22 @@ def _split_heads_mask(x, batch, B, N, K):
   return x.reshape(x.shape[0], K, N // K, *x.shape[2:])
 
 
-def _parse_blocks(fn, block_size):
+def _parse_blocks(fn, block_size, band):
+  """The (query block, key block) pairs of the forward and the backward pass."""
   if block_size is None:
-    return _DEFAULT_BLOCKS
+    banded = band != structure.Band()
+    return (_DEFAULT_BANDED_BLOCKS if banded else _DEFAULT_BLOCKS), _DEFAULT_BACKWARD_BLOCKS
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
-    return (
+    blocks = (
       V.check_int(fn, "block_size", block_size[0], minimum=1),
       V.check_int(fn, "block_size", block_size[1], minimum=1),
     )
-  b = V.check_int(fn, "block_size", block_size, minimum=1)
-  return (b, b)
+  else:
+    b = V.check_int(fn, "block_size", block_size, minimum=1)
+    blocks = (b, b)
+  return blocks, blocks
 
 
 def _check_lengths(fn, name, lengths, batch, B):
@@ -275,7 +283,7 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
   else:
     o["dropout_key"] = V.check_key(fn, "dropout_key", o["dropout_key"])
   V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked", "ring"))
-  o["block_size"] = _parse_blocks(fn, o["block_size"])
+  o["block_size"] = _parse_blocks(fn, o["block_size"], o["band"])
   if o["implementation"] is None and o["mesh"] is not None:
     o["implementation"] = "ring"
   if o["return_weights"] and o["implementation"] in ("chunked", "ring"):
@@ -296,7 +304,7 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
       band=o["band"],
       cap=o["logit_soft_cap"],
       is_causal=bool(is_causal),
-      blocks=o["block_size"],
+      blocks=o["block_size"][0],
       dropout_rate=rate,
     )
   elif o["mesh"] is not None or o["axis_name"] is not None:
@@ -343,7 +351,12 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
       if implementation == "ring":
         out, lse = context_parallel.attention(*args, ring=o["ring"])
       else:
-        out, lse = chunked.attention(*args, **kwargs, blocks=o["block_size"])
+        # The chunked kernel reads the keys and values in their own layout.
+        seq_major = (key.astype(cdtype).reshape(B, S, K, H), value.astype(cdtype).reshape(B, S, K, Hv))
+        blocks, backward_blocks = o["block_size"]
+        out, lse = chunked.attention(
+          q, *seq_major, *args[3:], **kwargs, blocks=blocks, backward_blocks=backward_blocks
+        )
     except TypeError as e:
       # The chunked kernel and the ring have a custom VJP (their memory-lean
       # backward pass), and JAX differentiates such a function in reverse mode only.
@@ -500,8 +513,13 @@ def scaled_dot_product_attention(
     implementation: ``"dense"``, ``"chunked"``, ``"ring"`` or ``None``
       (ring when a ``mesh`` is given; else dense when the weights are
       requested or ``T * S <= 2**17``, chunked otherwise).
-    block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair;
-      default ``(256, 512)``. Blocks need not divide the lengths.
+    block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair,
+      used by the forward and the backward pass alike. Default: each pass
+      its own measured best on the CPU, forward ``(256, 512)``, or ``(256,
+      256)`` under ``is_causal`` or a window, and backward ``(512, 256)``
+      (with dropout the backward pass keeps the forward's blocks: the bits
+      are keyed by block; the ring uses the forward's for both). Blocks need
+      not divide the lengths.
     mesh: a ``jax.sharding.Mesh`` whose axis ``axis_name`` splits the
       sequence (``implementation="ring"`` only). Its other axes are left to
       JAX's automatic partitioning: on ``Auto`` axes a batch sharded over

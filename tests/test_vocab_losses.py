@@ -744,6 +744,42 @@ def test_lce_lm_options_gradients_equal_the_dense_ones():
   np.testing.assert_array_equal(np.asarray(got[0])[~keep], 0.0)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_lce_scalar_loss_gradients_equal_the_dense_ones(reduction):
+  # A "mean" or "sum" loss takes the one-pass gradient (gradients formed in the forward
+  # rule, scaled by the cotangent): every float input against autodiff of the
+  # materialized cross_entropy, the value against the float64 formulas, a cotangent
+  # other than 1, and exact zeros for the skipped tokens; also with the aux requested
+  # but not differentiated (their zero cotangents skip the extra pass).
+  # chunk_size=(3, 4) at N=7, V=LV moves the last token and vocabulary chunks back.
+  (h, w, b, y, keep, cw), _ = _lce_lm_args(dict(weighted=True))
+  opts = dict(eps=0.2, z_loss=0.1, cap=2.0)
+
+  def loss_of(fn, aux=False):
+    def f(h, w, b, cw, eps, z_loss, cap):
+      kw = dict(label_smoothing=eps, where=keep, z_loss=z_loss, logit_soft_cap=cap, reduction=reduction)
+      if fn is cross_entropy:
+        return 3.0 * cross_entropy(h @ w + b, y, weight=cw, **kw)
+      out = linear_cross_entropy(h, w, y, bias=b, chunk_size=(3, 4), class_weight=cw, return_aux=aux, **kw)
+      return 3.0 * (out[0] if aux else out)
+
+    return jax.value_and_grad(f, argnums=tuple(range(7)))
+
+  args = (h, w, b, cw, *(np.float32(v) for v in opts.values()))
+  lce, lce_aux, dense = (
+    loss_of(linear_cross_entropy),
+    loss_of(linear_cross_entropy, True),
+    loss_of(cross_entropy),
+  )
+  *results, (want_v, want) = jax.jit(lambda *a: (lce(*a), lce_aux(*a), dense(*a)))(*args)
+  for got_v, got in results:
+    assert_close(got_v, 3.0 * ref_lm(h, w, b, y, keep, cw=cw, **opts)[0][reduction], 2e-5)
+    assert_close(got_v, want_v, 2e-6)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got[0])[~keep], 0.0)
+
+
 @pytest.mark.slow  # central differences through the chunked scans; the dense comparison runs by default
 def test_lce_lm_options_check_grads():
   (h, w, b, y, keep, cw), _ = _lce_lm_args(dict(weighted=True))
@@ -752,11 +788,12 @@ def test_lce_lm_options_check_grads():
 
 
 def test_lce_default_options_are_the_plain_loss():
-  # z_loss=0, no cap, no aux: the loss of before, and the aux pass adds no change to it.
+  # z_loss=0, no cap, no aux: the loss of before, and the aux pass (the statistics
+  # path; the plain mean takes the scalar-loss path) gives it to float rounding.
   h, w, b, y = data(LN, LD, LV, seed=13)
   plain = linear_cross_entropy(h, w, y, bias=b, chunk_size=(3, 4))
   loss, aux = linear_cross_entropy(h, w, y, bias=b, chunk_size=(3, 4), return_aux=True)
-  assert float(plain) == float(loss)
+  assert_close(float(loss), float(plain), 2e-7)
   assert_close(-np.mean(aux["log_prob"]), float(plain), 1e-6)
 
 
