@@ -71,6 +71,7 @@ MODULE_CPU_SECONDS = {
   "test_experiments": 7,
   "test_losses_adaptive": 6,
   "test_tiny_lm": 6,
+  "test_attention_blocks": 4,
 }
 
 
