@@ -39,10 +39,15 @@ _SAMPLERS = ("log_uniform", "uniform")
 _TOKEN_CHUNK = 1024
 _VOCAB_CHUNK = 4096
 # The one-pass gradient of a "mean" or "sum" loss keeps one token chunk's
-# logits over the whole vocabulary (256 x V floats: 128 MiB at V = 131072),
-# visited in chunks of 2048 classes (measured 10-15% less CPU than 4096 at
-# N=2048, d=512, V=32768; both chunks caps on the user's chunk_size).
-_GRAD_TOKEN_CHUNK = 256
+# logits over the whole vocabulary (384 x V floats: 192 MiB at V = 131072),
+# visited in chunks of 2048 classes. Each token chunk also reads and writes all
+# of the weight's gradient, so fewer, larger chunks pay less of that traffic,
+# and more memory: at N=8192, d=512, V=131072 (value_and_grad, fresh
+# subprocesses, 2026-12-01) 512 tokens took 0.75x jax-cce's time but 1.02x its
+# peak RSS, 384 tokens 0.81x and 0.98x; at N=4096, 256 tokens took 0.86x.
+# 2048 classes took 0.93x the time of 4096 (N=1024, in-process A/B). Both caps
+# apply on top of the user's chunk_size.
+_GRAD_TOKEN_CHUNK = 384
 _GRAD_VOCAB_CHUNK = 2048
 
 
@@ -559,7 +564,7 @@ def linear_cross_entropy(
   the whole vocabulary are computed once, kept, and used for both the
   normalizer and ``dlogits``. That is three ``N x d x V`` products instead
   of four (the logits are not recomputed), for one more buffer of
-  ``min(token_chunk, 256) x V`` floats (128 MiB at ``V = 131072``), visited
+  ``min(token_chunk, 384) x V`` floats (192 MiB at ``V = 131072``), visited
   ``min(vocab_chunk, 2048)`` classes at a time. The aux
   outputs come from the same pass; differentiating through them (rare: they
   are usually logged) adds the recomputing backward pass, run only when
