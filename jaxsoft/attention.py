@@ -46,12 +46,16 @@ __all__ = [
 ]
 
 # Default (query block, key block) pairs of the chunked path: its forward pass
-# (narrower key blocks under a causal or windowed band, whose edge tiles are
-# partly wasted work) and its backward pass; and the T * S above which
-# `implementation=None` picks it. All chosen from measurements on a 2-core CPU
-# (see benchmarks/bench_attention.py and benchmarks/RESULTS.md).
-_DEFAULT_BLOCKS = (256, 512)
-_DEFAULT_BANDED_BLOCKS = (256, 256)
+# (query blocks of 512 rows or more keep both cores of the CPU busy; narrower
+# key blocks under a causal or windowed band, whose edge tiles are partly
+# wasted work; 256 x 256 under a band narrower than 512 keys, where a taller
+# block would be mostly outside it) and its backward pass; and the T * S above
+# which `implementation=None` picks it. All chosen from wall-time measurements
+# on a quiet 2-core CPU (see benchmarks/RESULTS.md).
+_DEFAULT_BLOCKS = (1024, 512)
+_DEFAULT_BANDED_BLOCKS = (512, 256)
+_DEFAULT_NARROW_BAND_BLOCKS = (256, 256)
+_NARROW_BAND = 512
 _DEFAULT_BACKWARD_BLOCKS = (512, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
@@ -147,8 +151,13 @@ def _split_heads_mask(x, batch, B, N, K):
 def _parse_blocks(fn, block_size, band):
   """The (query block, key block) pairs of the forward and the backward pass."""
   if block_size is None:
-    banded = band != structure.Band()
-    return (_DEFAULT_BANDED_BLOCKS if banded else _DEFAULT_BLOCKS), _DEFAULT_BACKWARD_BLOCKS
+    if band == structure.Band():
+      forward = _DEFAULT_BLOCKS
+    elif band.lo is not None and band.hi is not None and band.hi - band.lo < _NARROW_BAND:
+      forward = _DEFAULT_NARROW_BAND_BLOCKS
+    else:
+      forward = _DEFAULT_BANDED_BLOCKS
+    return forward, _DEFAULT_BACKWARD_BLOCKS
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
@@ -515,8 +524,9 @@ def scaled_dot_product_attention(
       requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair,
       used by the forward and the backward pass alike. Default: each pass
-      its own measured best on the CPU, forward ``(256, 512)``, or ``(256,
-      256)`` under ``is_causal`` or a window, and backward ``(512, 256)``
+      its own measured best on the CPU, forward ``(1024, 512)``, ``(512,
+      256)`` under ``is_causal`` or a window, ``(256, 256)`` under a window
+      narrower than 512 keys, and backward ``(512, 256)``
       (with dropout the backward pass keeps the forward's blocks: the bits
       are keyed by block; the ring uses the forward's for both). Blocks need
       not divide the lengths.
