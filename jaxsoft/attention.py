@@ -55,7 +55,7 @@ __all__ = [
 _DEFAULT_BLOCKS = (1024, 512)
 _DEFAULT_BANDED_BLOCKS = (512, 256)
 _DEFAULT_NARROW_BAND_BLOCKS = (256, 256)
-_NARROW_BAND = 512
+_NARROW_BAND = 512  # keys in a query's band (hi - lo + 1)
 _DEFAULT_BACKWARD_BLOCKS = (512, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
@@ -153,7 +153,7 @@ def _parse_blocks(fn, block_size, band):
   if block_size is None:
     if band == structure.Band():
       forward = _DEFAULT_BLOCKS
-    elif band.lo is not None and band.hi is not None and band.hi - band.lo < _NARROW_BAND:
+    elif band.lo is not None and band.hi is not None and band.hi - band.lo + 1 < _NARROW_BAND:
       forward = _DEFAULT_NARROW_BAND_BLOCKS
     else:
       forward = _DEFAULT_BANDED_BLOCKS
