@@ -861,6 +861,30 @@ def test_sampled_lm_options_match_reference_for_its_draws():
   np.testing.assert_array_equal(np.asarray(got[2])[~counted], 0.0)
 
 
+def test_lce_one_pass_gradient_under_vmap_with_and_without_aux_cotangents():
+  # The aux cotangents take an extra backward pass under lax.cond; under vmap the
+  # condition is per lane (a select): lane 0 does not differentiate the aux (c = 0),
+  # lane 1 does. Against autodiff of the materialized cross_entropy, lane by lane.
+  (h, w, b, y, keep, cw), _ = _lce_lm_args(dict(weighted=True))
+  kw = dict(where=keep, z_loss=0.1, logit_soft_cap=2.0, return_aux=True)
+
+  def objective(fn):
+    def f(h, c):
+      if fn is cross_entropy:
+        loss, aux = cross_entropy(h @ w + b, y, weight=cw, **kw)
+      else:
+        loss, aux = linear_cross_entropy(h, w, y, bias=b, chunk_size=(3, 4), class_weight=cw, **kw)
+      return loss + c * jnp.sum(aux["entropy"] - 0.5 * aux["log_prob"])
+
+    return jax.vmap(jax.grad(f))
+
+  hs, cs = np.stack([h, h[::-1]]), np.array([0.0, 0.7], np.float32)
+  got, want = jax.jit(
+    lambda hs, cs: (objective(linear_cross_entropy)(hs, cs), objective(cross_entropy)(hs, cs))
+  )(hs, cs)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_lm_options_under_vmap():
   # Options traced (z_loss, cap) and the aux under jit(vmap), for both losses, against per-batch calls.
   (h, w, b, y, keep, cw), _ = _lce_lm_args(dict(weighted=True))
