@@ -1,10 +1,19 @@
-"""The chunked attention kernel: an online softmax over key blocks, with a custom VJP.
+"""The chunked attention kernel: an online softmax over key blocks, with a custom VJP or a custom JVP.
 
 For each query block the forward pass runs the online logsumexp
 (:mod:`jaxsoft._online_logsumexp`) over the key blocks, as in FlashAttention
 (Dao et al. 2022) and Rabe & Staats (2021), and keeps only the output and the
 per-row log-normalizer. The backward pass recomputes each block's weights from
 that log-normalizer, so memory is linear in ``T + S``.
+
+The one forward pass carries one of two derivative rules: a custom VJP
+(:func:`backward`, the hand-written FlashAttention backward pass, the
+default), or, with ``forward_mode``, a custom JVP (:func:`tangent`, one more
+pass over the blocks, linear in the tangents), which forward mode runs and
+reverse mode transposes. JAX gives a function with a custom VJP no forward
+mode, and cannot transpose a custom VJP inside a custom JVP's tangent, so one
+function cannot carry both; the transposed tangent pass is the slower
+backward pass (``benchmarks/RESULTS.md``), hence the choice.
 
 Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
 head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
@@ -39,7 +48,6 @@ given the rows' final log-normalizers.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -344,9 +352,114 @@ def backward(
   return lax.fori_loop(0, plan.nk, key_block, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
-def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
+def _max_query_blocks(plan: BlockPlan) -> int:
+  """A static bound on the number of query blocks a key block meets: ``nq``, or fewer under a window."""
+  lo, hi = plan.band
+  if lo is None or hi is None:
+    return plan.nq
+  # A key block's queries lie in a run of bk - 1 + hi - lo + 1 positions.
+  return min(plan.nq, (plan.bk + hi - lo - 1) // plan.bq + 2)
+
+
+def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
+  r"""The tangents of ``out`` and of the log-normalizer: one more pass over the visited blocks, linear in ``tangents``.
+
+  ``primals`` are the padded ``(q, k, v, bias, mask, sink, st,
+  dropout_key)`` (k, v sequence-major), ``tangents`` those of ``(q, k, v,
+  bias, sink)``, each None when zero. With the row's weights ``P = exp(logits
+  - lse)`` known from the primal pass (no online rescaling) and ``dS`` the
+  tangent of the logits,
+
+  .. math::
+    \dot{\ell}_t = \sum_s P_{ts} \dot{S}_{ts} + P_{t,\mathrm{sink}} \dot{\sigma}, \qquad
+    \dot{o}_t = \sum_s P_{ts} z_{ts} (\dot{v}_s + \dot{S}_{ts} v_s) - \dot{\ell}_t o_t,
+
+  ``z`` being the dropout multipliers. JAX transposes this pass for reverse
+  mode, so it is written to transpose into a memory-lean backward pass (the
+  FlashAttention backward: the cotangent of ``dS`` is ``P (dO v^T -
+  delta)``): loops with static trip counts (each key block visits a static
+  number of query-block slots, fewer under a window, and a ``lax.cond``
+  skips the slots past its range: the order of :func:`backward`); each tile
+  under ``jax.checkpoint``, reading the primals by index inside, so that its
+  weights are recomputed in the backward pass and the only residuals are the
+  inputs themselves (a tile's own inputs would be saved once per tile).
+  """
+  q, k, v, bias, mask, sink, st, dropout_key = primals
+  tq, tk, tv, tbias, tsink = tangents
+  B, K, G = q.shape[:3]
+  Hv = v.shape[-1]
+  bq, bk = plan.bq, plan.bk
+  rows = lambda x, i: _fold(lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3))
+
+  def tile(primals, lse, i, j, tqi, tkj, tvj, tbias):
+    q, k, v, bias, mask, st, dropout_key = primals
+    qi = rows(q, i)
+    kj, vj = _key_block(k, j, bk, True), _key_block(v, j, bk, True)
+    logits, raw = _block_logits(qi, kj, bias, i, j, plan, G)
+    p = jnp.exp(logits - rows(lse[..., None], i))
+    allowed = _block_allowed(mask, st, i, j, plan, G)
+    if allowed is not None:
+      p = jnp.where(allowed, p, 0)
+    ds = None
+    if tqi is not None:
+      ds = _rows_keys(tqi, kj)
+    if tkj is not None:
+      ds = _rows_keys(qi, tkj) if ds is None else ds + _rows_keys(qi, tkj)
+    if ds is not None and plan.cap is not None:
+      ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
+    if tbias is not None:
+      b = _as_rows(_slice_pair(tbias, i, j, plan), G, bq)
+      ds = b if ds is None else ds + b
+    pz = p
+    if rate > 0.0:
+      pz = p * _fold(_dropout_scale(dropout_key, st, i, j, (B, K, G, bq, bk), plan, rate))
+    acc = jnp.zeros(qi.shape[:3] + (Hv,), q.dtype)
+    rs = jnp.zeros(qi.shape[:3], q.dtype)
+    if ds is not None:
+      ds = jnp.broadcast_to(ds, p.shape)
+      acc = acc + _rows_values(pz * ds, vj)
+      rs = rs + jnp.sum(p * ds, axis=-1)
+    if tvj is not None:
+      acc = acc + _rows_values(pz, tvj)
+    return acc.reshape(B, K, G, bq, Hv), rs.reshape(B, K, G, bq)
+
+  @jax.checkpoint
+  def visited_tile(primals, lse, visit, i, j, *tangents):
+    zeros = (jnp.zeros((B, K, G, bq, Hv), q.dtype), jnp.zeros((B, K, G, bq), q.dtype))
+    return lax.cond(visit, lambda: tile(primals, lse, i, j, *tangents), lambda: zeros)
+
+  tile_primals = (q, k, v, bias, mask, st, dropout_key)
+
+  def key_block(j, carry):
+    tkj, tvj = (None if t is None else _key_block(t, j, bk, True) for t in (tk, tv))
+    first, last = query_ranges[j, 0], query_ranges[j, 1]
+
+    def query_block(c, carry):
+      # The c-th query block of the key block's range; past its end the
+      # clamped block is read but not visited.
+      i = jnp.minimum(first + c, plan.nq - 1)
+      tqi = None if tq is None else rows(tq, i)
+      a, r = visited_tile(tile_primals, lse, first + c < last, i, j, tqi, tkj, tvj, tbias)
+      acc, rs = carry
+      acc = lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(acc, i * bq, bq, 3) + a, i * bq, 3)
+      rs = lax.dynamic_update_slice_in_dim(rs, lax.dynamic_slice_in_dim(rs, i * bq, bq, 3) + r, i * bq, 3)
+      return acc, rs
+
+    return lax.fori_loop(0, _max_query_blocks(plan), query_block, carry)
+
+  # Static bounds: JAX transposes a fori_loop only when they are.
+  acc, rs = lax.fori_loop(0, plan.nk, key_block, (jnp.zeros_like(out), jnp.zeros_like(lse)))
+  if tsink is not None:
+    rs = rs + jnp.exp(sink[..., 0] - lse) * tsink[..., 0]
+  return acc - rs[..., None] * out, rs
+
+
+def _primal(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
   return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plans[0], rate, seq_major=True)
+
+
+_kernel = jax.custom_vjp(_primal, nondiff_argnums=(10, 11))
+_jvp_kernel = jax.custom_jvp(_primal, nondiff_argnums=(10, 11))
 
 
 def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
@@ -393,6 +506,21 @@ def _kernel_bwd(plans, rate, res, cotangents):
 
 
 _kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
+
+
+def _jvp_rule(plans, rate, primals, tangents):
+  # The primal through the kernel itself, so that a derivative of this rule
+  # (reverse over reverse) again meets this rule, never the forward loops.
+  out, lse = _jvp_kernel(*primals, plans, rate)
+  *primals, _, query_ranges = primals
+  # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
+  # costs no T x S tangent, and its transpose no T x S gradient.
+  tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])
+  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), query_ranges, plans[1], rate)
+  return (out, lse), (t_out, t_lse)
+
+
+_jvp_kernel.defjvp(_jvp_rule, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
@@ -449,7 +577,21 @@ def empty_result(q, v, sink):
 
 
 def attention(
-  q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks, backward_blocks
+  q,
+  k,
+  v,
+  bias,
+  mask,
+  sink,
+  st,
+  dropout_key,
+  *,
+  band,
+  cap,
+  dropout_rate: float,
+  blocks,
+  backward_blocks,
+  forward_mode: bool = False,
 ):
   """Head-major q [B,K,G,T,H], sequence-major k, v [B,S,K,H] -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
 
@@ -462,7 +604,8 @@ def attention(
   band; ``cap`` the soft cap or None; ``blocks`` and ``backward_blocks`` the
   (query block, key block) pairs of the forward and the backward pass (with
   dropout the backward pass uses ``blocks``: the bits are keyed by block);
-  ``dropout_key`` is unused when ``dropout_rate`` is 0. The log-normalizer is
+  ``dropout_key`` is unused when ``dropout_rate`` is 0; ``forward_mode``
+  picks the custom JVP (its tangent pass runs on the backward blocks). The log-normalizer is
   finite: the dtype's lowest number where a row has nothing allowed (and no
   sink).
   """
@@ -479,7 +622,8 @@ def attention(
   # so the backward pass gives them (finite) weights times zero.
   mq, mk = math.lcm(plan.bq, bplan.bq), math.lcm(plan.bk, bplan.bk)
   q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, mq, mk)
-  out, lse = _kernel(
+  kernel = _jvp_kernel if forward_mode else _kernel
+  out, lse = kernel(
     q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, (plan, bplan), float(dropout_rate)
   )
   return out[:, :, :, :T], lse[:, :, :, :T]
