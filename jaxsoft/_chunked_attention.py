@@ -19,10 +19,10 @@ Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
 head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
 the caller's ``[B,S,K,H]``, never copied whole to another layout), and bias
 and mask ``[b,k,g,t,s]`` with each axis either full or 1. The passes loop
-over the ``K`` key heads (:func:`_one_head_at_a_time`), each head's keys
-and values copied head-major. Every tile folds the ``G`` query heads of its
-key head into its rows, ``[B,1,G*bq,bk]``, which makes every product a plain
-batched matmul: XLA's CPU dots are several times slower on other layouts,
+over the (batch row, key head) lanes (:func:`_one_lane_at_a_time`), each
+lane's keys and values copied head-major. Every tile folds the ``G`` query
+heads of its key head into its rows, ``[1,1,G*bq,bk]``, which makes every
+product a plain matmul: XLA's CPU dots are several times slower on other layouts,
 and a 5-d tile costs a copy of the logits (XLA lays it out differently from
 the dot's output).
 
@@ -217,52 +217,71 @@ def _key_block(x, j, bk: int, seq_major: bool):
   return lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
 
 
-def _head(x, h, axis):
-  """Key head ``h`` of ``x`` along ``axis`` (kept, size 1), or ``x`` itself when that axis is 1 (broadcast) or None."""
-  if x is None or x.shape[axis] == 1:
-    return x
-  return lax.dynamic_slice_in_dim(x, h, 1, axis)
+def _lane(x, index, axes):
+  """The slice of ``x`` at ``index`` along ``axes`` (kept, size 1); an axis of size 1 (broadcast) is read whole."""
+  if x is None:
+    return None
+  starts, sizes = [0] * x.ndim, list(x.shape)
+  for i, a in zip(index, axes):
+    if x.shape[a] != 1:
+      starts[a], sizes[a] = i, 1
+  return lax.dynamic_slice(x, starts, sizes)
 
 
-def _one_head_at_a_time(q, k, v, bias, mask, sink, dropout_key, seq_major, step, outputs):
-  """``outputs`` after ``step(h, outputs, (q, k, v, bias, mask, sink, dropout_key) of head h)`` for each key head ``h``.
+def _add_lane(x, update, index, axes):
+  """``x`` with ``update`` added at :func:`_lane`'s slice (a broadcast axis adds up its lanes)."""
+  starts = [i if x.shape[a] != 1 else 0 for i, a in zip(index, axes)]
+  full = [0] * x.ndim
+  for i, a in zip(starts, axes):
+    full[a] = i
+  return lax.dynamic_update_slice(x, _lane(x, index, axes) + update, full)
 
-  The key heads run in a loop: one head's tiles (``[B, 1, G*bq, bk]``) stay
-  in cache where all heads' would not (measured at T = 4096 with 8 heads:
-  10% to 17% less time causal, 3% to 10% without a mask). The head's keys and
-  values are copied head-major (``[B, 1, S, D]``, one small copy read
-  contiguously by every tile). The dropout key is folded with the head, so
-  that the heads draw different bits.
+
+def _one_lane_at_a_time(q, k, v, bias, mask, sink, st, dropout_key, seq_major, step, outputs):
+  """``outputs`` after ``step(lane, outputs, inputs)`` for each (batch row, key head) ``lane``.
+
+  ``inputs`` are the lane's ``(q, k, v, bias, mask, sink, st, dropout_key)``,
+  each with its batch and head axes kept (size 1). The lanes run in a loop:
+  one lane's tiles (``[1, 1, G*bq, bk]``) stay in cache where all lanes'
+  would not (measured at T = 4096 with 8 heads: 10% to 17% less time causal,
+  3% to 10% without a mask). The lane's keys and values are copied
+  head-major (``[1, 1, S, D]``, one small copy read contiguously by every
+  tile). The dropout key is folded with the lane, so that lanes draw
+  different bits.
   """
-  kv_axis = 2 if seq_major else 1
+  B, K = q.shape[:2]
+  kv_axes = (0, 2) if seq_major else (0, 1)
+  rows = lambda x, b: _lane(x, (b,), (0,))
 
-  def head(h, carry):
-    kh, vh = (_head(x, h, kv_axis) for x in (k, v))
+  def lane(n, carry):
+    index = (n // K, n % K)
+    kl, vl = (_lane(x, index, kv_axes) for x in (k, v))
     if seq_major:
-      kh, vh = jnp.swapaxes(kh, 1, 2), jnp.swapaxes(vh, 1, 2)
-    key = None if dropout_key is None else jax.random.fold_in(dropout_key, h)
-    return step(
-      h, carry, (_head(q, h, 1), kh, vh, _head(bias, h, 1), _head(mask, h, 1), _head(sink, h, 1), key)
-    )
+      kl, vl = jnp.swapaxes(kl, 1, 2), jnp.swapaxes(vl, 1, 2)
+    st_l = st._replace(**{f: rows(getattr(st, f), index[0]) for f in ("q_len", "kv_len", "q_seg", "kv_seg")})
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, n)
+    heads = (_lane(x, index, (0, 1)) for x in (q, bias, mask, sink))
+    ql, bl, ml, sl = heads
+    return step(index, carry, (ql, kl, vl, bl, ml, sl, st_l, key))
 
-  return lax.fori_loop(0, q.shape[1], head, outputs)
+  return lax.fori_loop(0, B * K, lane, outputs)
 
 
 def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate, seq_major=False):
   """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp).
 
   With ``seq_major`` the keys and values are [B,S,K,H] (the caller's layout).
-  The key heads run one at a time (:func:`_one_head_at_a_time`).
+  The (batch row, key head) lanes run one at a time (:func:`_one_lane_at_a_time`).
   """
   B, K, G, Tp, _ = q.shape
 
-  def step(h, carry, inputs):
-    q, k, v, bias, mask, sink, key = inputs
+  def step(index, carry, inputs):
+    q, k, v, bias, mask, sink, st, key = inputs
     results = _forward(q, k, v, bias, mask, sink, st, key, key_ranges, plan, rate)
-    return tuple(lax.dynamic_update_slice_in_dim(c, x, h, 1) for c, x in zip(carry, results))
+    return tuple(_add_lane(c, x, index, (0, 1)) for c, x in zip(carry, results))
 
   init = (jnp.zeros((B, K, G, Tp, v.shape[-1]), q.dtype), jnp.zeros((B, K, G, Tp), q.dtype))
-  return _one_head_at_a_time(q, k, v, bias, mask, sink, dropout_key, seq_major, step, init)
+  return _one_lane_at_a_time(q, k, v, bias, mask, sink, st, dropout_key, seq_major, step, init)
 
 
 def _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
@@ -342,31 +361,30 @@ def backward(
 
   ``lse`` and ``delta`` are those of the whole rows: the gradient of a block
   depends on the other blocks of its row only through them, so the
-  gradients of a split key range add up. The key heads run one at a time,
-  as in :func:`forward`.
+  gradients of a split key range add up. The (batch row, key head) lanes
+  run one at a time, as in :func:`forward`.
   """
-  kv_axis = 2 if seq_major else 1
+  kv_axes = (0, 2) if seq_major else (0, 1)
 
-  def step(h, carry, inputs):
-    q, k, v, bias, mask, _, key = inputs
+  def step(index, carry, inputs):
+    q, k, v, bias, mask, _, st, key = inputs
     dq, dk, dv, dbias = carry
-    per_head = (_head(x, h, 1) for x in (lse, delta, g))
-    dqh, dkh, dvh, dbh = _backward(
-      q, k, v, bias, mask, st, key, query_ranges, *per_head, need_dbias, plan, rate
+    per_lane = (_lane(x, index, (0, 1)) for x in (lse, delta, g))
+    dql, dkl, dvl, dbl = _backward(
+      q, k, v, bias, mask, st, key, query_ranges, *per_lane, need_dbias, plan, rate
     )
     if seq_major:
-      dkh, dvh = jnp.swapaxes(dkh, 1, 2), jnp.swapaxes(dvh, 1, 2)
-    dq = lax.dynamic_update_slice_in_dim(dq, dqh, h, 1)
-    dk = lax.dynamic_update_slice_in_dim(dk, dkh, h, kv_axis)
-    dv = lax.dynamic_update_slice_in_dim(dv, dvh, h, kv_axis)
+      dkl, dvl = jnp.swapaxes(dkl, 1, 2), jnp.swapaxes(dvl, 1, 2)
+    # Keys, values or a bias shared by several lanes (broadcast) add up their gradients.
+    dq = _add_lane(dq, dql, index, (0, 1))
+    dk, dv = _add_lane(dk, dkl, index, kv_axes), _add_lane(dv, dvl, index, kv_axes)
     if need_dbias:
-      # A bias shared by the heads adds up their gradients.
-      dbias = dbias + dbh if dbias.shape[1] == 1 else lax.dynamic_update_slice_in_dim(dbias, dbh, h, 1)
+      dbias = _add_lane(dbias, dbl, index, (0, 1))
     return dq, dk, dv, dbias
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
   init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
-  return _one_head_at_a_time(q, k, v, bias, mask, None, dropout_key, seq_major, step, init)
+  return _one_lane_at_a_time(q, k, v, bias, mask, None, st, dropout_key, seq_major, step, init)
 
 
 def _backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate):
@@ -482,10 +500,10 @@ def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
       ds = b if ds is None else ds + b
     pz = p
     if rate > 0.0:
-      # The bits of :func:`forward`, which draws them one key head at a time.
-      heads = [jax.random.fold_in(dropout_key, h) for h in range(K)]
-      z = [_dropout_scale(key, st, i, j, (B, 1, G, bq, bk), plan, rate) for key in heads]
-      pz = p * _fold(jnp.concatenate(z, axis=1))
+      # The bits of :func:`forward`, which draws them one (batch row, key head) lane at a time.
+      lanes = [jax.random.fold_in(dropout_key, n) for n in range(B * K)]
+      z = jnp.stack([_dropout_scale(key, st, i, j, (G, bq, bk), plan, rate) for key in lanes])
+      pz = p * _fold(z.reshape(B, K, G, bq, bk))
     acc = jnp.zeros(qi.shape[:3] + (Hv,), q.dtype)
     rs = jnp.zeros(qi.shape[:3], q.dtype)
     if ds is not None:
