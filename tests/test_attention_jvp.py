@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _grad_check import check_grads
+from _lanes import by_lane
 
 from jaxsoft.attention import scaled_dot_product_attention as sdpa
 
@@ -205,8 +206,11 @@ def test_check_grads_in_both_modes(order):
     check_grads(f, (q, k, v, bias, sink), order, ("fwd", "rev"), eps=1e-4, atol=1e-5, rtol=1e-5)
 
 
-def test_jvp_under_vmap_and_jit_and_with_dropout():
-  with jax.enable_x64(True):
+@pytest.mark.parametrize("lanes", [False, True])
+def test_jvp_under_vmap_and_jit_and_with_dropout(lanes):
+  # lanes: the kernel's loop over (batch row, key head) lanes, whose dropout
+  # bits the tangent pass must draw the same way.
+  with jax.enable_x64(True), by_lane(lanes):
     rng = np.random.default_rng(3)
     q, k, v, tq, tk, tv = (jnp.asarray(_rand(rng, (3, 10, N, 3))) for _ in range(6))
     opts = dict(is_causal=True, block_size=4)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _lanes import by_lane
 from hypothesis import given, settings
 
 from jaxsoft import _attention_structure as structure
@@ -154,7 +155,10 @@ def _ref_allowed(o, T, S):
 
 @functools.cache
 def _results(impl, n_cases):
-  with jax.enable_x64(True):
+  # "chunked by lane": the chunked kernel's loop over (batch row, key head) lanes.
+  lanes = impl == "chunked by lane"
+  impl = "chunked" if lanes else impl
+  with jax.enable_x64(True), by_lane(lanes):
 
     @jax.jit
     def run(inputs):
@@ -187,7 +191,7 @@ def _case_ids():
   return [c if c < FAST_CASES else pytest.param(c, marks=pytest.mark.slow) for c in range(len(CASES))]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", [*IMPLS, "chunked by lane"])
 @pytest.mark.parametrize("case", _case_ids())
 def test_every_option_matches_the_numpy_reference(impl, case):
   T, S, o, _ = CASES[case]
@@ -444,6 +448,13 @@ def test_key_value_batch_broadcasts_and_one_query_decodes():
   for out in run(q, k, v):
     assert out.shape == (3, 1, N, 4)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  # The lane loop: the shared keys and values add up the gradients of the three rows.
+  g = _rand(rng, q.shape)
+  loss = lambda q, k, v, i: jnp.sum(sdpa(q, k, v, implementation=i, **opts) * g)
+  with by_lane():
+    grads = jax.jit(lambda q, k, v: [jax.grad(loss, (0, 1, 2))(q, k, v, i) for i in IMPLS])(q, k, v)
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_second_order_through_the_chunked_path_and_a_clear_forward_mode_error():
