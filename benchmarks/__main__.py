@@ -21,6 +21,7 @@ NAMES = [
   "softmax",
   "attention",
   "attention_torch",
+  "attention_jvp",
   "attention_structure",
   "context_parallel",
   "montecarlo",

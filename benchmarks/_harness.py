@@ -2,6 +2,8 @@
 
 * ``median_time(fn, *args)`` times a callable whose result is a JAX (or NumPy)
   value, after warm-up calls that absorb compilation.
+* ``interleaved_times(fns, rounds)`` times several callables in turn, each
+  round, and returns the median wall and CPU time of each.
 * ``peak_rss(target, **kwargs)`` runs ``module:function(**kwargs)`` in a fresh
   Python subprocess and returns its peak resident set size in bytes (or a
   string such as ``"OOM"`` / ``"timeout"`` when the case cannot finish).
@@ -41,6 +43,24 @@ def median_time(fn, *args, repeats: int = 5, warmup: int = 1, min_time: float = 
     if len(times) >= 10 * max(repeats, 1):
       break
   return statistics.median(times)
+
+
+def interleaved_times(fns: dict, rounds: int) -> dict:
+  """``{name: (median wall s, median CPU s)}`` of the argument-free callables ``fns``, after one warm-up call each.
+
+  Each round times every function in turn, so that load from other jobs hits
+  them alike; CPU time (``time.process_time``, all threads) is the steadier
+  figure on a shared machine.
+  """
+  for fn in fns.values():
+    block(fn())
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      w, c = time.perf_counter(), time.process_time()
+      block(fn())
+      times[name].append((time.perf_counter() - w, time.process_time() - c))
+  return {name: tuple(statistics.median(t[i] for t in ts) for i in (0, 1)) for name, ts in times.items()}
 
 
 def compile_time(jitted, *args) -> float:

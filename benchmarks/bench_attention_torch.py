@@ -10,14 +10,11 @@ section says so and has no rows.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks._harness import table
+from benchmarks._harness import interleaved_times, table
 from jaxsoft.attention import scaled_dot_product_attention
 
 B, N, H = 1, 8, 64
@@ -59,16 +56,7 @@ def run(quick: bool) -> str:
   T, rounds = (512, 3) if quick else (4096, 5)
   rows = []
   for causal in (False, True):
-    cases = _cases(T, causal)
-    for fn in cases.values():
-      fn()  # compile and warm up
-    times = {name: [] for name in cases}
-    for _ in range(rounds):
-      for name, fn in cases.items():
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        times[name].append((time.perf_counter() - w, time.process_time() - c))
-    med = {name: [statistics.median(t[i] for t in ts) for i in (0, 1)] for name, ts in times.items()}
+    med = interleaved_times(_cases(T, causal), rounds)
     for what in ("forward", "fwd+bwd"):
       (jw, jc), (tw, tc) = med[what, "jaxsoft"], med[what, "torch"]
       rows.append(

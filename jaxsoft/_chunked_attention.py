@@ -1,4 +1,4 @@
-"""The chunked attention kernel: an online softmax over key blocks, with a custom VJP.
+"""The chunked attention kernel: an online softmax over key blocks, with a custom VJP or a custom JVP.
 
 For each query block the forward pass runs the online logsumexp
 (:mod:`jaxsoft._online_logsumexp`) over the key blocks, as in FlashAttention
@@ -6,16 +6,25 @@ For each query block the forward pass runs the online logsumexp
 per-row log-normalizer. The backward pass recomputes each block's weights from
 that log-normalizer, so memory is linear in ``T + S``.
 
+The one forward pass carries one of two derivative rules: a custom VJP
+(:func:`backward`, the hand-written FlashAttention backward pass, the
+default), or, with ``forward_mode``, a custom JVP (:func:`tangent`, one more
+pass over the blocks, linear in the tangents), which forward mode runs and
+reverse mode transposes. JAX gives a function with a custom VJP no forward
+mode, and cannot transpose a custom VJP inside a custom JVP's tangent, so one
+function cannot carry both; the transposed tangent pass is the slower
+backward pass (``benchmarks/RESULTS.md``), hence the choice.
+
 Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
 head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
-the caller's ``[B,S,K,H]``: each key block is transposed as it is read, so
-the whole arrays and their gradients are never copied to another layout),
-and bias and mask ``[b,k,g,t,s]`` with each axis either full or 1. Every
-tile folds the ``G`` query heads of a key head into its rows, ``[B,K,G*bq,
-bk]``, which makes every product a plain batched matmul over ``(B, K)``:
-XLA's CPU dots are several times slower on other layouts, and a 5-d tile
-costs a copy of the logits (XLA lays it out differently from the dot's
-output).
+the caller's ``[B,S,K,H]``, never copied whole to another layout), and bias
+and mask ``[b,k,g,t,s]`` with each axis either full or 1. The passes loop
+over the ``K`` key heads (:func:`_one_head_at_a_time`), each head's keys
+and values copied head-major. Every tile folds the ``G`` query heads of its
+key head into its rows, ``[B,1,G*bq,bk]``, which makes every product a plain
+batched matmul: XLA's CPU dots are several times slower on other layouts,
+and a 5-d tile costs a copy of the logits (XLA lays it out differently from
+the dot's output).
 
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
@@ -39,7 +48,6 @@ given the rows' final log-normalizers.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -209,11 +217,56 @@ def _key_block(x, j, bk: int, seq_major: bool):
   return lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
 
 
+def _head(x, h, axis):
+  """Key head ``h`` of ``x`` along ``axis`` (kept, size 1), or ``x`` itself when that axis is 1 (broadcast) or None."""
+  if x is None or x.shape[axis] == 1:
+    return x
+  return lax.dynamic_slice_in_dim(x, h, 1, axis)
+
+
+def _one_head_at_a_time(q, k, v, bias, mask, sink, dropout_key, seq_major, step, outputs):
+  """``outputs`` after ``step(h, outputs, (q, k, v, bias, mask, sink, dropout_key) of head h)`` for each key head ``h``.
+
+  The key heads run in a loop: one head's tiles (``[B, 1, G*bq, bk]``) stay
+  in cache where all heads' would not (measured at T = 4096 with 8 heads:
+  10% to 17% less time causal, 3% to 10% without a mask). The head's keys and
+  values are copied head-major (``[B, 1, S, D]``, one small copy read
+  contiguously by every tile). The dropout key is folded with the head, so
+  that the heads draw different bits.
+  """
+  kv_axis = 2 if seq_major else 1
+
+  def head(h, carry):
+    kh, vh = (_head(x, h, kv_axis) for x in (k, v))
+    if seq_major:
+      kh, vh = jnp.swapaxes(kh, 1, 2), jnp.swapaxes(vh, 1, 2)
+    key = None if dropout_key is None else jax.random.fold_in(dropout_key, h)
+    return step(
+      h, carry, (_head(q, h, 1), kh, vh, _head(bias, h, 1), _head(mask, h, 1), _head(sink, h, 1), key)
+    )
+
+  return lax.fori_loop(0, q.shape[1], head, outputs)
+
+
 def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate, seq_major=False):
   """Padded inputs -> out [B,K,G,Tp,Hv] and the log-normalizer [B,K,G,Tp] (finite, see the online logsumexp).
 
-  With ``seq_major`` the keys and values are [B,S,K,H] (the caller's layout, no transposed copy).
+  With ``seq_major`` the keys and values are [B,S,K,H] (the caller's layout).
+  The key heads run one at a time (:func:`_one_head_at_a_time`).
   """
+  B, K, G, Tp, _ = q.shape
+
+  def step(h, carry, inputs):
+    q, k, v, bias, mask, sink, key = inputs
+    results = _forward(q, k, v, bias, mask, sink, st, key, key_ranges, plan, rate)
+    return tuple(lax.dynamic_update_slice_in_dim(c, x, h, 1) for c, x in zip(carry, results))
+
+  init = (jnp.zeros((B, K, G, Tp, v.shape[-1]), q.dtype), jnp.zeros((B, K, G, Tp), q.dtype))
+  return _one_head_at_a_time(q, k, v, bias, mask, sink, dropout_key, seq_major, step, init)
+
+
+def _forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockPlan, rate):
+  """:func:`forward` for all the heads of head-major inputs at once (every tile holds them all)."""
   B, K, G, Tp, _ = q.shape
   Hv = v.shape[-1]
   bq, bk = plan.bq, plan.bk
@@ -224,7 +277,7 @@ def forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plan: BlockP
 
     def key_block(j, carry, masked=True):
       state, acc = carry
-      kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
+      kj, vj = _key_block(k, j, bk, False), _key_block(v, j, bk, False)
       logits, _ = _block_logits(qi, kj, bias, i, j, plan, G)
       block, p = online.reduce(logits, -1, _block_allowed(mask, st, i, j, plan, G) if masked else None)
       state, alpha, beta = online.merge(state, block)
@@ -289,8 +342,35 @@ def backward(
 
   ``lse`` and ``delta`` are those of the whole rows: the gradient of a block
   depends on the other blocks of its row only through them, so the
-  gradients of a split key range add up.
+  gradients of a split key range add up. The key heads run one at a time,
+  as in :func:`forward`.
   """
+  kv_axis = 2 if seq_major else 1
+
+  def step(h, carry, inputs):
+    q, k, v, bias, mask, _, key = inputs
+    dq, dk, dv, dbias = carry
+    per_head = (_head(x, h, 1) for x in (lse, delta, g))
+    dqh, dkh, dvh, dbh = _backward(
+      q, k, v, bias, mask, st, key, query_ranges, *per_head, need_dbias, plan, rate
+    )
+    if seq_major:
+      dkh, dvh = jnp.swapaxes(dkh, 1, 2), jnp.swapaxes(dvh, 1, 2)
+    dq = lax.dynamic_update_slice_in_dim(dq, dqh, h, 1)
+    dk = lax.dynamic_update_slice_in_dim(dk, dkh, h, kv_axis)
+    dv = lax.dynamic_update_slice_in_dim(dv, dvh, h, kv_axis)
+    if need_dbias:
+      # A bias shared by the heads adds up their gradients.
+      dbias = dbias + dbh if dbias.shape[1] == 1 else lax.dynamic_update_slice_in_dim(dbias, dbh, h, 1)
+    return dq, dk, dv, dbias
+
+  dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
+  init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
+  return _one_head_at_a_time(q, k, v, bias, mask, None, dropout_key, seq_major, step, init)
+
+
+def _backward(q, k, v, bias, mask, st, dropout_key, query_ranges, lse, delta, g, need_dbias, plan, rate):
+  """:func:`backward` for all the heads of head-major inputs at once."""
   B, K, G = q.shape[:3]
   bq, bk = plan.bq, plan.bk
   rows = lambda x, i: _fold(lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3))
@@ -298,7 +378,7 @@ def backward(
 
   def key_block(j, carry):
     dq, dk, dv, dbias = carry
-    kj, vj = _key_block(k, j, bk, seq_major), _key_block(v, j, bk, seq_major)
+    kj, vj = _key_block(k, j, bk, False), _key_block(v, j, bk, False)
 
     def query_block(i, carry):
       dq, dkj, dvj, dbias = carry
@@ -333,10 +413,8 @@ def backward(
 
     init = (dq, jnp.zeros_like(kj), jnp.zeros_like(vj), dbias)
     dq, dkj, dvj, dbias = lax.fori_loop(query_ranges[j, 0], query_ranges[j, 1], query_block, init)
-    if seq_major:
-      dkj, dvj = jnp.swapaxes(dkj, 1, 2), jnp.swapaxes(dvj, 1, 2)
-    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=1 if seq_major else 2)
-    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=1 if seq_major else 2)
+    dk = lax.dynamic_update_slice_in_dim(dk, dkj, j * bk, axis=2)
+    dv = lax.dynamic_update_slice_in_dim(dv, dvj, j * bk, axis=2)
     return dq, dk, dv, dbias
 
   dbias = jnp.zeros(bias.shape, q.dtype) if need_dbias else None
@@ -344,9 +422,117 @@ def backward(
   return lax.fori_loop(0, plan.nk, key_block, init)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(10, 11))
-def _kernel(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
+def _max_query_blocks(plan: BlockPlan) -> int:
+  """A static bound on the number of query blocks a key block meets: ``nq``, or fewer under a window."""
+  lo, hi = plan.band
+  if lo is None or hi is None:
+    return plan.nq
+  # A key block's queries lie in a run of bk - 1 + hi - lo + 1 positions.
+  return min(plan.nq, (plan.bk + hi - lo - 1) // plan.bq + 2)
+
+
+def tangent(primals, out, lse, tangents, query_ranges, plan: BlockPlan, rate):
+  r"""The tangents of ``out`` and of the log-normalizer: one more pass over the visited blocks, linear in ``tangents``.
+
+  ``primals`` are the padded ``(q, k, v, bias, mask, sink, st,
+  dropout_key)`` (k, v sequence-major), ``tangents`` those of ``(q, k, v,
+  bias, sink)``, each None when zero. With the row's weights ``P = exp(logits
+  - lse)`` known from the primal pass (no online rescaling) and ``dS`` the
+  tangent of the logits,
+
+  .. math::
+    \dot{\ell}_t = \sum_s P_{ts} \dot{S}_{ts} + P_{t,\mathrm{sink}} \dot{\sigma}, \qquad
+    \dot{o}_t = \sum_s P_{ts} z_{ts} (\dot{v}_s + \dot{S}_{ts} v_s) - \dot{\ell}_t o_t,
+
+  ``z`` being the dropout multipliers. JAX transposes this pass for reverse
+  mode, so it is written to transpose into a memory-lean backward pass (the
+  FlashAttention backward: the cotangent of ``dS`` is ``P (dO v^T -
+  delta)``): loops with static trip counts (each key block visits a static
+  number of query-block slots, fewer under a window, and a ``lax.cond``
+  skips the slots past its range: the order of :func:`backward`); each tile
+  under ``jax.checkpoint``, reading the primals by index inside, so that its
+  weights are recomputed in the backward pass and the only residuals are the
+  inputs themselves (a tile's own inputs would be saved once per tile).
+  """
+  q, k, v, bias, mask, sink, st, dropout_key = primals
+  tq, tk, tv, tbias, tsink = tangents
+  B, K, G = q.shape[:3]
+  Hv = v.shape[-1]
+  bq, bk = plan.bq, plan.bk
+  rows = lambda x, i: _fold(lax.dynamic_slice_in_dim(x, i * bq, bq, axis=3))
+
+  def tile(primals, lse, i, j, tqi, tkj, tvj, tbias):
+    q, k, v, bias, mask, st, dropout_key = primals
+    qi = rows(q, i)
+    kj, vj = _key_block(k, j, bk, True), _key_block(v, j, bk, True)
+    logits, raw = _block_logits(qi, kj, bias, i, j, plan, G)
+    p = jnp.exp(logits - rows(lse[..., None], i))
+    allowed = _block_allowed(mask, st, i, j, plan, G)
+    if allowed is not None:
+      p = jnp.where(allowed, p, 0)
+    ds = None
+    if tqi is not None:
+      ds = _rows_keys(tqi, kj)
+    if tkj is not None:
+      ds = _rows_keys(qi, tkj) if ds is None else ds + _rows_keys(qi, tkj)
+    if ds is not None and plan.cap is not None:
+      ds = ds * (1 - jnp.square(jnp.tanh(raw / plan.cap)))
+    if tbias is not None:
+      b = _as_rows(_slice_pair(tbias, i, j, plan), G, bq)
+      ds = b if ds is None else ds + b
+    pz = p
+    if rate > 0.0:
+      # The bits of :func:`forward`, which draws them one key head at a time.
+      heads = [jax.random.fold_in(dropout_key, h) for h in range(K)]
+      z = [_dropout_scale(key, st, i, j, (B, 1, G, bq, bk), plan, rate) for key in heads]
+      pz = p * _fold(jnp.concatenate(z, axis=1))
+    acc = jnp.zeros(qi.shape[:3] + (Hv,), q.dtype)
+    rs = jnp.zeros(qi.shape[:3], q.dtype)
+    if ds is not None:
+      ds = jnp.broadcast_to(ds, p.shape)
+      acc = acc + _rows_values(pz * ds, vj)
+      rs = rs + jnp.sum(p * ds, axis=-1)
+    if tvj is not None:
+      acc = acc + _rows_values(pz, tvj)
+    return acc.reshape(B, K, G, bq, Hv), rs.reshape(B, K, G, bq)
+
+  @jax.checkpoint
+  def visited_tile(primals, lse, visit, i, j, *tangents):
+    zeros = (jnp.zeros((B, K, G, bq, Hv), q.dtype), jnp.zeros((B, K, G, bq), q.dtype))
+    return lax.cond(visit, lambda: tile(primals, lse, i, j, *tangents), lambda: zeros)
+
+  tile_primals = (q, k, v, bias, mask, st, dropout_key)
+
+  def key_block(j, carry):
+    tkj, tvj = (None if t is None else _key_block(t, j, bk, True) for t in (tk, tv))
+    first, last = query_ranges[j, 0], query_ranges[j, 1]
+
+    def query_block(c, carry):
+      # The c-th query block of the key block's range; past its end the
+      # clamped block is read but not visited.
+      i = jnp.minimum(first + c, plan.nq - 1)
+      tqi = None if tq is None else rows(tq, i)
+      a, r = visited_tile(tile_primals, lse, first + c < last, i, j, tqi, tkj, tvj, tbias)
+      acc, rs = carry
+      acc = lax.dynamic_update_slice_in_dim(acc, lax.dynamic_slice_in_dim(acc, i * bq, bq, 3) + a, i * bq, 3)
+      rs = lax.dynamic_update_slice_in_dim(rs, lax.dynamic_slice_in_dim(rs, i * bq, bq, 3) + r, i * bq, 3)
+      return acc, rs
+
+    return lax.fori_loop(0, _max_query_blocks(plan), query_block, carry)
+
+  # Static bounds: JAX transposes a fori_loop only when they are.
+  acc, rs = lax.fori_loop(0, plan.nk, key_block, (jnp.zeros_like(out), jnp.zeros_like(lse)))
+  if tsink is not None:
+    rs = rs + jnp.exp(sink[..., 0] - lse) * tsink[..., 0]
+  return acc - rs[..., None] * out, rs
+
+
+def _primal(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
   return forward(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, plans[0], rate, seq_major=True)
+
+
+_kernel = jax.custom_vjp(_primal, nondiff_argnums=(10, 11))
+_jvp_kernel = jax.custom_jvp(_primal, nondiff_argnums=(10, 11))
 
 
 def _kernel_fwd(q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, plans, rate):
@@ -393,6 +579,21 @@ def _kernel_bwd(plans, rate, res, cotangents):
 
 
 _kernel.defvjp(_kernel_fwd, _kernel_bwd, symbolic_zeros=True)
+
+
+def _jvp_rule(plans, rate, primals, tangents):
+  # The primal through the kernel itself, so that a derivative of this rule
+  # (reverse over reverse) again meets this rule, never the forward loops.
+  out, lse = _jvp_kernel(*primals, plans, rate)
+  *primals, _, query_ranges = primals
+  # Zero tangents arrive symbolic: a constant bias (ALiBi, padding) then
+  # costs no T x S tangent, and its transpose no T x S gradient.
+  tq, tk, tv, tbias, _, tsink = (None if isinstance(t, SymbolicZero) else t for t in tangents[:6])
+  t_out, t_lse = tangent(primals, out, lse, (tq, tk, tv, tbias, tsink), query_ranges, plans[1], rate)
+  return (out, lse), (t_out, t_lse)
+
+
+_jvp_kernel.defjvp(_jvp_rule, symbolic_zeros=True)
 
 
 # ----------------------------------------------------------------------------
@@ -449,7 +650,21 @@ def empty_result(q, v, sink):
 
 
 def attention(
-  q, k, v, bias, mask, sink, st, dropout_key, *, band, cap, dropout_rate: float, blocks, backward_blocks
+  q,
+  k,
+  v,
+  bias,
+  mask,
+  sink,
+  st,
+  dropout_key,
+  *,
+  band,
+  cap,
+  dropout_rate: float,
+  blocks,
+  backward_blocks,
+  forward_mode: bool = False,
 ):
   """Head-major q [B,K,G,T,H], sequence-major k, v [B,S,K,H] -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
 
@@ -462,7 +677,8 @@ def attention(
   band; ``cap`` the soft cap or None; ``blocks`` and ``backward_blocks`` the
   (query block, key block) pairs of the forward and the backward pass (with
   dropout the backward pass uses ``blocks``: the bits are keyed by block);
-  ``dropout_key`` is unused when ``dropout_rate`` is 0. The log-normalizer is
+  ``dropout_key`` is unused when ``dropout_rate`` is 0; ``forward_mode``
+  picks the custom JVP (its tangent pass runs on the backward blocks). The log-normalizer is
   finite: the dtype's lowest number where a row has nothing allowed (and no
   sink).
   """
@@ -479,7 +695,8 @@ def attention(
   # so the backward pass gives them (finite) weights times zero.
   mq, mk = math.lcm(plan.bq, bplan.bq), math.lcm(plan.bk, bplan.bk)
   q, k, v, bias, mask, st = pad(q, k, v, bias, mask, st, mq, mk)
-  out, lse = _kernel(
+  kernel = _jvp_kernel if forward_mode else _kernel
+  out, lse = kernel(
     q, k, v, bias, mask, sink, st, dropout_key, key_ranges, query_ranges, (plan, bplan), float(dropout_rate)
   )
   return out[:, :, :, :T], lse[:, :, :, :T]

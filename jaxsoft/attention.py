@@ -7,7 +7,7 @@ share ``K`` key/value heads (``N % K == 0``): query head ``n`` reads key head
 ``n // (N // K)``, which gives multi-head (``K == N``), grouped-query and
 multi-query (``K == 1``) attention.
 
-Two implementations compute the same function:
+The implementations compute the same function:
 
 * ``"dense"`` materializes the ``[B..., N, T, S]`` weights, like ``jax.nn``.
 * ``"chunked"`` runs an online softmax (Milakov & Gimelshein 2018) over key
@@ -17,6 +17,9 @@ Two implementations compute the same function:
   linear in ``T + S``. Under ``is_causal`` blocks above the diagonal are
   skipped, forward and backward. The kernel lives in
   :mod:`jaxsoft._chunked_attention`.
+* ``"chunked_jvp"`` is the same kernel with a custom JVP instead (one more
+  pass over the blocks, linear in the tangents), so forward mode works too;
+  reverse mode is JAX's transpose of that pass.
 * ``"ring"`` splits the sequence over the devices of a mesh axis (context
   parallelism): each device runs the chunked kernel on its query shard while
   the key/value shards travel around the ring (:mod:`jaxsoft._context_parallel`).
@@ -49,7 +52,8 @@ __all__ = [
 # (query blocks of 512 rows or more keep both cores of the CPU busy; narrower
 # key blocks under a causal or windowed band, whose edge tiles are partly
 # wasted work; 256 x 256 under a band narrower than 512 keys, where a taller
-# block would be mostly outside it) and its backward pass; and the T * S above
+# block would be mostly outside it) and its backward pass (256 x 256 as well
+# under a band narrower than 512 keys); and the T * S above
 # which `implementation=None` picks it. All chosen from wall-time measurements
 # on a quiet 2-core CPU (see benchmarks/RESULTS.md).
 _DEFAULT_BLOCKS = (1024, 512)
@@ -57,6 +61,7 @@ _DEFAULT_BANDED_BLOCKS = (512, 256)
 _DEFAULT_NARROW_BAND_BLOCKS = (256, 256)
 _NARROW_BAND = 512  # keys in a query's band (hi - lo + 1)
 _DEFAULT_BACKWARD_BLOCKS = (512, 256)
+_DEFAULT_NARROW_BAND_BACKWARD_BLOCKS = (256, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
 
@@ -152,12 +157,10 @@ def _parse_blocks(fn, block_size, band):
   """The (query block, key block) pairs of the forward and the backward pass."""
   if block_size is None:
     if band == structure.Band():
-      forward = _DEFAULT_BLOCKS
-    elif band.lo is not None and band.hi is not None and band.hi - band.lo + 1 < _NARROW_BAND:
-      forward = _DEFAULT_NARROW_BAND_BLOCKS
-    else:
-      forward = _DEFAULT_BANDED_BLOCKS
-    return forward, _DEFAULT_BACKWARD_BLOCKS
+      return _DEFAULT_BLOCKS, _DEFAULT_BACKWARD_BLOCKS
+    if band.lo is not None and band.hi is not None and band.hi - band.lo + 1 < _NARROW_BAND:
+      return _DEFAULT_NARROW_BAND_BLOCKS, _DEFAULT_NARROW_BAND_BACKWARD_BLOCKS
+    return _DEFAULT_BANDED_BLOCKS, _DEFAULT_BACKWARD_BLOCKS
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
@@ -291,11 +294,11 @@ def _check_arguments(fn, query, key, value, bias, mask, is_causal, options):
     V.fail(fn, "dropout_key", "be a jax.random key when dropout_rate > 0", None)
   else:
     o["dropout_key"] = V.check_key(fn, "dropout_key", o["dropout_key"])
-  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked", "ring"))
+  V.check_option(fn, "implementation", o["implementation"], (None, "dense", "chunked", "chunked_jvp", "ring"))
   o["block_size"] = _parse_blocks(fn, o["block_size"], o["band"])
   if o["implementation"] is None and o["mesh"] is not None:
     o["implementation"] = "ring"
-  if o["return_weights"] and o["implementation"] in ("chunked", "ring"):
+  if o["return_weights"] and o["implementation"] in ("chunked", "chunked_jvp", "ring"):
     want = f'be False with implementation="{o["implementation"]}" (it never forms the weights)'
     V.fail(fn, "return_weights", want, True)
   if o["implementation"] == "ring":
@@ -364,7 +367,13 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
         seq_major = (key.astype(cdtype).reshape(B, S, K, H), value.astype(cdtype).reshape(B, S, K, Hv))
         blocks, backward_blocks = o["block_size"]
         out, lse = chunked.attention(
-          q, *seq_major, *args[3:], **kwargs, blocks=blocks, backward_blocks=backward_blocks
+          q,
+          *seq_major,
+          *args[3:],
+          **kwargs,
+          blocks=blocks,
+          backward_blocks=backward_blocks,
+          forward_mode=implementation == "chunked_jvp",
         )
     except TypeError as e:
       # The chunked kernel and the ring have a custom VJP (their memory-lean
@@ -372,7 +381,7 @@ def _attention(fn, query, key, value, bias, mask, is_causal, scale, **options):
       if "forward-mode" not in str(e):
         raise
       got = f'"{implementation}"' if o["implementation"] else '"chunked" (picked by implementation=None)'
-      want = 'be "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd)'
+      want = 'be "chunked_jvp" or "dense" under forward-mode differentiation (jax.jvp, jax.jacfwd)'
       V.fail(fn, "implementation", want, got, exc=TypeError)
   out = jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch + (T, N, Hv)).astype(query.dtype)
   if not (o["return_weights"] or o["return_residual"]):
@@ -456,9 +465,17 @@ def scaled_dot_product_attention(
   :math:`O(T + S)` per head). Reverse mode and second order through it
   (``jax.hessian``, forward over reverse) work; forward mode alone
   (``jax.jvp``, ``jax.jacfwd``) does not, because JAX gives a function with a
-  custom VJP no forward rule: use ``implementation="dense"`` there (an eager
-  call says so; under ``jit`` JAX's own message appears). Under dropout the
-  two implementations draw different (equally distributed) random masks.
+  custom VJP no forward rule. For forward mode use
+  ``implementation="chunked_jvp"``: the same forward pass with a custom JVP,
+  whose tangent is one more pass over the same blocks (linear in the
+  tangents, each block's weights recomputed from the row's log-normalizer,
+  memory :math:`O(T + S)` per head). Its reverse mode is JAX's transpose of
+  that pass, also memory-lean but measured 0.9x to 1.2x the time of the
+  hand-written backward (``benchmarks/RESULTS.md``); JAX 0.10 has no public
+  way to give one function both a forward rule and its own backward pass.
+  An eager forward-mode call on ``"chunked"`` names both choices; under
+  ``jit`` JAX's own message appears. Under dropout the dense and the chunked
+  implementations draw different (equally distributed) random masks.
 
   The batch dimensions of ``query`` and of ``key``/``value`` broadcast
   against each other (a key/value batch of 1 serves every query row).
@@ -519,14 +536,16 @@ def scaled_dot_product_attention(
     return_weights: also return the weights (dense implementation only).
     return_residual: also return the log of each row's normalizer
       (differentiable).
-    implementation: ``"dense"``, ``"chunked"``, ``"ring"`` or ``None``
+    implementation: ``"dense"``, ``"chunked"``, ``"chunked_jvp"`` (forward
+      mode too), ``"ring"`` or ``None``
       (ring when a ``mesh`` is given; else dense when the weights are
       requested or ``T * S <= 2**17``, chunked otherwise).
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair,
       used by the forward and the backward pass alike. Default: each pass
       its own measured best on the CPU, forward ``(1024, 512)``, ``(512,
       256)`` under ``is_causal`` or a window, ``(256, 256)`` under a window
-      narrower than 512 keys, and backward ``(512, 256)``
+      narrower than 512 keys; backward ``(512, 256)``, ``(256, 256)`` under a
+      window narrower than 512 keys
       (with dropout the backward pass keeps the forward's blocks: the bits
       are keyed by block; the ring uses the forward's for both). Blocks need
       not divide the lengths.

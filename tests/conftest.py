@@ -68,6 +68,7 @@ MODULE_CPU_SECONDS = {
   "test_softmax": 20,
   "test_distributions": 18,
   "test_attention_structure": 13,
+  "test_attention_jvp": 9,
   "test_experiments": 7,
   "test_losses_adaptive": 6,
   "test_tiny_lm": 6,

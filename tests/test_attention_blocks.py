@@ -63,25 +63,27 @@ CASES = {
 def _patch_defaults(monkeypatch, forward, backward):
   for name in ("_DEFAULT_BLOCKS", "_DEFAULT_BANDED_BLOCKS", "_DEFAULT_NARROW_BAND_BLOCKS"):
     monkeypatch.setattr(attention, name, forward)
-  monkeypatch.setattr(attention, "_DEFAULT_BACKWARD_BLOCKS", backward)
+  for name in ("_DEFAULT_BACKWARD_BLOCKS", "_DEFAULT_NARROW_BAND_BACKWARD_BLOCKS"):
+    monkeypatch.setattr(attention, name, backward)
 
 
 @pytest.mark.parametrize(
-  "is_causal, window, forward",
+  "is_causal, window, forward, backward",
   [
-    (False, None, (1024, 512)),  # no band
-    (True, None, (512, 256)),  # causal
-    (False, (600, 0), (512, 256)),  # a window 601 keys wide
-    (True, (511, 0), (512, 256)),  # 512 keys wide: not narrower than 512
-    (True, (510, 0), (256, 256)),  # 511 keys wide
-    (False, (100, 100), (256, 256)),
+    (False, None, (1024, 512), (512, 256)),  # no band
+    (True, None, (512, 256), (512, 256)),  # causal
+    (False, (600, 0), (512, 256), (512, 256)),  # a window 601 keys wide
+    (True, (511, 0), (512, 256), (512, 256)),  # 512 keys wide: not narrower than 512
+    (True, (510, 0), (256, 256), (256, 256)),  # 511 keys wide
+    (False, (100, 100), (256, 256), (256, 256)),
   ],
 )
-def test_default_blocks_follow_the_documented_rule(is_causal, window, forward):
+def test_default_blocks_follow_the_documented_rule(is_causal, window, forward, backward):
   # The docstring's rule: forward (1024, 512), (512, 256) under a causal or
-  # windowed band, (256, 256) under a window narrower than 512 keys; backward (512, 256).
+  # windowed band, (256, 256) under a window narrower than 512 keys; backward
+  # (512, 256), (256, 256) under a window narrower than 512 keys.
   band = structure.band(is_causal, window, 4096, 4096)
-  assert attention._parse_blocks("f", None, band) == (forward, (512, 256))
+  assert attention._parse_blocks("f", None, band) == (forward, backward)
   # A given block_size applies to both passes.
   assert attention._parse_blocks("f", (64, 32), band) == ((64, 32), (64, 32))
 

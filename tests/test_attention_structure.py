@@ -464,7 +464,7 @@ def test_second_order_through_the_chunked_path_and_a_clear_forward_mode_error():
     dense, chunked = run(q, sink)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(dense)):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-    with pytest.raises(TypeError, match='implementation must be "dense" under forward-mode'):
+    with pytest.raises(TypeError, match='implementation must be "chunked_jvp" or "dense" under forward-mode'):
       jax.jvp(lambda q: loss(q, sink, "chunked"), (q,), (q,))
 
 
