@@ -74,14 +74,27 @@ def objective(log_prob, bijections, p_def, p_leaves, data, weights) -> Objective
   return Objective(u, to_leaves, to_params, total_nll, scores, w, bounded, dtype)
 
 
-def curvature_scale(f, u):
-  r""":math:`s_j = 1/\sqrt{\partial^2_{u_j} f(u)}`, 1 where that is not positive and finite.
+def value_grad_hessian(f, u):
+  """``(f(u), grad f(u), hess f(u))`` of a scalar ``f`` from one forward-over-reverse pass.
+
+  The Hessian's columns are the tangents of ``jax.value_and_grad(f)`` along the
+  unit vectors (what ``jax.hessian`` computes); the value and the gradient are
+  that pass's primal outputs, so they cost nothing more.
+  """
+  eye = jnp.eye(u.size, dtype=u.dtype)
+  jvp = lambda e: jax.jvp(jax.value_and_grad(f), (u,), (e,))
+  (value, grad), (_, hess) = jax.vmap(jvp, out_axes=((None, None), (0, 1)))(eye)
+  return value, grad, hess
+
+
+def curvature_scale(hess_diag):
+  r""":math:`s_j = 1/\sqrt{\partial^2_{u_j} f(u)}` from the Hessian's diagonal, 1 where that is not positive and finite.
 
   The optimizer works in :math:`z` with :math:`u = u_0 + s \odot z`: a
   unit-free problem and a well-scaled first L-BFGS step.
   """
-  h = jnp.diag(jax.hessian(f)(u))
-  return jnp.where(jnp.isfinite(h) & (h > 0), jax.lax.rsqrt(jnp.where(h > 0, h, 1)), 1).astype(u.dtype)
+  h = hess_diag
+  return jnp.where(jnp.isfinite(h) & (h > 0), jax.lax.rsqrt(jnp.where(h > 0, h, 1)), 1).astype(h.dtype)
 
 
 def inverse_information(hess):

@@ -53,6 +53,49 @@ class Criterion(enum.IntEnum):
   )
 
 
+def _zoom_linesearch(max_linesearch_steps: int) -> optax.GradientTransformationExtraArgs:
+  """optax's zoom line search (strong Wolfe conditions), one evaluation per trial under ``vmap``.
+
+  Each trial of optax's line search is a ``lax.cond`` between its two phases
+  (looking for a bracket, zooming into it), and each phase evaluates the
+  objective at its own trial point. Under ``vmap`` the condition is batched,
+  so the cond runs both branches: two evaluations of the objective and its
+  gradient per trial where one is used. Here every trial runs optax's step
+  twice: first with a stand-in evaluation (value -inf, gradient 0: both
+  conditions met, so the step only reports its trial point), then with the
+  one real evaluation at that point, which the step's arithmetic then uses
+  exactly as optax does. The accepted step sizes, values and gradients are
+  optax's; the extra cost is the line search's scalar bookkeeping.
+  """
+  # The phases live in optax's private module; the public transformation
+  # builds its update from them the same way.
+  from optax._src.linesearch import zoom_linesearch
+
+  init_ls, step_ls, cond_ls = zoom_linesearch(max_linesearch_steps=max_linesearch_steps)
+  public = optax.scale_by_zoom_linesearch(max_linesearch_steps=max_linesearch_steps)
+
+  def update_fn(updates, state, params, *, value, grad, value_fn, **extra_args):
+    value_and_grad = jax.value_and_grad(value_fn)
+    stand_in = lambda step: (jnp.full((), -jnp.inf, jnp.result_type(value)), optax.tree.zeros_like(step))
+
+    def trial(ls):
+      probe = step_ls(ls, value_and_grad_fn=stand_in, fn_kwargs={})
+      v, g = value_and_grad(optax.tree.add_scale(ls.params, probe.stepsize, ls.updates), **extra_args)
+      return step_ls(ls, value_and_grad_fn=lambda step: (v, g), fn_kwargs={})
+
+    ls = init_ls(updates, params, value=value, grad=grad, initial_guess_strategy="one")
+    ls = jax.lax.while_loop(cond_ls, trial, ls)
+    new_state = optax.ScaleByZoomLinesearchState(
+      learning_rate=ls.stepsize,
+      value=ls.value,
+      grad=ls.grad,
+      info=optax.ZoomLinesearchInfo(ls.count, ls.decrease_error, ls.curvature_error),
+    )
+    return optax.tree.scale(ls.stepsize, updates), optax.tree.cast_like(new_state, other_tree=state)
+
+  return optax.GradientTransformationExtraArgs(public.init, update_fn)
+
+
 @functools.cache
 def default_optimizer() -> optax.GradientTransformationExtraArgs:
   """The optimizer :func:`jaxsoft.mle.fit` uses when none is given.
@@ -62,14 +105,14 @@ def default_optimizer() -> optax.GradientTransformationExtraArgs:
   step) and at most 8 trials. Under ``vmap`` every step waits for the slowest
   line search of the batch, so the trial cap sets the batched cost: 8 halves
   the time of optax's default 20 and, on 10,000 Student's t fits, reached the
-  same likelihoods (within 2e-7 relative); 4 left one fit unconverged.
+  same likelihoods (within 2e-7 relative); 4 left one fit unconverged. The
+  line search is optax's ``scale_by_zoom_linesearch``, arranged to evaluate
+  the objective once per trial under ``vmap`` (optax's evaluates it twice
+  there); its steps are the same.
   The same object is returned on every call, so ``jit`` caches keyed on it
   stay valid.
   """
-  return optax.lbfgs(
-    memory_size=10,
-    linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
-  )
+  return optax.lbfgs(memory_size=10, linesearch=_zoom_linesearch(max_linesearch_steps=8))
 
 
 def gnorm(g):

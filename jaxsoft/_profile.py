@@ -153,9 +153,10 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
   dtype, u_hat = obj.dtype, obj.u
   w_sum = jnp.sum(obj.w)
   nll_hat = obj.total_nll(u_hat)
-  h_inv, ok = inverse_information(jax.hessian(obj.total_nll)(u_hat))
+  hess = jax.hessian(obj.total_nll)(u_hat)
+  h_inv, ok = inverse_information(hess)
   se = jnp.sqrt(jnp.diag(h_inv))
-  scale = curvature_scale(lambda u: obj.total_nll(u) / w_sum, u_hat)
+  scale = curvature_scale(jnp.diag(hess) / w_sum)
   # A singular information (a fit at a boundary) has no standard errors: the
   # first step is then one curvature scale of the coordinate itself.
   se = jnp.where(ok & jnp.isfinite(se) & (se > 0), se, scale / jnp.sqrt(w_sum))

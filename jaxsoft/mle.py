@@ -29,7 +29,14 @@ from jaxsoft import distributions
 from jaxsoft._constraints import Bijection, bijection, leaf_bijections
 from jaxsoft._hypothesis_tests import TestResult, likelihood_ratio_test, score_test, wald_test
 from jaxsoft._interval import Interval
-from jaxsoft._objective import at_boundary, curvature_scale, group_index, inverse_information, objective
+from jaxsoft._objective import (
+  at_boundary,
+  curvature_scale,
+  group_index,
+  inverse_information,
+  objective,
+  value_grad_hessian,
+)
 from jaxsoft._optimize import Criterion, default_optimizer, gnorm, minimize
 from jaxsoft._profile import profile_confidence_intervals
 
@@ -415,7 +422,7 @@ def _fit(
   dtype, u0 = obj.dtype, obj.u
   w_sum = jnp.sum(obj.w)
   mean_nll = lambda u: obj.total_nll(u) / w_sum
-  scale = curvature_scale(mean_nll, u0)
+  scale = curvature_scale(jnp.diag(jax.hessian(mean_nll)(u0)))
   run = lambda z0: minimize(
     lambda z: mean_nll(u0 + scale * z), z0, u0, scale, optimizer, max_steps, rtol, atol, gtol
   )
@@ -434,8 +441,7 @@ def _fit(
 
   u = u0 + scale * z
   theta_leaves = obj.to_leaves(u)
-  nll = obj.total_nll(u)
-  hess = jax.hessian(obj.total_nll)(u)
+  nll, grad, hess = value_grad_hessian(obj.total_nll, u)
   h_inv, ok = inverse_information(hess)
   if cov_type is CovType.OBSERVED:
     cov_u = h_inv
@@ -457,9 +463,7 @@ def _fit(
 
   # Only a fit that stopped by a rule can be said to have stopped at a boundary;
   # one cut off by max_steps far from its optimum also has large Newton steps.
-  boundary = (
-    (crit != Criterion.NONE) & jnp.isfinite(nll) & at_boundary(hess, jax.grad(obj.total_nll)(u), obj.bounded)
-  )
+  boundary = (crit != Criterion.NONE) & jnp.isfinite(nll) & at_boundary(hess, grad, obj.bounded)
   crit = jnp.where(boundary, Criterion.BOUNDARY, crit).astype(jnp.int32)
 
   cast = lambda leaves: p_def.unflatten([jnp.asarray(l).astype(d) for l, d in zip(leaves, out_dtypes)])

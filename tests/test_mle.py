@@ -281,6 +281,42 @@ def test_any_optax_optimizer_works():
   np.testing.assert_allclose([r.params["loc"], r.params["scale"]], [HEIGHTS.mean(), HEIGHTS.std()], rtol=1e-3)
 
 
+def test_default_line_search_is_optaxs_zoom_with_one_evaluation_per_trial_under_vmap():
+  # Logistic regressions from a far start, so that some line searches need
+  # several trials. Each evaluation site that runs calls the callback once
+  # for the whole batch; the two fits differ only in their line searches.
+  calls = []
+
+  def lp(p, d):
+    x, y = d
+    jax.debug.callback(lambda: calls.append(1))
+    eta = x @ p["beta"]
+    return y * jax.nn.log_sigmoid(eta) + (1 - y) * jax.nn.log_sigmoid(-eta)
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 40, 3)).astype(np.float32)
+  y = (rng.random((8, 40)) < 1 / (1 + np.exp(-x @ np.array([1.0, -1.0, 0.5])))).astype(np.float32)
+  p0 = {"beta": jnp.asarray([6.0, -6.0, 6.0], jnp.float32)}
+  optax_zoom = optax.lbfgs(
+    memory_size=10,
+    linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=8, initial_guess_strategy="one"),
+  )
+
+  def run(**options):
+    calls.clear()
+    r = jax.block_until_ready(jax.vmap(lambda x, y: mle.fit(lp, p0, (x, y), **options))(x, y))
+    return r, len(calls)
+
+  ours, n_ours = run()
+  ref, n_ref = run(optimizer=optax_zoom)
+  assert np.all(np.asarray(ours.converged))
+  np.testing.assert_array_equal(ours.params["beta"], ref.params["beta"])
+  np.testing.assert_array_equal(ours.steps, ref.steps)
+  # Under vmap optax's zoom evaluates both of its phases at every trial: one
+  # extra evaluation per trial, and more trials than steps were needed here.
+  assert n_ref - n_ours > int(np.max(ours.steps))
+
+
 # -- user-written likelihoods -----------------------------------------------------
 
 
