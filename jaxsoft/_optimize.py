@@ -67,12 +67,18 @@ def _zoom_linesearch(max_linesearch_steps: int) -> optax.GradientTransformationE
   exactly as optax does. The accepted step sizes, values and gradients are
   optax's; the extra cost is the line search's scalar bookkeeping.
   """
-  # The phases live in optax's private module; the public transformation
-  # builds its update from them the same way.
-  from optax._src.linesearch import zoom_linesearch
+  public = optax.scale_by_zoom_linesearch(
+    max_linesearch_steps=max_linesearch_steps, initial_guess_strategy="one"
+  )
+  # The phases live in optax's private module (optax 0.2.8); the public
+  # transformation builds its update from them the same way. Where they are
+  # missing or differ, the public one serves, at two evaluations per trial.
+  try:
+    from optax._src.linesearch import zoom_linesearch
 
-  init_ls, step_ls, cond_ls = zoom_linesearch(max_linesearch_steps=max_linesearch_steps)
-  public = optax.scale_by_zoom_linesearch(max_linesearch_steps=max_linesearch_steps)
+    init_ls, step_ls, cond_ls = zoom_linesearch(max_linesearch_steps=max_linesearch_steps)
+  except (ImportError, TypeError, ValueError):
+    return public
 
   def update_fn(updates, state, params, *, value, grad, value_fn, **extra_args):
     value_and_grad = jax.value_and_grad(value_fn)
