@@ -123,8 +123,7 @@ def run(quick: bool) -> str:
     "## Attention for real batches",
     "",
     f"B=1, N={N}, H={H}, float32, T=S, chunked path with its default blocks (forward "
-    "(512, 256) under a causal or windowed band, (256, 256) under a window narrower than 512 keys, "
-    "(1024, 512) otherwise; backward (512, 256), (256, 256) under a window narrower than 512 keys). "
+    "(512, 256) under a causal or windowed band, (1024, 512) otherwise; backward (512, 256)). "
     "Ratio: this case's time / the reference case's time (full causal, or the full "
     "length), in the same process.",
     "",

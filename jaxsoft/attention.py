@@ -51,17 +51,13 @@ __all__ = [
 # Default (query block, key block) pairs of the chunked path: its forward pass
 # (query blocks of 512 rows or more keep both cores of the CPU busy; narrower
 # key blocks under a causal or windowed band, whose edge tiles are partly
-# wasted work; 256 x 256 under a band narrower than 512 keys, where a taller
-# block would be mostly outside it) and its backward pass (256 x 256 as well
-# under a band narrower than 512 keys); and the T * S above
-# which `implementation=None` picks it. All chosen from wall-time measurements
-# on a quiet 2-core CPU (see benchmarks/RESULTS.md).
+# wasted work) and its backward pass; and the T * S above which
+# `implementation=None` picks it. All chosen from wall-time measurements on a
+# quiet 2-core CPU (see benchmarks/RESULTS.md): with the lanes of the kernel
+# run one at a time, smaller blocks under a narrow window no longer pay.
 _DEFAULT_BLOCKS = (1024, 512)
 _DEFAULT_BANDED_BLOCKS = (512, 256)
-_DEFAULT_NARROW_BAND_BLOCKS = (256, 256)
-_NARROW_BAND = 512  # keys in a query's band (hi - lo + 1)
 _DEFAULT_BACKWARD_BLOCKS = (512, 256)
-_DEFAULT_NARROW_BAND_BACKWARD_BLOCKS = (256, 256)
 _DENSE_MAX_ELEMENTS = 256 * 512
 
 
@@ -156,11 +152,8 @@ def _split_heads_mask(x, batch, B, N, K):
 def _parse_blocks(fn, block_size, band):
   """The (query block, key block) pairs of the forward and the backward pass."""
   if block_size is None:
-    if band == structure.Band():
-      return _DEFAULT_BLOCKS, _DEFAULT_BACKWARD_BLOCKS
-    if band.lo is not None and band.hi is not None and band.hi - band.lo + 1 < _NARROW_BAND:
-      return _DEFAULT_NARROW_BAND_BLOCKS, _DEFAULT_NARROW_BAND_BACKWARD_BLOCKS
-    return _DEFAULT_BANDED_BLOCKS, _DEFAULT_BACKWARD_BLOCKS
+    forward = _DEFAULT_BLOCKS if band == structure.Band() else _DEFAULT_BANDED_BLOCKS
+    return forward, _DEFAULT_BACKWARD_BLOCKS
   if isinstance(block_size, (tuple, list)):
     if len(block_size) != 2:
       V.fail(fn, "block_size", "be an int or a (query_block, key_block) pair", repr(block_size))
@@ -543,9 +536,7 @@ def scaled_dot_product_attention(
     block_size: chunk sizes, an int or a ``(query_block, key_block)`` pair,
       used by the forward and the backward pass alike. Default: each pass
       its own measured best on the CPU, forward ``(1024, 512)``, ``(512,
-      256)`` under ``is_causal`` or a window, ``(256, 256)`` under a window
-      narrower than 512 keys; backward ``(512, 256)``, ``(256, 256)`` under a
-      window narrower than 512 keys
+      256)`` under ``is_causal`` or a window; backward ``(512, 256)``
       (with dropout the backward pass keeps the forward's blocks: the bits
       are keyed by block; the ring uses the forward's for both). Blocks need
       not divide the lengths.

@@ -61,29 +61,26 @@ CASES = {
 
 
 def _patch_defaults(monkeypatch, forward, backward):
-  for name in ("_DEFAULT_BLOCKS", "_DEFAULT_BANDED_BLOCKS", "_DEFAULT_NARROW_BAND_BLOCKS"):
+  for name in ("_DEFAULT_BLOCKS", "_DEFAULT_BANDED_BLOCKS"):
     monkeypatch.setattr(attention, name, forward)
-  for name in ("_DEFAULT_BACKWARD_BLOCKS", "_DEFAULT_NARROW_BAND_BACKWARD_BLOCKS"):
-    monkeypatch.setattr(attention, name, backward)
+  monkeypatch.setattr(attention, "_DEFAULT_BACKWARD_BLOCKS", backward)
 
 
 @pytest.mark.parametrize(
-  "is_causal, window, forward, backward",
+  "is_causal, window, forward",
   [
-    (False, None, (1024, 512), (512, 256)),  # no band
-    (True, None, (512, 256), (512, 256)),  # causal
-    (False, (600, 0), (512, 256), (512, 256)),  # a window 601 keys wide
-    (True, (511, 0), (512, 256), (512, 256)),  # 512 keys wide: not narrower than 512
-    (True, (510, 0), (256, 256), (256, 256)),  # 511 keys wide
-    (False, (100, 100), (256, 256), (256, 256)),
+    (False, None, (1024, 512)),  # no band
+    (True, None, (512, 256)),  # causal
+    (False, (600, 0), (512, 256)),  # a window
+    (True, (255, 0), (512, 256)),
+    (False, (100, 100), (512, 256)),
   ],
 )
-def test_default_blocks_follow_the_documented_rule(is_causal, window, forward, backward):
+def test_default_blocks_follow_the_documented_rule(is_causal, window, forward):
   # The docstring's rule: forward (1024, 512), (512, 256) under a causal or
-  # windowed band, (256, 256) under a window narrower than 512 keys; backward
-  # (512, 256), (256, 256) under a window narrower than 512 keys.
+  # windowed band; backward (512, 256).
   band = structure.band(is_causal, window, 4096, 4096)
-  assert attention._parse_blocks("f", None, band) == (forward, backward)
+  assert attention._parse_blocks("f", None, band) == (forward, (512, 256))
   # A given block_size applies to both passes.
   assert attention._parse_blocks("f", (64, 32), band) == ((64, 32), (64, 32))
 
