@@ -463,8 +463,9 @@ def scaled_dot_product_attention(
   whose tangent is one more pass over the same blocks (linear in the
   tangents, each block's weights recomputed from the row's log-normalizer,
   memory :math:`O(T + S)` per head). Its reverse mode is JAX's transpose of
-  that pass, also memory-lean but measured 0.9x to 1.2x the time of the
-  hand-written backward (``benchmarks/RESULTS.md``); JAX 0.10 has no public
+  that pass, also memory-lean but measured 1.1x (no mask) to 2.2x (a narrow
+  window) the time of the hand-written backward (``benchmarks/RESULTS.md``),
+  so train with ``"chunked"``; JAX 0.10 has no public
   way to give one function both a forward rule and its own backward pass.
   An eager forward-mode call on ``"chunked"`` names both choices; under
   ``jit`` JAX's own message appears. Under dropout the dense and the chunked
