@@ -17,14 +17,15 @@ backward pass (``benchmarks/RESULTS.md``), hence the choice.
 
 Layout (shared with the dense path of :mod:`jaxsoft.attention`): q is
 head-major ``[B,K,G,T,H]``, k and v ``[B,K,S,H]`` (or, in :func:`attention`,
-the caller's ``[B,S,K,H]``, never copied whole to another layout), and bias
-and mask ``[b,k,g,t,s]`` with each axis either full or 1. The passes loop
+the caller's ``[B,S,K,H]``), and bias and mask ``[b,k,g,t,s]`` with each
+axis either full or 1. For query blocks of 64 rows or more the passes loop
 over the (batch row, key head) lanes (:func:`_one_lane_at_a_time`), each
-lane's keys and values copied head-major. Every tile folds the ``G`` query
-heads of its key head into its rows, ``[1,1,G*bq,bk]``, which makes every
-product a plain matmul: XLA's CPU dots are several times slower on other layouts,
-and a 5-d tile costs a copy of the logits (XLA lays it out differently from
-the dot's output).
+lane's keys and values copied head-major; shorter blocks (decoding) hold
+every lane and read the caller's layout block by block. Every tile folds the
+``G`` query heads of its key head into its rows, ``[1,1,G*bq,bk]`` (or
+``[B,K,G*bq,bk]``), which makes every product a plain batched matmul: XLA's
+CPU dots are several times slower on other layouts, and a 5-d tile costs a
+copy of the logits (XLA lays it out differently from the dot's output).
 
 Which blocks are visited is data, not control flow: per query block ``i`` a
 range ``[first, last)`` of the key blocks that may hold an allowed pair (the
@@ -217,24 +218,26 @@ def _key_block(x, j, bk: int, seq_major: bool):
   return lax.dynamic_slice_in_dim(x, j * bk, bk, axis=2)
 
 
+def _lane_start(x, index, axes):
+  """Where the lane ``index`` starts in ``x`` along ``axes``: 0 along an axis of size 1 (broadcast)."""
+  start = [0] * x.ndim
+  for i, a in zip(index, axes):
+    if x.shape[a] != 1:
+      start[a] = i
+  return start
+
+
 def _lane(x, index, axes):
   """The slice of ``x`` at ``index`` along ``axes`` (kept, size 1); an axis of size 1 (broadcast) is read whole."""
   if x is None:
     return None
-  starts, sizes = [0] * x.ndim, list(x.shape)
-  for i, a in zip(index, axes):
-    if x.shape[a] != 1:
-      starts[a], sizes[a] = i, 1
-  return lax.dynamic_slice(x, starts, sizes)
+  sizes = [1 if a in axes and n != 1 else n for a, n in enumerate(x.shape)]
+  return lax.dynamic_slice(x, _lane_start(x, index, axes), sizes)
 
 
 def _add_lane(x, update, index, axes):
   """``x`` with ``update`` added at :func:`_lane`'s slice (a broadcast axis adds up its lanes)."""
-  starts = [i if x.shape[a] != 1 else 0 for i, a in zip(index, axes)]
-  full = [0] * x.ndim
-  for i, a in zip(starts, axes):
-    full[a] = i
-  return lax.dynamic_update_slice(x, _lane(x, index, axes) + update, full)
+  return lax.dynamic_update_slice(x, _lane(x, index, axes) + update, _lane_start(x, index, axes))
 
 
 # Query blocks of at least this many rows run one lane at a time; shorter ones
@@ -255,9 +258,10 @@ def _one_lane_at_a_time(q, k, v, bias, mask, sink, st, dropout_key, seq_major, s
   ``inputs`` are the lane's ``(q, k, v, bias, mask, sink, st, dropout_key)``,
   each with its batch and head axes kept (size 1). The lanes run in a loop:
   one lane's tiles (``[1, 1, G*bq, bk]``) stay in cache where all lanes'
-  would not (measured at T = 4096 with 8 heads: 10% to 17% less time causal,
-  3% to 10% without a mask). The lane's keys and values are copied
-  head-major (``[1, 1, S, D]``, one small copy read contiguously by every
+  would not (measured on the quiet CPU, 8 heads, time after / before: 0.75
+  to 1.01 at B = 1, T = 4096; 0.80 to 0.89 at B = 4, T = 2048; see
+  ``benchmarks/RESULTS.md``). The lane's keys and values are copied
+  head-major (``[1, 1, S, D]``, a small copy read contiguously by every
   tile). The dropout key is folded with the lane, so that lanes draw
   different bits.
   """
@@ -710,9 +714,10 @@ def attention(
 ):
   """Head-major q [B,K,G,T,H], sequence-major k, v [B,S,K,H] -> out [B,K,G,T,Hv], log-normalizer [B,K,G,T].
 
-  The keys and values stay in the caller's layout (each key block is
-  transposed when it is read, and the gradients are written back in that
-  layout): no transposed copy of them, or of their gradients, is made.
+  The keys and values stay in the caller's layout: no whole transposed copy
+  of them, or of their gradients, is made (a lane at a time is copied
+  head-major, or each key block is transposed when it is read, and the
+  gradients are written back in that layout).
 
   ``sink`` is None or ``[1,K,G,1,1]``; ``st`` a
   :class:`~jaxsoft._attention_structure.Structure`; ``band`` its static

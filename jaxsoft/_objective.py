@@ -87,13 +87,12 @@ def value_grad_hessian(f, u):
   return value, grad, hess
 
 
-def curvature_scale(hess_diag):
+def curvature_scale(h):
   r""":math:`s_j = 1/\sqrt{\partial^2_{u_j} f(u)}` from the Hessian's diagonal, 1 where that is not positive and finite.
 
   The optimizer works in :math:`z` with :math:`u = u_0 + s \odot z`: a
   unit-free problem and a well-scaled first L-BFGS step.
   """
-  h = hess_diag
   return jnp.where(jnp.isfinite(h) & (h > 0), jax.lax.rsqrt(jnp.where(h > 0, h, 1)), 1).astype(h.dtype)
 
 

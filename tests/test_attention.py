@@ -457,6 +457,7 @@ def _qkv(T=4, S=5, N=4, K=2, H=8):
     (dict(dropout_rate=1.0, dropout_key=jax.random.key(0)), ValueError, "dropout_rate"),
     (dict(implementation="flash"), ValueError, "implementation"),
     (dict(implementation="chunked", return_weights=True), ValueError, "return_weights"),
+    (dict(implementation="chunked_jvp", return_weights=True), ValueError, "return_weights"),
     (dict(block_size=0), ValueError, "block_size"),
     (dict(block_size=(8, 8, 8)), ValueError, "block_size"),
     (dict(is_causal=jnp.array(True)), TypeError, "is_causal"),
