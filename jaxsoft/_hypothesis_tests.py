@@ -19,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxsoft import _validate as V
 from jaxsoft._dtypes import compute_dtype
+from jaxsoft._objective import value_grad_hessian
 
 
 class TestResult(NamedTuple):
@@ -98,8 +99,8 @@ def _score_statistic(log_prob, params, data, weights):
     lp = jax.vmap(lambda x: log_prob(unravel(t), x))(data)
     return jnp.sum(w * jnp.asarray(lp, dtype))
 
-  g = jax.grad(log_lik)(theta)
-  return g @ jnp.linalg.solve(-jax.hessian(log_lik)(theta), g)
+  _, g, h = value_grad_hessian(log_lik, theta)
+  return g @ jnp.linalg.solve(-h, g)
 
 
 def wald_test(result, R, q=None) -> TestResult:

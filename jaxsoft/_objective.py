@@ -75,15 +75,15 @@ def objective(log_prob, bijections, p_def, p_leaves, data, weights) -> Objective
 
 
 def value_grad_hessian(f, u):
-  """``(f(u), grad f(u), hess f(u))`` of a scalar ``f`` from one forward-over-reverse pass.
+  """``(f(u), grad f(u), hess f(u))`` of a scalar ``f`` from one reverse-over-reverse pass.
 
-  The Hessian's columns are the tangents of ``jax.value_and_grad(f)`` along the
-  unit vectors (what ``jax.hessian`` computes); the value and the gradient are
-  that pass's primal outputs, so they cost nothing more.
+  The Hessian's rows are the cotangent pull-backs of ``jax.value_and_grad(f)``
+  along the unit vectors; the value and the gradient are that pass's primal
+  outputs, so they cost nothing more.
   """
   eye = jnp.eye(u.size, dtype=u.dtype)
-  jvp = lambda e: jax.jvp(jax.value_and_grad(f), (u,), (e,))
-  (value, grad), (_, hess) = jax.vmap(jvp, out_axes=((None, None), (0, 1)))(eye)
+  (value, grad), pullback = jax.vjp(jax.value_and_grad(f), u)
+  (hess,) = jax.vmap(lambda e: pullback((jnp.zeros_like(value), e)))(eye)
   return value, grad, hess
 
 

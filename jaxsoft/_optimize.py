@@ -126,12 +126,13 @@ def gnorm(g):
   return jnp.max(jnp.abs(g)) if g.size else jnp.zeros((), g.dtype)
 
 
-def minimize(objective, z0, u0, scale, optimizer, max_steps, rtol, atol, gtol):
+def minimize(objective, z0, u0, scale, optimizer, max_steps, rtol, atol, gtol, start=None):
   """Minimizes ``objective`` from ``z0``; returns ``(steps, z, f, g, criterion)``.
 
   The optimizer's coordinates ``z`` map to the problem's by ``u = u0 + scale *
   z``, in which the Cauchy criterion is measured; the tolerances are arrays or
-  numbers.
+  numbers. ``start``, when given, is the value and gradient of ``objective``
+  at ``z0`` (a caller that has them saves one evaluation).
   """
   dtype = z0.dtype
   opt = optax.with_extra_args_support(default_optimizer() if optimizer is None else optimizer)
@@ -139,7 +140,7 @@ def minimize(objective, z0, u0, scale, optimizer, max_steps, rtol, atol, gtol):
   # Line searches (optax's zoom, backtracking) store the value and gradient at
   # the accepted point; reusing them saves one evaluation per step.
   reuse = optax.tree.get(state0, "value") is not None and optax.tree.get(state0, "grad") is not None
-  f0, g0 = jax.value_and_grad(objective)(z0)
+  f0, g0 = jax.value_and_grad(objective)(z0) if start is None else start
   rtol, atol, gtol = (jnp.asarray(t, dtype) for t in (rtol, atol, gtol))
   crit0 = jnp.where(gnorm(g0) <= gtol, Criterion.GTOL, Criterion.NONE).astype(jnp.int32)
 

@@ -22,7 +22,7 @@ from jax.flatten_util import ravel_pytree
 from jaxsoft import _validate as V
 from jaxsoft._constraints import leaf_bijections
 from jaxsoft._interval import Interval
-from jaxsoft._objective import curvature_scale, inverse_information, objective
+from jaxsoft._objective import curvature_scale, inverse_information, objective, value_grad_hessian
 from jaxsoft._optimize import minimize
 
 # Outer (root-finding) iterations, inner fit steps per iteration, and how far
@@ -152,8 +152,7 @@ def _profile(log_prob, bijections, p_def, selected, p_leaves, data, weights, lev
   obj = objective(log_prob, bijections, p_def, p_leaves, data, weights)
   dtype, u_hat = obj.dtype, obj.u
   w_sum = jnp.sum(obj.w)
-  nll_hat = obj.total_nll(u_hat)
-  hess = jax.hessian(obj.total_nll)(u_hat)
+  nll_hat, _, hess = value_grad_hessian(obj.total_nll, u_hat)
   h_inv, ok = inverse_information(hess)
   se = jnp.sqrt(jnp.diag(h_inv))
   scale = curvature_scale(jnp.diag(hess) / w_sum)
