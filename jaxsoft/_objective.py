@@ -79,7 +79,10 @@ def value_grad_hessian(f, u):
 
   The Hessian's rows are the cotangent pull-backs of ``jax.value_and_grad(f)``
   along the unit vectors; the value and the gradient are that pass's primal
-  outputs, so they cost nothing more.
+  outputs, so they cost nothing more. Reverse over reverse rather than
+  ``jax.hessian``'s forward over reverse: under ``vmap`` over 1000 logistic
+  regressions (500 observations) on the CPU it took half the time at P = 5
+  and 5-8% more at P = 20 and 50 (equal at 200 datasets, P = 5 to 20).
   """
   eye = jnp.eye(u.size, dtype=u.dtype)
   (value, grad), pullback = jax.vjp(jax.value_and_grad(f), u)
