@@ -459,8 +459,10 @@ def _fit(
       g_f, k = n_groups.astype(dtype), u0.size
       meat = g_f / (g_f - 1) * (w_sum - 1) / (w_sum - k) * (sums.T @ sums)
     cov_u = h_inv @ meat @ h_inv
-  jac = jax.jacfwd(lambda u: ravel_pytree(obj.to_leaves(u))[0])(u)
-  cov = jnp.where(ok, jac @ cov_u @ jac.T, jnp.nan)
+  if obj.bounded.any():  # else every bijection is "real", the identity: J = I
+    jac = jax.jacfwd(lambda u: ravel_pytree(obj.to_leaves(u))[0])(u)
+    cov_u = jac @ cov_u @ jac.T
+  cov = jnp.where(ok, cov_u, jnp.nan)
   _, unravel_theta = ravel_pytree(theta_leaves)
   se_leaves = unravel_theta(jnp.sqrt(jnp.diag(cov)))
 
