@@ -18,6 +18,7 @@ runs out of memory or time is reported as such.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -196,8 +197,7 @@ def run(quick: bool) -> str:
 
 
 def _interleaved(cases, rounds):
-  """Median seconds per case, the cases timed in turn each round (the machine is shared:
-  interleaving exposes every case to the same load), and compile seconds.
+  """Median seconds per case, timed in turn each round (``interleaved_times``), and compile seconds.
 
   ``cases`` maps a name to ``(function or compiled function, args)``; each is compiled once, up front.
   """
@@ -208,14 +208,10 @@ def _interleaved(cases, rounds):
     t0 = time.perf_counter()
     compiled[name] = fn if isinstance(fn, jax.stages.Compiled) else jax.jit(fn).lower(*args).compile()
     compile_s[name] = time.perf_counter() - t0
-    H.block(compiled[name](*args))  # warm up
-  times = {name: [] for name in cases}
-  for _ in range(rounds):
-    for name, (_, args) in cases.items():
-      t0 = time.perf_counter()
-      H.block(compiled[name](*args))
-      times[name].append(time.perf_counter() - t0)
-  return {name: statistics.median(t) for name, t in times.items()}, compile_s
+  times = H.interleaved_times(
+    {name: functools.partial(compiled[name], *args) for name, (_, args) in cases.items()}, rounds
+  )
+  return {name: wall for name, (wall, _) in times.items()}, compile_s
 
 
 def lm_options(quick: bool) -> str:
