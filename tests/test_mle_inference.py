@@ -400,3 +400,29 @@ def test_multistart_escapes_the_saddle_of_a_symmetric_mixture():
   np.testing.assert_allclose(np.sort(np.asarray(multi.params["mu"])), np.sort(best), atol=1e-3)
   np.testing.assert_allclose(multi.nll, _mixture_nll64(best), rtol=1e-6)
   assert bool(multi.converged) and 1 <= int(multi.num_converged) < 8 and int(single.num_converged) == 1
+
+
+def test_value_grad_hessian_against_closed_forms_under_jit_and_vmap():
+  """The one-pass value, gradient and Hessian behind fit, the profile and the score test."""
+  from jaxsoft._objective import value_grad_hessian
+
+  def f(u):
+    return jnp.exp(u[0]) * u[1] ** 2 + jnp.sin(u[2]) * u[0] + u[1] * u[2] ** 3
+
+  def closed(u):
+    a, b, c = u
+    value = np.exp(a) * b**2 + np.sin(c) * a + b * c**3
+    grad = [np.exp(a) * b**2 + np.sin(c), 2 * np.exp(a) * b + c**3, np.cos(c) * a + 3 * b * c**2]
+    hess = [
+      [np.exp(a) * b**2, 2 * np.exp(a) * b, np.cos(c)],
+      [2 * np.exp(a) * b, 2 * np.exp(a), 3 * c**2],
+      [np.cos(c), 3 * c**2, -np.sin(c) * a + 6 * b * c],
+    ]
+    return value, np.array(grad), np.array(hess)
+
+  u = np.random.default_rng(0).normal(size=(6, 3))
+  v, g, h = jax.jit(jax.vmap(lambda x: value_grad_hessian(f, x)))(jnp.asarray(u, jnp.float32))
+  for i in range(len(u)):
+    want = closed(u[i])
+    for got, ref in zip((v[i], g[i], h[i]), want):
+      np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=2e-5, atol=2e-5)
