@@ -459,10 +459,11 @@ def _fit(
       g_f, k = n_groups.astype(dtype), u0.size
       meat = g_f / (g_f - 1) * (w_sum - 1) / (w_sum - k) * (sums.T @ sums)
     cov_u = h_inv @ meat @ h_inv
-  if obj.bounded.any():  # else every bijection is "real", the identity: J = I
+  cov = cov_u
+  if any(b is not bijection("real") for b in bijections):  # else T is the identity and J = I
     jac = jax.jacfwd(lambda u: ravel_pytree(obj.to_leaves(u))[0])(u)
-    cov_u = jac @ cov_u @ jac.T
-  cov = jnp.where(ok, cov_u, jnp.nan)
+    cov = jac @ cov_u @ jac.T
+  cov = jnp.where(ok, cov, jnp.nan)
   _, unravel_theta = ravel_pytree(theta_leaves)
   se_leaves = unravel_theta(jnp.sqrt(jnp.diag(cov)))
 

@@ -506,3 +506,12 @@ def test_fit_distribution_bad_input():
     mle.fit_distribution("normal", jnp.ones((3, 2)))
   with pytest.raises(ValueError, match="level"):
     mle.confidence_intervals(mle.fit_distribution("normal", jnp.asarray(HEIGHTS, jnp.float32)), 1.5)
+
+
+def test_delta_method_applies_to_a_custom_unbounded_bijection():
+  """Standard errors skip the Jacobian only for the built-in identity, not for any bijection named "real"."""
+  doubled = mle.Bijection("real", lambda u: 2 * u, lambda x: x / 2, lambda x: np.isfinite(np.asarray(x)))
+  lp = lambda p, xi: norm.logpdf(xi, p["loc"], 2.5)  # known scale: the stderr of the mean is 2.5 / sqrt(n)
+  r = mle.fit(lp, {"loc": 160.0}, HEIGHTS, constraints={"loc": doubled})
+  np.testing.assert_allclose(float(r.params["loc"]), HEIGHTS.mean(), rtol=1e-6)
+  np.testing.assert_allclose(float(r.stderr["loc"]), 2.5 / np.sqrt(HEIGHTS.size), rtol=1e-4)
